@@ -1,0 +1,123 @@
+"""`tuneline` command line. Logging and environment are configured here, once, at the entry point."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+log = logging.getLogger("tuneline")
+
+DEFAULT_PARAMS = "params.yaml"
+
+
+def _setup_environment(root: Path) -> None:
+    # Before prefect/mlflow/dvc/GX are imported: project-local state, no telemetry, no hub access.
+    os.environ.setdefault("PREFECT_HOME", str((root / ".prefect").resolve()))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+
+
+def _setup_logging(verbose: bool) -> None:
+    from rich.logging import RichHandler
+
+    logging.basicConfig(
+        level=logging.WARNING, format="%(message)s", datefmt="[%X]",
+        handlers=[RichHandler(show_path=False, rich_tracebacks=False)],
+    )
+    logging.getLogger("tuneline").setLevel(logging.DEBUG if verbose else logging.INFO)
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def _params_path(arg: str | None) -> str | None:
+    if arg is not None:
+        return arg
+    return DEFAULT_PARAMS if Path(DEFAULT_PARAMS).is_file() else None
+
+
+def _load(args):
+    from tuneline.config import load_config
+
+    return load_config(_params_path(args.params), args.set)
+
+
+def cmd_run(args) -> int:
+    config = _load(args)  # fail on bad params before any work
+    from rich.console import Console
+
+    from tuneline.flows.pipeline import pipeline
+
+    start = time.perf_counter()
+    results = pipeline(params=_params_path(args.params), overrides=args.set, root=".")
+    elapsed = time.perf_counter() - start
+    reg, decision, test = results["register"], results["promote"], results["refit"]
+    cv = results["crossval"]["metrics"][config.promote.metric]
+    console = Console()
+    console.print(f"\n[bold green]tuneline run finished in {elapsed:.0f} s[/]")
+    console.print(f"  model version : {reg['model_uri']}  (run {reg['run_id']})")
+    console.print(f"  cv {config.promote.metric:<10}: {cv['mean']:.4f} ± {cv['std']:.4f} (k={config.cv.k})")
+    console.print(f"  test accuracy : {test['accuracy']:.4f}  macro-F1 {test['f1_macro']:.4f}  (majority class {test['majority_rate']:.4f})")
+    console.print(f"  promotion     : {'PROMOTED' if decision['promote'] else 'not promoted'} — {decision['reason']}")
+    console.print(f"  champion      : {decision['champion_uri']}")
+    uri = reg["tracking_uri"]
+    console.print(f"  MLflow UI     : mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite") else f"  MLflow UI     : {uri}")
+    console.print(f"  Prefect UI    : PREFECT_HOME={os.environ['PREFECT_HOME']} prefect server start")
+    return 0
+
+
+def cmd_stage(args) -> int:
+    from tuneline.stages import run_stage
+
+    run_stage(args.name, _load(args), Path("."))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tuneline", description="Fine-tune pre-trained transformers and ship the winner through MLflow.")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_params(p):
+        p.add_argument("--params", default=None, help=f"params file (default: ./{DEFAULT_PARAMS} if present, else embedded defaults)")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a param, e.g. --set cv.k=3")
+        return p
+
+    p = with_params(sub.add_parser("run", help="run the whole pipeline as a Prefect flow"))
+    p.set_defaults(func=cmd_run)
+    from tuneline.stages import ORDER
+
+    p = with_params(sub.add_parser("stage", help="run one pipeline step (what dvc.yaml calls)"))
+    p.add_argument("name", choices=ORDER)
+    p.set_defaults(func=cmd_stage)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_environment(Path("."))
+    _setup_logging(args.verbose)
+    from tuneline.config import ConfigError
+    from tuneline.data import DataError
+    from tuneline.models import ModelLoadError
+    from tuneline.stages import StageError
+    from tuneline.validation import DataValidationError
+
+    try:
+        return args.func(args)
+    except (ConfigError, DataError, DataValidationError, ModelLoadError, StageError) as exc:
+        log.error("%s", exc)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

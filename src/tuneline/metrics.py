@@ -1,0 +1,66 @@
+"""Classification metrics (scikit-learn) and their summaries across folds."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from sklearn import metrics as skm
+
+METRIC_NAMES = ("accuracy", "loss", "precision_macro", "recall_macro", "f1_macro")
+
+
+def classification_metrics(y_true: np.ndarray, proba: np.ndarray) -> dict[str, float]:
+    n_classes = proba.shape[1]
+    y_pred = proba.argmax(1)
+    labels = list(range(n_classes))
+    p, r, f, _ = skm.precision_recall_fscore_support(y_true, y_pred, labels=labels, average="macro", zero_division=0)
+    return {
+        "accuracy": float(skm.accuracy_score(y_true, y_pred)),
+        "loss": float(skm.log_loss(y_true, np.clip(proba, 1e-12, 1.0), labels=labels)),
+        "precision_macro": float(p),
+        "recall_macro": float(r),
+        "f1_macro": float(f),
+    }
+
+
+def per_class_metrics(y_true: np.ndarray, y_pred: np.ndarray, names: Sequence[str]) -> dict[str, dict[str, float]]:
+    p, r, f, s = skm.precision_recall_fscore_support(
+        y_true, y_pred, labels=list(range(len(names))), zero_division=0
+    )
+    return {n: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])} for i, n in enumerate(names)}
+
+
+def summarize(fold_metrics: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Mean, sample std and a t-based 95% confidence interval of each metric across folds."""
+    from scipy import stats
+
+    k = len(fold_metrics)
+    out = {}
+    for name in fold_metrics[0]:
+        values = np.array([m[name] for m in fold_metrics], dtype=float)
+        mean, std = float(values.mean()), float(values.std(ddof=1)) if k > 1 else 0.0
+        half = float(stats.t.ppf(0.975, k - 1) * std / math.sqrt(k)) if k > 1 else 0.0
+        out[name] = {"mean": mean, "std": std, "ci95_low": mean - half, "ci95_high": mean + half}
+    return out
+
+
+def majority_rate(y: np.ndarray) -> float:
+    return float(np.bincount(y).max() / len(y))
+
+
+def plot_confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, names: Sequence[str], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(1.6 * len(names) + 2.5, 1.4 * len(names) + 2))
+    skm.ConfusionMatrixDisplay.from_predictions(
+        y_true, y_pred, labels=list(range(len(names))), display_labels=list(names), ax=ax, colorbar=False, cmap="Blues"
+    )
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,132 @@
+"""Preprocess: repair text, drop what cannot be learnt from, encode labels, split without leakage."""
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import ftfy
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import train_test_split
+
+from tuneline.config import PreprocessConfig
+from tuneline.data import read_raw
+from tuneline.storage import atomic_path, write_json
+
+log = logging.getLogger(__name__)
+
+# Text that reached us through a latin-1 fallback carries byte-level mojibake whose original bytes
+# were lost upstream (e.g. "Google’¢_äŒ_Ü¢s"): a run of U+0080–U+00FF characters glued by "_".
+_MOJIBAKE_RUN = re.compile(r"(?:[\u0080-\u00ff]+_?)+|_(?:[\u0080-\u00ff]+_?)+")
+_URL = re.compile(r"(?:https?://|www\.)\S+", re.IGNORECASE)
+_MENTION = re.compile(r"(?<![\w@])@\w{1,30}")
+_SPACE = re.compile(r"\s+")
+
+
+def _replace_mojibake(match: re.Match) -> str:
+    s, e, text = match.start(), match.end(), match.string
+    # Between two letters the lost character was almost always an apostrophe ("don't").
+    if 0 < s and e < len(text) and text[s - 1].isalpha() and text[e].isalpha():
+        return "'"
+    return " "
+
+
+def clean_text(text: str, cfg: PreprocessConfig, lossy_source: bool) -> str:
+    if cfg.fix_encoding:
+        if lossy_source:
+            text = _MOJIBAKE_RUN.sub(_replace_mojibake, text)
+        text = ftfy.fix_text(text, normalization="NFC")
+    if cfg.mask_urls:
+        text = _URL.sub("http", text)
+    if cfg.mask_mentions:
+        text = _MENTION.sub("@user", text)
+    return _SPACE.sub(" ", text).strip()
+
+
+def dedup_key(text: pd.Series) -> pd.Series:
+    return text.str.casefold().str.replace(_SPACE, " ", regex=True).str.strip()
+
+
+def clean_frame(df: pd.DataFrame, cfg: PreprocessConfig, lossy_source: bool) -> tuple[pd.DataFrame, dict]:
+    counts = {"rows_in": int(len(df))}
+    df = df.copy()
+    mask = df["label"].isna() | (df["label"].astype(str).str.strip() == "")
+    counts["dropped_missing_label"] = int(mask.sum())
+    df = df[~mask]
+    mask = df["text"].isna()
+    df = df[~mask].copy()
+    df["text"] = [clean_text(t, cfg, lossy_source) for t in df["text"].astype(str)]
+    df["label"] = df["label"].astype(str).str.strip()
+    empty = df["text"] == ""
+    counts["dropped_empty_text"] = int(mask.sum() + empty.sum())
+    df = df[~empty]
+    if cfg.min_confidence is not None and "confidence" in df.columns:
+        low = df["confidence"].isna() | (df["confidence"] < cfg.min_confidence)
+        counts["dropped_low_confidence"] = int(low.sum())
+        df = df[~low]
+    key = dedup_key(df["text"])
+    n_labels = df.groupby(key)["label"].transform("nunique")
+    conflicting = n_labels > 1
+    counts["dropped_conflicting_labels"] = int(conflicting.sum())
+    df, key = df[~conflicting], key[~conflicting]
+    dup = key.duplicated(keep="first")
+    counts["dropped_duplicates"] = int(dup.sum())
+    df = df[~dup].reset_index(drop=True)
+    counts["rows_clean"] = int(len(df))
+    return df, counts
+
+
+def stratified_sample(df: pd.DataFrame, size: int | None, seed: int) -> pd.DataFrame:
+    if size is None or size >= len(df):
+        return df
+    sample, _ = train_test_split(df, train_size=size, stratify=df["label_id"], random_state=seed)
+    return sample.sort_index()
+
+
+def split(df: pd.DataFrame, cfg: PreprocessConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    if "group" in df.columns:
+        from sklearn.model_selection import GroupShuffleSplit
+
+        gss = GroupShuffleSplit(n_splits=1, test_size=cfg.test_size, random_state=cfg.seed)
+        train_idx, test_idx = next(gss.split(df, df["label_id"], groups=df["group"].fillna("")))
+        return df.iloc[train_idx], df.iloc[test_idx]
+    return train_test_split(df, test_size=cfg.test_size, stratify=df["label_id"], random_state=cfg.seed)
+
+
+def class_weights(label_ids: np.ndarray, n_classes: int) -> list[float]:
+    counts = np.bincount(label_ids, minlength=n_classes).astype(float)
+    return (len(label_ids) / (n_classes * np.maximum(counts, 1))).round(6).tolist()
+
+
+def preprocess(cfg: PreprocessConfig, raw_path: Path, out_dir: Path) -> dict:
+    """Step: clean, label-encode, sample and split; write train/test parquet, label map and report."""
+    raw, info = read_raw(raw_path)
+    df, counts = clean_frame(raw, cfg, lossy_source=info.get("encoding") == "latin-1")
+    labels = sorted(df["label"].unique())
+    label_map = {label: i for i, label in enumerate(labels)}
+    df["label_id"] = df["label"].map(label_map).astype(int)
+    df = stratified_sample(df, cfg.sample_size, cfg.seed)
+    counts["rows_sampled"] = int(len(df))
+    train, test = split(df, cfg)
+    leaked = set(dedup_key(train["text"])) & set(dedup_key(test["text"]))
+    if leaked:  # cannot happen after dedup; kept as a guard against future changes to dedup_key
+        raise RuntimeError(f"{len(leaked)} texts appear in both train and test")
+    counts.update(rows_train=int(len(train)), rows_test=int(len(test)))
+    report = {
+        "counts": counts,
+        "labels": labels,
+        "class_balance_train": {l: int(n) for l, n in train["label"].value_counts().sort_index().items()},
+        "class_balance_test": {l: int(n) for l, n in test["label"].value_counts().sort_index().items()},
+        "class_weights": class_weights(train["label_id"].to_numpy(), len(labels)),
+        "encoding": info.get("encoding"),
+    }
+    keep = [c for c in ("text", "label", "label_id", "group") if c in df.columns]
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir()
+        train[keep].reset_index(drop=True).to_parquet(tmp / "train.parquet", index=False)
+        test[keep].reset_index(drop=True).to_parquet(tmp / "test.parquet", index=False)
+        write_json(tmp / "label_map.json", label_map)
+        write_json(tmp / "report.json", report)
+    log.info("preprocess: %s", counts)
+    return report

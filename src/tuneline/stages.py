@@ -1,0 +1,184 @@
+"""The pipeline's steps as plain functions of (Config, project root), shared by DVC and Prefect.
+
+Each step reads only its config sections (listed in SECTIONS, mirrored by dvc.yaml's `params:`),
+deletes its previous outputs before it runs (as `dvc repro` does) and writes new ones atomically.
+"""
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from tuneline import crossval as cv_mod
+from tuneline.config import Config, PathsConfig
+from tuneline.storage import read_json, remove_outputs, write_json
+
+log = logging.getLogger(__name__)
+
+ORDER = ("ingest", "validate", "preprocess", "select", "crossval", "refit", "register", "promote")
+
+# Config sections each stage reads. dvc.yaml lists exactly these under `params:` (a test checks).
+SECTIONS: dict[str, tuple[str, ...]] = {
+    "ingest": ("data",),
+    "validate": ("validate",),
+    "preprocess": ("preprocess",),
+    "select": ("select", "train"),
+    "crossval": ("cv", "train"),
+    "refit": ("train",),
+    "register": ("data", "validate", "preprocess", "select", "cv", "train", "tracking"),
+    "promote": ("tracking", "promote"),
+}
+
+
+class StageError(RuntimeError):
+    pass
+
+
+def _p(root: Path, rel: str) -> Path:
+    return Path(root) / rel
+
+
+def processed_files(paths: PathsConfig) -> dict[str, str]:
+    d = paths.processed_dir
+    return {n: f"{d}/{n}" for n in ("train.parquet", "test.parquet", "label_map.json", "report.json")}
+
+
+def metrics_files(paths: PathsConfig) -> dict[str, str]:
+    return {"crossval": f"{paths.metrics_dir}/cv.json", "refit": f"{paths.metrics_dir}/test.json"}
+
+
+def outputs(name: str, paths: PathsConfig) -> list[str]:
+    """What each stage writes, relative to the root: dvc.yaml's `outs:` then `metrics:`."""
+    outs = {
+        "ingest": [paths.raw],
+        "validate": [paths.validation_dir],
+        "preprocess": list(processed_files(paths).values()),
+        "select": [paths.selection],
+        "crossval": [paths.cv_dir],
+        "refit": [paths.model_dir, paths.eval_dir],
+        "register": [paths.registration],
+        "promote": [paths.promotion],
+    }[name]
+    metric = metrics_files(paths).get(name)
+    return outs + ([metric] if metric else [])
+
+
+def ingest(c: Config, root: Path) -> dict:
+    from tuneline.data import ingest as step
+
+    return step(c.data, _p(root, c.paths.raw))
+
+
+def validate(c: Config, root: Path) -> dict:
+    from tuneline.validation import validate as step
+
+    return step(c.validate_, _p(root, c.paths.raw), _p(root, c.paths.validation_dir))
+
+
+def preprocess(c: Config, root: Path) -> dict:
+    from tuneline.preprocess import preprocess as step
+
+    report = _p(root, c.paths.validation_dir) / "report.json"
+    if not report.is_file() or not read_json(report).get("success"):
+        raise StageError(f"{report}: no passing data validation for {c.paths.raw}; run the validate stage first")
+    return step(c.preprocess, _p(root, c.paths.raw), _p(root, c.paths.processed_dir))
+
+
+def select(c: Config, root: Path) -> dict:
+    from tuneline.selection import select as step
+
+    return step(c.select, c.train, _p(root, c.paths.selection))
+
+
+def crossval(c: Config, root: Path) -> dict:
+    summary = cv_mod.crossval(
+        c.cv, c.train, _p(root, c.paths.processed_dir), _p(root, c.paths.selection),
+        _p(root, c.paths.feature_cache_dir), _p(root, c.paths.cv_dir),
+    )
+    write_json(_p(root, metrics_files(c.paths)["crossval"]), {f"cv_{k}": v for k, v in summary["metrics"].items()})
+    return summary
+
+
+def refit(c: Config, root: Path) -> dict:
+    from tuneline.config import save_config
+
+    metrics = cv_mod.refit_and_test(
+        c.train, _p(root, c.paths.processed_dir), _p(root, c.paths.selection),
+        _p(root, c.paths.feature_cache_dir), _p(root, c.paths.model_dir), _p(root, c.paths.eval_dir),
+    )
+    save_config(c, _p(root, c.paths.model_dir) / "params.yaml")
+    write_json(_p(root, metrics_files(c.paths)["refit"]), {f"test_{k}": v for k, v in metrics.items()})
+    return metrics
+
+
+def register(c: Config, root: Path) -> dict:
+    from tuneline import tracking
+    from tuneline.lineage import lineage_tags
+
+    p = c.paths
+    files = {"raw": _p(root, p.raw), **{k.split(".")[0]: _p(root, v) for k, v in processed_files(p).items()}}
+    cv_summary = read_json(_p(root, p.cv_dir) / "summary.json")
+    short = Path(cv_summary["model"]).name
+    run_name = f"{short}-{cv_summary['strategy']}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
+    eval_dir = _p(root, p.eval_dir)
+    artifacts = [
+        _p(root, p.model_dir) / "params.yaml",
+        _p(root, p.validation_dir) / "report.json",
+        _p(root, p.validation_dir) / "report.html",
+        _p(root, p.processed_dir) / "report.json",
+        _p(root, p.processed_dir) / "label_map.json",
+        _p(root, p.cv_dir) / "folds.json",
+        _p(root, p.cv_dir) / "fold_metrics.json",
+        _p(root, p.cv_dir) / "summary.json",
+        eval_dir / "confusion_matrix.png",
+        eval_dir / "per_class.json",
+    ]
+    uri = tracking.tracking_uri(root)
+    params = {s: c.section(s).model_dump(mode="json") for s in SECTIONS["register"]}
+    registration = tracking.log_pipeline_run(
+        uri, c.tracking.experiment, c.tracking.registered_model_name, root, run_name, params,
+        lineage_tags(root, files), cv_summary, read_json(_p(root, p.cv_dir) / "fold_metrics.json"),
+        read_json(eval_dir / "metrics.json"), artifacts, _p(root, p.model_dir),
+    )
+    write_json(_p(root, p.registration), registration)
+    log.info("registered %s (run %s)", registration["model_uri"], registration["run_id"])
+    return registration
+
+
+def promote(c: Config, root: Path) -> dict:
+    from tuneline import tracking
+    from tuneline.registry import decide
+
+    reg = read_json(_p(root, c.paths.registration))
+    uri = tracking.tracking_uri(root)
+    name, metric = reg["registered_model_name"], c.promote.metric
+    current = tracking.champion(uri, name, metric)
+    if current is not None and current[0] == reg["version"]:
+        decision = {"promote": False, "reason": "already champion", "metric": metric,
+                    "candidate": reg["cv_metrics"][metric], "champion": current[1]}
+    else:
+        decision = decide(metric, reg["cv_metrics"][metric], None if current is None else current[1], c.promote.min_delta).to_dict()
+        if decision["promote"]:
+            tracking.set_champion(uri, name, reg["version"], None if current is None else current[0])
+    decision |= {"version": reg["version"], "previous_champion": None if current is None else current[0],
+                 "model_uri": reg["model_uri"], "champion_uri": f"models:/{name}@champion"}
+    tracking.log_decision(uri, reg["run_id"], decision)
+    write_json(_p(root, c.paths.promotion), decision)
+    log.info("promotion: %s", decision["reason"])
+    return decision
+
+
+STEPS: dict[str, Callable[[Config, Path], dict]] = {
+    "ingest": ingest, "validate": validate, "preprocess": preprocess, "select": select,
+    "crossval": crossval, "refit": refit, "register": register, "promote": promote,
+}
+
+
+def run_stage(name: str, config: Config, root: Path | str = ".") -> dict:
+    if name not in STEPS:
+        raise StageError(f"unknown stage {name!r}; stages: {', '.join(ORDER)}")
+    root = Path(root)
+    # Every stage starts clean; validate still writes its report when the data fails.
+    remove_outputs(*(_p(root, o) for o in outputs(name, config.paths)))
+    return STEPS[name](config, root)

@@ -1,0 +1,85 @@
+"""Training engine for the feature-extraction strategy: a logistic head on frozen-encoder features.
+
+Imports only numpy/scikit-learn/torch/transformers so it runs where MLflow, Prefect and DVC don't.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+
+from tuneline.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+MODEL_META = "tuneline.json"
+HEAD_FILE = "head.safetensors"
+
+
+class LinearHead:
+    """softmax(x W^T + b): a multinomial logistic regression stored as plain tensors."""
+
+    def __init__(self, weight: np.ndarray, bias: np.ndarray):
+        self.weight = weight.astype(np.float32)
+        self.bias = bias.astype(np.float32)
+
+    @classmethod
+    def fit(cls, X: np.ndarray, y: np.ndarray, n_classes: int, cfg: TrainConfig) -> "LinearHead":
+        clf = LogisticRegression(
+            C=cfg.head_c,
+            max_iter=cfg.head_max_iter,
+            class_weight="balanced" if cfg.class_weight == "balanced" else None,
+            random_state=cfg.seed,
+        )
+        clf.fit(X, y)
+        weight = np.zeros((n_classes, X.shape[1]), dtype=np.float64)
+        bias = np.zeros(n_classes, dtype=np.float64)
+        if n_classes == 2 and clf.coef_.shape[0] == 1:
+            # Binary sklearn stores one logit; softmax over [0, z] gives the same probabilities.
+            weight[1], bias[1] = clf.coef_[0], clf.intercept_[0]
+        else:
+            weight[clf.classes_], bias[clf.classes_] = clf.coef_, clf.intercept_
+            missing = np.setdiff1d(np.arange(n_classes), clf.classes_)
+            bias[missing] = -1e4  # a class absent from this fold's training rows is never predicted
+        return cls(weight, bias)
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        z = X.astype(np.float64) @ self.weight.T.astype(np.float64) + self.bias.astype(np.float64)
+        z -= z.max(1, keepdims=True)
+        e = np.exp(z)
+        return (e / e.sum(1, keepdims=True)).astype(np.float64)
+
+    def save(self, path: Path) -> None:
+        import torch
+        from safetensors.torch import save_file
+
+        save_file({"weight": torch.from_numpy(self.weight), "bias": torch.from_numpy(self.bias)}, str(path))
+
+    @classmethod
+    def load(cls, path: Path) -> "LinearHead":
+        from safetensors.numpy import load_file
+
+        t = load_file(str(path))
+        return cls(t["weight"], t["bias"])
+
+
+def save_feature_model(
+    model_dir: Path, tokenizer, encoder, head: LinearHead, labels: Sequence[str], train_cfg: TrainConfig, base_model: str
+) -> None:
+    """A folder the encoder loads from with AutoModel, plus the head and how to pool."""
+    encoder.save_pretrained(model_dir, safe_serialization=True)
+    tokenizer.save_pretrained(model_dir)
+    head.save(model_dir / HEAD_FILE)
+    meta = {
+        "format": 1,
+        "strategy": "feature_extraction",
+        "base_model": base_model,
+        "pooling": train_cfg.pooling,
+        "max_length": train_cfg.max_length,
+        "labels": list(labels),
+    }
+    (model_dir / MODEL_META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")

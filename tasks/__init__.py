@@ -1,0 +1,1 @@
+"""Prefect @task wrappers, one module per pipeline step. Logic lives in tuneline.stages."""

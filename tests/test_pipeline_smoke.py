@@ -1,0 +1,144 @@
+"""The whole Prefect flow on a small slice of the real default data, with a real MLflow store."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO, SMOKE_OVERRIDES
+
+pytestmark = pytest.mark.smoke
+
+
+def resolve(entry) -> str:
+    """A dvc.yaml deps/outs entry with its ${paths.*} templates filled from the default params."""
+    from tuneline.config import Config
+
+    text = next(iter(entry)) if isinstance(entry, dict) else entry
+    for k, v in Config().paths.model_dump().items():
+        text = text.replace("${paths.%s}" % k, v)
+    return text
+
+
+def dvc_stage_order() -> list[str]:
+    """dvc.yaml's stages in a topological order of their deps/outs (file order breaks ties)."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    produced = {resolve(o): name for name, s in stages.items() for o in s.get("outs", []) + s.get("metrics", [])}
+    needs = {name: {produced[resolve(d)] for d in s.get("deps", []) if resolve(d) in produced} for name, s in stages.items()}
+    order: list[str] = []
+    while len(order) < len(stages):
+        ready = [n for n in stages if n not in order and needs[n] <= set(order)]
+        assert ready, f"dvc.yaml has a cycle among {set(stages) - set(order)}"
+        order.append(ready[0])
+    return order
+
+
+@pytest.fixture(scope="module")
+def smoke_run(prefect_server, tmp_path_factory):
+    import os
+
+    from tuneline.flows.pipeline import pipeline
+
+    root = tmp_path_factory.mktemp("smoke")
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        state = pipeline(params=None, overrides=SMOKE_OVERRIDES, root=str(root), return_state=True)
+    finally:
+        os.chdir(cwd)
+    return root, state.result(), state.state_details.flow_run_id
+
+
+def test_flow_registers_a_champion_with_fold_runs(smoke_run):
+    from mlflow import MlflowClient
+
+    root, results, _ = smoke_run
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    reg = results["register"]
+    champion = client.get_model_version_by_alias("tuneline-classifier", "champion")
+    assert str(champion.version) == reg["version"] == "1"
+    assert results["promote"]["promote"] is True
+
+    parent = client.get_run(reg["run_id"])
+    for tag in ("git.commit", "git.dirty", "dvc.md5.raw", "dvc.md5.train", "dvc.md5.test", "tuneline.version"):
+        assert parent.data.tags.get(tag), tag
+    assert parent.data.params["cv.k"] == "3"
+    children = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{reg['run_id']}'"
+    )
+    assert len(children) == 3
+    for child in children:
+        assert {"accuracy", "loss", "precision_macro", "recall_macro", "f1_macro"} <= set(child.data.metrics)
+    artifacts = {a.path for a in client.list_artifacts(reg["run_id"])}
+    assert {"params.yaml", "report.json", "label_map.json", "confusion_matrix.png", "folds.json"} <= artifacts
+
+    test = results["refit"]
+    assert test["accuracy"] > test["majority_rate"] + 0.05
+
+
+def test_features_computed_once_per_dataset(smoke_run):
+    root, results, _ = smoke_run
+    assert results["crossval"]["encoder_passes"] == 1  # train texts encoded once for all k folds
+    assert len(list((root / ".cache" / "features").glob("*.npy"))) == 2  # train + test
+
+
+def test_registered_model_predicts_like_the_test_evaluation(smoke_run, monkeypatch):
+    import mlflow.pyfunc
+    import pandas as pd
+
+    root, results, _ = smoke_run
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    model = mlflow.pyfunc.load_model("models:/tuneline-classifier@champion")
+    test = pd.read_parquet(root / "data" / "processed" / "test.parquet")
+    pred = model.predict(test[["text"]])
+    accuracy = float((pred["label"].to_numpy() == test["label"].to_numpy()).mean())
+    assert accuracy == pytest.approx(results["refit"]["accuracy"], abs=1e-9)
+
+
+def test_prefect_flow_runs_the_dvc_stages_in_dvc_order(smoke_run):
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from tuneline.stages import ORDER
+
+    _, _, flow_run_id = smoke_run
+
+    async def task_names() -> list[str]:
+        async with get_client() as client:
+            runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+        runs = sorted(runs, key=lambda r: r.start_time)
+        return [r.name.rsplit("-", 1)[0] for r in runs]
+
+    names = asyncio.run(task_names())
+    assert names == dvc_stage_order() == list(ORDER)
+
+
+def test_dvc_yaml_params_and_outs_match_the_steps():
+    from tuneline.config import Config
+    from tuneline.stages import SECTIONS, outputs
+
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    paths = Config().paths
+    assert list(stages) == list(SECTIONS)
+    for name, stage in stages.items():
+        assert stage["cmd"] == f"tuneline stage {name}"
+        assert tuple(stage["params"]) == SECTIONS[name], name
+        declared = [resolve(o) for o in stage.get("outs", []) + stage.get("metrics", [])]
+        assert declared == outputs(name, paths), name
+
+
+def test_run_outputs_are_complete(smoke_run):
+    root, results, _ = smoke_run
+    from tuneline.config import Config
+    from tuneline.stages import ORDER, outputs
+
+    for name in ORDER:
+        for rel in outputs(name, Config().paths):
+            assert (root / rel).exists(), rel
+    model_dir = root / "models" / "model"
+    assert json.loads((model_dir / "tuneline.json").read_text())["labels"] == ["negative", "neutral", "positive"]
+    assert (model_dir / "model.safetensors").is_file() and not list(model_dir.glob("*.bin"))
