@@ -34,6 +34,7 @@ def _setup_logging(verbose: bool) -> None:
         handlers=[RichHandler(show_path=False, rich_tracebacks=False)],
     )
     logging.getLogger("tuneline").setLevel(logging.DEBUG if verbose else logging.INFO)
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
     import warnings
 
     warnings.filterwarnings("ignore", category=FutureWarning)
@@ -57,6 +58,11 @@ def cmd_run(args) -> int:
 
     from tuneline.flows.pipeline import pipeline
 
+    if not args.verbose:
+        # A failed step raises a tuneline error that main() prints in one clear message;
+        # Prefect's own traceback of it is noise (-v keeps it).
+        for name in ("prefect.task_runs", "prefect.flow_runs"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     start = time.perf_counter()
     results = pipeline(params=_params_path(args.params), overrides=args.set, root=".")
     elapsed = time.perf_counter() - start
@@ -82,6 +88,27 @@ def cmd_stage(args) -> int:
     return 0
 
 
+def cmd_pin_labels(args) -> int:
+    """Infer the label set from data.source and write it into params.yaml's validate.labels."""
+    import re
+
+    from tuneline.data import read_table, resolve_source, to_canonical
+
+    config = _load(args)
+    path = resolve_source(config.data)
+    df, _ = read_table(config.data, path)
+    labels = sorted(to_canonical(df, config.data, path)["label"].dropna().astype(str).str.strip().unique())
+    params = Path(_params_path(args.params) or DEFAULT_PARAMS)
+    text = params.read_text(encoding="utf-8") if params.is_file() else ""
+    line = "  labels: [" + ", ".join(repr(l) if not l.isalnum() else l for l in labels) + "]"
+    new, n = re.subn(r"(?m)^  labels:.*$", line, text, count=1)
+    if n == 0:
+        raise SystemExit(f"{params}: no 'validate:' section with a 'labels:' key to pin; add `validate: {{labels: null}}`")
+    params.write_text(new, encoding="utf-8")
+    log.info("pinned validate.labels in %s: %s", params, labels)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tuneline", description="Fine-tune pre-trained transformers and ship the winner through MLflow.")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -99,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = with_params(sub.add_parser("stage", help="run one pipeline step (what dvc.yaml calls)"))
     p.add_argument("name", choices=ORDER)
     p.set_defaults(func=cmd_stage)
+    p = with_params(sub.add_parser("pin-labels", help="write the data's label set into params.yaml (validate.labels)"))
+    p.set_defaults(func=cmd_pin_labels)
     return parser
 
 
@@ -109,12 +138,13 @@ def main(argv: list[str] | None = None) -> int:
     from tuneline.config import ConfigError
     from tuneline.data import DataError
     from tuneline.models import ModelLoadError
+    from tuneline.preprocess import LeakageError
     from tuneline.stages import StageError
     from tuneline.validation import DataValidationError
 
     try:
         return args.func(args)
-    except (ConfigError, DataError, DataValidationError, ModelLoadError, StageError) as exc:
+    except (ConfigError, DataError, DataValidationError, LeakageError, ModelLoadError, StageError) as exc:
         log.error("%s", exc)
         return 2
 

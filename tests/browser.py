@@ -1,0 +1,40 @@
+"""Headless Chromium (Debian's package) for page checks; flags as this machine's network needs."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ARTIFACTS = Path(__file__).parent / "artifacts"
+FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--hide-scrollbars",
+]
+
+
+def chromium() -> str:
+    exe = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if exe is None:
+        pytest.skip("needs Chromium (apt-get install chromium); .ci/run installs it")
+    return exe
+
+
+def _run(url: str, tmp: Path, extra: list[str]) -> subprocess.CompletedProcess:
+    args = [chromium(), *FLAGS, f"--user-data-dir={tmp / 'chrome-profile'}", *extra, url]
+    return subprocess.run(args, capture_output=True, text=True, timeout=120, check=True)
+
+
+def dump_dom(url: str, tmp: Path, wait_ms: int = 0) -> str:
+    extra = ["--dump-dom"] + ([f"--virtual-time-budget={wait_ms}"] if wait_ms else [])
+    return _run(url, tmp, extra).stdout
+
+
+def screenshot(url: str, tmp: Path, name: str, size: str = "1400,1000", wait_ms: int = 0) -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    out = ARTIFACTS / name
+    extra = [f"--screenshot={out}", f"--window-size={size}"] + ([f"--virtual-time-budget={wait_ms}"] if wait_ms else [])
+    _run(url, tmp, extra)
+    return out
