@@ -27,7 +27,7 @@ def test_overrides_are_parsed_as_yaml():
         (["cv.k=three"], ["cv.k", "valid integer", "'three'"]),
         (["cv.k=1"], ["cv.k", "greater than or equal to 2"]),
         (["train.class_weight=auto"], ["train.class_weight", "'balanced'", "'none'"]),
-        (["select.candidates=[{model: x, strategy: magic}]"], ["select.candidates.0.strategy", "'feature_extraction'"]),
+        (["select.strategies=[magic]"], ["select.strategies.0", "'feature_extraction'", "'lora'"]),
         (["data.source=/nonexistent/file.csv"], ["data.source", "/nonexistent/file.csv", "not found"]),
         (["preprocess.test_size=1.5"], ["preprocess.test_size", "less than 1"]),
         (["cv.k"], ["cv.k", "KEY=VALUE"]),

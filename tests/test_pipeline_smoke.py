@@ -65,14 +65,23 @@ def test_flow_registers_a_champion_with_fold_runs(smoke_run):
     for tag in ("git.commit", "git.dirty", "dvc.md5.raw", "dvc.md5.train", "dvc.md5.test", "tuneline.version"):
         assert parent.data.tags.get(tag), tag
     assert parent.data.params["cv.k"] == "3"
-    children = client.search_runs(
-        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{reg['run_id']}'"
-    )
-    assert len(children) == 3
+    exp = [parent.info.experiment_id]
+    children = client.search_runs(exp, filter_string=f"tags.mlflow.parentRunId = '{reg['run_id']}'")
+    assert sorted(c.data.tags["candidate"] for c in children) == ["all-MiniLM-L6-v2:feature_extraction", "tfidf-logreg"]
     for child in children:
-        assert {"accuracy", "loss", "precision_macro", "recall_macro", "f1_macro"} <= set(child.data.metrics)
+        assert child.data.tags["tuneline.run_kind"] == "candidate"
+        folds = client.search_runs(exp, filter_string=f"tags.mlflow.parentRunId = '{child.info.run_id}'")
+        assert sorted(f.data.tags["fold"] for f in folds) == ["0", "1", "2"]
+        for fold in folds:
+            assert {"accuracy", "loss", "precision_macro", "recall_macro", "f1_macro"} <= set(fold.data.metrics)
     artifacts = {a.path for a in client.list_artifacts(reg["run_id"])}
-    assert {"params.yaml", "report.json", "label_map.json", "confusion_matrix.png", "folds.json"} <= artifacts
+    assert {"params.yaml", "report.json", "label_map.json", "confusion_matrix.png", "folds.json",
+            "comparison.md", "comparison_table.json"} <= artifacts
+    table = json.loads(open(client.download_artifacts(reg["run_id"], "comparison_table.json")).read())
+    rows = [dict(zip(table["columns"], r)) for r in table["data"]]
+    winner = [r["candidate"] for r in rows if r["winner"]]
+    best = max((r for r in rows if r["strategy"] != "baseline"), key=lambda r: r["f1_macro_mean"])
+    assert winner == [best["candidate"]] == [parent.data.tags["winner"]]
 
     test = results["refit"]
     assert test["accuracy"] > test["majority_rate"] + 0.05
@@ -80,8 +89,9 @@ def test_flow_registers_a_champion_with_fold_runs(smoke_run):
 
 def test_features_computed_once_per_dataset(smoke_run):
     root, results, _ = smoke_run
-    assert results["crossval"]["encoder_passes"] == 1  # train texts encoded once for all k folds
-    assert len(list((root / ".cache" / "features").glob("*.npy"))) == 2  # train + test
+    # train texts encoded once for all k folds; the refit reuses them and encodes the test split once
+    assert results["crossval"]["winner"]["encoder_passes"] == 1
+    assert len(list((root / ".cache" / "features").glob("*.npy"))) == 2
 
 
 def test_registered_model_predicts_like_the_test_evaluation(smoke_run, monkeypatch):

@@ -28,7 +28,7 @@ class PathsConfig(_Section):
     raw: str = "data/raw/dataset.parquet"
     validation_dir: str = "data/validation"
     processed_dir: str = "data/processed"
-    selection: str = "data/selection/selected.json"
+    selection: str = "data/selection/candidates.json"
     cv_dir: str = "data/cv"
     model_dir: str = "models/model"
     eval_dir: str = "data/eval"
@@ -90,20 +90,15 @@ class PreprocessConfig(_Section):
     leakage: Literal["fail", "drop"] = Field("fail", description="a text in both train and test: stop, or drop it from test")
 
 
-Strategy = Literal["feature_extraction"]
-
-
-class Candidate(_Section):
-    model: str = Field(description="hub id or local folder of a pre-trained encoder")
-    strategy: Strategy = "feature_extraction"
-
-
+Strategy = Literal["feature_extraction", "partial", "full", "lora"]
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 class SelectConfig(_Section):
-    candidates: list[Candidate] = Field(default_factory=lambda: [Candidate(model=DEFAULT_MODEL)], min_length=1)
+    models: list[str] = Field(default_factory=lambda: [DEFAULT_MODEL], min_length=1, description="hub ids or local folders")
+    strategies: Optional[list[Strategy]] = Field(None, description="strategies to compare; null = [train.strategy]")
     metric: Literal["accuracy", "f1_macro", "precision_macro", "recall_macro"] = "f1_macro"
+    baseline: bool = Field(True, description="also score TF-IDF + logistic regression as a sanity floor")
 
 
 class CVConfig(_Section):
@@ -112,8 +107,24 @@ class CVConfig(_Section):
 
 
 class TrainConfig(_Section):
+    strategy: Strategy = "feature_extraction"
     max_length: int = Field(64, ge=8, le=4096)
     batch_size: int = Field(64, ge=1)
+    learning_rate: float = Field(5e-5, gt=0)
+    epochs: int = Field(3, ge=1)
+    max_steps: Optional[int] = Field(None, ge=1, description="stop after this many optimizer steps (overrides epochs)")
+    grad_accum: int = Field(1, ge=1)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
+    early_stopping_patience: Optional[int] = Field(None, ge=1, description="epochs without val macro-F1 gain; null = off")
+    validation_fraction: float = Field(0.1, gt=0, lt=0.5, description="share of training rows held out for early stopping")
+    freeze_layers: int = Field(3, ge=0, description="partial: transformer layers frozen from the bottom (embeddings always)")
+    lora_r: int = Field(8, ge=1)
+    lora_alpha: int = Field(16, ge=1)
+    lora_dropout: float = Field(0.1, ge=0, lt=1)
+    lora_target_modules: Optional[list[str]] = Field(None, description="null = per architecture family")
+    merge_lora: bool = Field(False, description="also save the adapter merged into the base (plain transformers folder)")
     pooling: Literal["mean", "cls"] = "mean"
     head_c: float = Field(1.0, gt=0, description="inverse L2 strength of the logistic head")
     head_max_iter: int = Field(1000, ge=10)

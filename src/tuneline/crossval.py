@@ -1,18 +1,21 @@
-"""Stratified k-fold cross-validation of the selected candidate, and the refit + test evaluation.
+"""Cross-validation of every candidate on the SAME stratified folds, the choice of the winner,
+and the winner's refit on all training rows with one evaluation on the untouched test split.
 
 Feature extraction encodes each dataset ONCE (cached on disk); every fold and the refit reuse it.
 """
 from __future__ import annotations
 
 import logging
+import re
+import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedKFold
+from sklearn.model_selection import StratifiedKFold, train_test_split
 from tqdm.auto import tqdm
 
-from tuneline.config import CVConfig, TrainConfig
+from tuneline.config import CVConfig, SelectConfig, TrainConfig
 from tuneline.features import FeatureCache, cache_key, embed
 from tuneline.metrics import classification_metrics, majority_rate, per_class_metrics, plot_confusion_matrix, summarize
 from tuneline.models import load_encoder
@@ -25,19 +28,19 @@ log = logging.getLogger(__name__)
 class Featurizer:
     """Loads the encoder lazily: on a full cache hit it is never loaded at all."""
 
-    def __init__(self, selection: dict, train_cfg: TrainConfig, cache_dir: Path):
-        self.selection, self.cfg = selection, train_cfg
+    def __init__(self, candidate: dict, train_cfg: TrainConfig, cache_dir: Path):
+        self.candidate, self.cfg = candidate, train_cfg
         self.cache = FeatureCache(cache_dir)
         self._loaded = None
 
     @property
     def loaded(self):
         if self._loaded is None:
-            self._loaded = load_encoder(self.selection["resolved"], self.cfg.trust_remote_code, self.cfg.allow_pickle_weights)
+            self._loaded = load_encoder(self.candidate["resolved"], self.cfg.trust_remote_code, self.cfg.allow_pickle_weights)
         return self._loaded
 
     def __call__(self, texts: list[str], desc: str) -> np.ndarray:
-        key = cache_key(self.selection["fingerprint"], texts, self.cfg.max_length, self.cfg.pooling)
+        key = cache_key(self.candidate["fingerprint"], texts, self.cfg.max_length, self.cfg.pooling)
 
         def compute() -> np.ndarray:
             tokenizer, encoder = self.loaded
@@ -54,66 +57,166 @@ def make_folds(y: np.ndarray, cfg: CVConfig) -> list[dict[str, list[int]]]:
     return [{"train": tr.tolist(), "val": va.tolist()} for tr, va in skf.split(np.zeros(len(y)), y)]
 
 
-def crossval(cv_cfg: CVConfig, train_cfg: TrainConfig, processed_dir: Path, selection_path: Path, cache_dir: Path, cv_dir: Path) -> dict:
-    """Step: k folds, a head trained per fold on cached features; write folds, per-fold metrics, summary."""
-    selection = read_json(selection_path)
-    train = pd.read_parquet(processed_dir / "train.parquet")
-    y = train["label_id"].to_numpy()
-    n_classes = len(read_json(processed_dir / "label_map.json"))
-    folds = make_folds(y, cv_cfg)
-    featurize = Featurizer(selection, train_cfg, cache_dir)
-    X = featurize(train["text"].tolist(), "embedding train")
-    fold_metrics = []
-    for i, fold in enumerate(tqdm(folds, desc="cross-validation", unit="fold", leave=False)):
+def _baseline(cfg: TrainConfig, seed: int):
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    return make_pipeline(
+        TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True),
+        LogisticRegression(max_iter=2000, class_weight="balanced" if cfg.class_weight == "balanced" else None, random_state=seed),
+    )
+
+
+def _finetune(candidate: dict, texts: list[str], y: np.ndarray, names: list[str], cfg: TrainConfig, seed: int, desc: str):
+    """Fine-tune a fresh copy of the candidate; early stopping carves its own validation rows."""
+    from tuneline.finetune import build_model, train_model
+
+    cfg = cfg.model_copy(update={"seed": seed})
+    model, tokenizer = build_model(candidate["resolved"], names, cfg, candidate["strategy"])
+    val = None
+    if cfg.early_stopping_patience is not None:
+        idx_tr, idx_va = train_test_split(np.arange(len(y)), test_size=cfg.validation_fraction, stratify=y, random_state=seed)
+        val = ([texts[i] for i in idx_va], y[idx_va])
+        texts, y = [texts[i] for i in idx_tr], y[idx_tr]
+    return train_model(model, tokenizer, texts, y, cfg, val=val, desc=desc)
+
+
+def score_candidate(candidate: dict, texts: list[str], y: np.ndarray, names: list[str], folds: list[dict],
+                    cfg: TrainConfig, cv_cfg: CVConfig, cache_dir: Path) -> tuple[list[dict], float, int]:
+    """Per-fold validation metrics, the measured prediction latency (ms per text) and how many
+    times the encoder ran over the training texts (feature extraction: at most once for all folds)."""
+    from tuneline.finetune import predict_proba
+
+    strategy, results, predict_s, predicted, passes = candidate["strategy"], [], 0.0, 0, 0
+    X = None
+    if strategy == "feature_extraction":
+        featurize = Featurizer(candidate, cfg, cache_dir)
+        X = featurize(texts, f"embedding train ({candidate['name']})")
+        predict_s, predicted = featurize.cache.seconds_per_text(cache_key(candidate["fingerprint"], texts, cfg.max_length, cfg.pooling)), 1
+        passes = featurize.cache.encoder_passes
+    for i, fold in enumerate(tqdm(folds, desc=f"cv {candidate['name']}", unit="fold", leave=False)):
         tr, va = np.array(fold["train"]), np.array(fold["val"])
-        head = LinearHead.fit(X[tr], y[tr], n_classes, train_cfg)
-        m = classification_metrics(y[va], head.predict_proba(X[va]))
+        seed = cv_cfg.seed + i
+        start = time.perf_counter()
+        if strategy == "feature_extraction":
+            proba = LinearHead.fit(X[tr], y[tr], len(names), cfg.model_copy(update={"seed": seed})).predict_proba(X[va])
+        elif strategy == "baseline":
+            model = _baseline(cfg, seed).fit([texts[j] for j in tr], y[tr])
+            start = time.perf_counter()
+            proba = model.predict_proba([texts[j] for j in va])
+        else:
+            fit = _finetune(candidate, [texts[j] for j in tr], y[tr], names, cfg, seed, f"fold {i + 1}")
+            start = time.perf_counter()
+            proba = predict_proba(fit.model, fit.tokenizer, [texts[j] for j in va], cfg.max_length, cfg.batch_size * 2)
+        if strategy != "feature_extraction":
+            predict_s, predicted = predict_s + time.perf_counter() - start, predicted + len(va)
+        m = classification_metrics(y[va], proba)
         m["majority_rate"] = majority_rate(y[va])
-        fold_metrics.append(m)
-        log.info("fold %d/%d: %s", i + 1, len(folds), {k: round(v, 4) for k, v in m.items()})
-    summary = {
-        "k": cv_cfg.k,
-        "model": selection["model"],
-        "strategy": selection["strategy"],
-        "metrics": summarize([{k: v for k, v in m.items() if k != "majority_rate"} for m in fold_metrics]),
-        "encoder_passes": featurize.cache.encoder_passes,
-    }
+        results.append(m)
+        log.info("%s fold %d/%d: %s", candidate["name"], i + 1, len(folds), {k: round(v, 4) for k, v in m.items()})
+    return results, 1000.0 * predict_s / max(predicted, 1), passes
+
+
+def choose(rows: list[dict], metric: str) -> dict:
+    """Highest CV mean of `metric` among eligible candidates; means equal to 4 decimals are a tie,
+    broken by fewer parameters, then lower latency."""
+    eligible = [r for r in rows if r["eligible"]]
+    return min(eligible, key=lambda r: (-round(r["metrics"][metric]["mean"], 4), r["parameters"] or 0, r["latency_ms"]))
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def crossval(cv_cfg: CVConfig, train_cfg: TrainConfig, select_cfg: SelectConfig, processed_dir: Path,
+             selection_path: Path, cache_dir: Path, cv_dir: Path) -> dict:
+    """Step: score every candidate on identical folds, pick the winner, write the comparison."""
+    candidates = read_json(selection_path)["candidates"]
+    train = pd.read_parquet(processed_dir / "train.parquet")
+    label_map = read_json(processed_dir / "label_map.json")
+    names = sorted(label_map, key=label_map.get)
+    texts, y = train["text"].tolist(), train["label_id"].to_numpy()
+    folds = make_folds(y, cv_cfg)
+    rows, per_candidate = [], {}
+    for cand in candidates:
+        fold_metrics, latency, passes = score_candidate(cand, texts, y, names, folds, train_cfg, cv_cfg, cache_dir)
+        per_candidate[cand["name"]] = fold_metrics
+        rows.append({**cand, "latency_ms": latency, "encoder_passes": passes,
+                     "metrics": summarize([{k: v for k, v in m.items() if k != "majority_rate"} for m in fold_metrics])})
+    winner = choose(rows, select_cfg.metric)
+    baseline = next((r for r in rows if r["strategy"] == "baseline"), None)
+    beats_baseline = baseline is None or winner["metrics"][select_cfg.metric]["mean"] > baseline["metrics"][select_cfg.metric]["mean"]
+    if not beats_baseline:
+        log.warning("the selected candidate %s does not beat the TF-IDF baseline on %s", winner["name"], select_cfg.metric)
+    summary = {"k": cv_cfg.k, "model": winner["model"], "strategy": winner["strategy"], "winner": winner,
+               "metrics": winner["metrics"], "rule": f"max CV mean {select_cfg.metric}; ties (4 d.p.) -> fewer parameters, lower latency",
+               "beats_baseline": beats_baseline}
     with atomic_path(cv_dir) as tmp:
         tmp.mkdir()
         write_json(tmp / "folds.json", {"seed": cv_cfg.seed, "k": cv_cfg.k, "folds": folds})
-        write_json(tmp / "fold_metrics.json", fold_metrics)
+        for name, fm in per_candidate.items():
+            write_json(tmp / "candidates" / slug(name) / "fold_metrics.json", fm)
+        write_json(tmp / "fold_metrics.json", per_candidate[winner["name"]])
+        write_json(tmp / "comparison.json", {"metric": select_cfg.metric, "winner": winner["name"], "rule": summary["rule"], "rows": rows})
+        (tmp / "comparison.md").write_text(comparison_markdown(rows, select_cfg.metric, winner["name"]), encoding="utf-8")
         write_json(tmp / "summary.json", summary)
     return summary
 
 
-def refit_and_test(train_cfg: TrainConfig, processed_dir: Path, selection_path: Path, cache_dir: Path, model_dir: Path, eval_dir: Path) -> dict:
-    """Step: fit on all training rows, save the model folder, evaluate once on the test split."""
-    selection = read_json(selection_path)
+def comparison_markdown(rows: list[dict], metric: str, winner: str) -> str:
+    cols = ["accuracy", "f1_macro", "loss"]
+    lines = ["| candidate | " + " | ".join(f"{c} (mean ± std)" for c in cols) + " | parameters | ms/text | |",
+             "|---" * (len(cols) + 4) + "|"]
+    for r in rows:
+        cells = [f"{r['metrics'][c]['mean']:.4f} ± {r['metrics'][c]['std']:.4f}" for c in cols]
+        mark = "**winner**" if r["name"] == winner else ("baseline" if not r["eligible"] else "")
+        lines.append(f"| {r['name']} | " + " | ".join(cells) + f" | {r['parameters'] or '-'} | {r['latency_ms']:.2f} | {mark} |")
+    return f"Candidates scored on identical folds; choice by CV mean {metric}.\n\n" + "\n".join(lines) + "\n"
+
+
+def refit_and_test(train_cfg: TrainConfig, processed_dir: Path, cv_dir: Path, cache_dir: Path, model_dir: Path, eval_dir: Path) -> dict:
+    """Step: fit the winner on all training rows, save the model folder, evaluate once on test."""
+    from tuneline.finetune import predict_proba
+    from tuneline.metrics import plot_learning_curves
+    from tuneline.modelio import save_finetuned
+
+    winner = read_json(cv_dir / "summary.json")["winner"]
     train = pd.read_parquet(processed_dir / "train.parquet")
     test = pd.read_parquet(processed_dir / "test.parquet")
     label_map = read_json(processed_dir / "label_map.json")
     names = sorted(label_map, key=label_map.get)
-    featurize = Featurizer(selection, train_cfg, cache_dir)
-    X_train = featurize(train["text"].tolist(), "embedding train")
-    X_test = featurize(test["text"].tolist(), "embedding test")
     y_train, y_test = train["label_id"].to_numpy(), test["label_id"].to_numpy()
-    head = LinearHead.fit(X_train, y_train, len(names), train_cfg)
-    proba = head.predict_proba(X_test)
+    history = []
+    with atomic_path(model_dir) as tmp_model:
+        tmp_model.mkdir()
+        if winner["strategy"] == "feature_extraction":
+            featurize = Featurizer(winner, train_cfg, cache_dir)
+            X_train = featurize(train["text"].tolist(), "embedding train")
+            X_test = featurize(test["text"].tolist(), "embedding test")
+            head = LinearHead.fit(X_train, y_train, len(names), train_cfg)
+            proba = head.predict_proba(X_test)
+            tokenizer, encoder = featurize.loaded
+            save_feature_model(tmp_model, tokenizer, encoder, head, names, train_cfg, winner["model"])
+        else:
+            fit = _finetune(winner, train["text"].tolist(), y_train, names, train_cfg, train_cfg.seed, "refit")
+            proba = predict_proba(fit.model, fit.tokenizer, test["text"].tolist(), train_cfg.max_length, train_cfg.batch_size * 2, desc="testing")
+            history = fit.history
+            save_finetuned(tmp_model, fit.model, fit.tokenizer, names, train_cfg, winner["strategy"], winner["model"])
     metrics = classification_metrics(y_test, proba)
     metrics["majority_rate"] = majority_rate(y_test)
     y_pred = proba.argmax(1)
-    tokenizer, encoder = featurize.loaded
-    with atomic_path(model_dir) as tmp:
-        tmp.mkdir()
-        save_feature_model(tmp, tokenizer, encoder, head, names, train_cfg, selection["model"])
     with atomic_path(eval_dir) as tmp:
         tmp.mkdir()
         write_json(tmp / "metrics.json", {f"test_{k}": v for k, v in metrics.items()})
         write_json(tmp / "per_class.json", per_class_metrics(y_test, y_pred, names))
+        write_json(tmp / "history.json", history)
         plot_confusion_matrix(y_test, y_pred, names, tmp / "confusion_matrix.png", f"test split ({len(y_test)} rows)")
+        if history:
+            plot_learning_curves(history, tmp / "learning_curves.png")
         pd.DataFrame(
             {"text": test["text"], "label": test["label"], "predicted": [names[i] for i in y_pred]}
             | {f"p_{n}": proba[:, i] for i, n in enumerate(names)}
         ).to_parquet(tmp / "predictions.parquet", index=False)
-    log.info("test: %s", {k: round(v, 4) for k, v in metrics.items()})
+    log.info("test (%s): %s", winner["name"], {k: round(v, 4) for k, v in metrics.items()})
     return metrics

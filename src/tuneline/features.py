@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -66,10 +68,21 @@ class FeatureCache:
         if path.is_file():
             log.info("feature cache hit %s", path.name)
             return np.load(path)
+        start = time.perf_counter()
         feats = compute()
+        seconds = time.perf_counter() - start
         self.encoder_passes += 1
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
         np.save(tmp, feats)
         os.replace(tmp, path)
+        # the encoder's measured cost, kept for the latency tie-break when later runs hit the cache
+        path.with_suffix(".json").write_text(json.dumps({"seconds": seconds, "texts": len(feats)}))
         return feats
+
+    def seconds_per_text(self, key: str) -> float:
+        meta = self.cache_dir / f"{key}.json"
+        if not meta.is_file():
+            return 0.0
+        data = json.loads(meta.read_text())
+        return data["seconds"] / max(data["texts"], 1)

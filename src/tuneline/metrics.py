@@ -64,3 +64,24 @@ def plot_confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, names: Sequenc
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_learning_curves(history: list[dict], path: Path) -> None:
+    """Per-epoch training loss, and validation loss/macro-F1 when early stopping held rows out."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    ax1.plot(epochs, [h["train_loss"] for h in history], marker="o", label="train loss")
+    if "val_loss" in history[0]:
+        ax1.plot(epochs, [h["val_loss"] for h in history], marker="o", label="validation loss")
+        ax2.plot(epochs, [h["val_f1_macro"] for h in history], marker="o", label="validation macro-F1")
+        ax2.plot(epochs, [h["val_accuracy"] for h in history], marker="o", label="validation accuracy")
+    ax1.set_xlabel("epoch"), ax2.set_xlabel("epoch"), ax1.legend(), ax2.legend()
+    ax1.set_title("loss"), ax2.set_title("validation metrics")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

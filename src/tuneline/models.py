@@ -50,7 +50,7 @@ def model_fingerprint(resolved: str) -> str:
     return h.hexdigest()[:16]
 
 
-def _load_kwargs(resolved: str, trust_remote_code: bool, allow_pickle_weights: bool) -> dict:
+def load_kwargs(resolved: str, trust_remote_code: bool, allow_pickle_weights: bool) -> dict:
     p = Path(resolved)
     if p.is_dir() and not allow_pickle_weights and not list(p.glob("*.safetensors")) and list(p.glob("*.bin")):
         raise ModelLoadError(
@@ -65,7 +65,7 @@ def load_encoder(name: str, trust_remote_code: bool = False, allow_pickle_weight
     from transformers import AutoModel, AutoTokenizer
 
     resolved = resolve_model(name)
-    kwargs = _load_kwargs(resolved, trust_remote_code, allow_pickle_weights)
+    kwargs = load_kwargs(resolved, trust_remote_code, allow_pickle_weights)
     try:
         tokenizer = AutoTokenizer.from_pretrained(resolved, trust_remote_code=trust_remote_code)
         model = AutoModel.from_pretrained(resolved, **kwargs)

@@ -1,15 +1,22 @@
-"""Model selection. For now the first configured candidate that loads; scoring across candidates
-on shared folds is the model-selection issue's work."""
+"""Select stage: resolve every candidate (pre-trained model × strategy) and record what it costs.
+
+A candidate that fails to load is reported and skipped, unless none is left. Scoring the
+candidates on shared folds and choosing the winner happens in the crossval stage.
+"""
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Optional
 
 from tuneline.config import SelectConfig, TrainConfig
 from tuneline.models import ModelLoadError, model_fingerprint, quiet_transformers, resolve_model
 from tuneline.storage import write_json
 
 log = logging.getLogger(__name__)
+
+BASELINE = {"name": "tfidf-logreg", "model": "tfidf", "strategy": "baseline", "resolved": None,
+            "fingerprint": "tfidf", "parameters": None, "eligible": False}
 
 
 def check_loadable(name: str, train_cfg: TrainConfig) -> str:
@@ -25,25 +32,47 @@ def check_loadable(name: str, train_cfg: TrainConfig) -> str:
     return resolved
 
 
+def count_parameters(resolved: str) -> Optional[int]:
+    """Parameter count from the safetensors headers, without loading the weights."""
+    from safetensors import safe_open
+
+    files = sorted(Path(resolved).glob("*.safetensors")) if Path(resolved).is_dir() else []
+    if not files:
+        return None
+    total = 0
+    for f in files:
+        with safe_open(str(f), "np") as st:
+            for key in st.keys():
+                n = 1
+                for dim in st.get_slice(key).get_shape():
+                    n *= dim
+                total += n
+    return total
+
+
+def candidate_name(model: str, strategy: str) -> str:
+    return f"{Path(model).name}:{strategy}"
+
+
 def select(cfg: SelectConfig, train_cfg: TrainConfig, selection_path: Path) -> dict:
-    """Step: pick the candidate to fine-tune; write selection.json."""
-    errors = []
-    for cand in cfg.candidates:
+    """Step: the candidates every fold will score, in order, plus the TF-IDF baseline."""
+    strategies = cfg.strategies or [train_cfg.strategy]
+    candidates, skipped = [], []
+    for model in cfg.models:
         try:
-            resolved = check_loadable(cand.model, train_cfg)
+            resolved = check_loadable(model, train_cfg)
         except ModelLoadError as exc:
             log.warning("skipping candidate: %s", exc)
-            errors.append(str(exc))
+            skipped.append({"model": model, "error": str(exc)})
             continue
-        chosen = {
-            "model": cand.model,
-            "strategy": cand.strategy,
-            "resolved": resolved,
-            "fingerprint": model_fingerprint(resolved),
-            "rule": "first loadable candidate",
-            "skipped": errors,
-        }
-        write_json(selection_path, chosen)
-        log.info("selected %s (%s)", cand.model, cand.strategy)
-        return chosen
-    raise ModelLoadError("no candidate model could be loaded:\n  " + "\n  ".join(errors))
+        params = count_parameters(resolved)
+        for strategy in strategies:
+            candidates.append({"name": candidate_name(model, strategy), "model": model, "strategy": strategy,
+                               "resolved": resolved, "fingerprint": model_fingerprint(resolved),
+                               "parameters": params, "eligible": True})
+    if not candidates:
+        raise ModelLoadError("no candidate model could be loaded:\n  " + "\n  ".join(s["error"] for s in skipped))
+    out = {"candidates": candidates + ([BASELINE] if cfg.baseline else []), "skipped": skipped, "metric": cfg.metric}
+    write_json(selection_path, out)
+    log.info("candidates: %s", ", ".join(c["name"] for c in out["candidates"]))
+    return out

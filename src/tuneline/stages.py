@@ -24,7 +24,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "validate": ("validate",),
     "preprocess": ("preprocess",),
     "select": ("select", "train"),
-    "crossval": ("cv", "train"),
+    "crossval": ("cv", "train", "select"),
     "refit": ("train",),
     "register": ("data", "validate", "preprocess", "select", "cv", "train", "tracking"),
     "promote": ("tracking", "promote"),
@@ -93,10 +93,10 @@ def select(c: Config, root: Path) -> dict:
 
 def crossval(c: Config, root: Path) -> dict:
     summary = cv_mod.crossval(
-        c.cv, c.train, _p(root, c.paths.processed_dir), _p(root, c.paths.selection),
+        c.cv, c.train, c.select, _p(root, c.paths.processed_dir), _p(root, c.paths.selection),
         _p(root, c.paths.feature_cache_dir), _p(root, c.paths.cv_dir),
     )
-    write_json(_p(root, metrics_files(c.paths)["crossval"]), {f"cv_{k}": v for k, v in summary["metrics"].items()})
+    write_json(_p(root, metrics_files(c.paths)["crossval"]), {"winner": summary["winner"]["name"]} | {f"cv_{k}": v for k, v in summary["metrics"].items()})
     return summary
 
 
@@ -104,7 +104,7 @@ def refit(c: Config, root: Path) -> dict:
     from tuneline.config import save_config
 
     metrics = cv_mod.refit_and_test(
-        c.train, _p(root, c.paths.processed_dir), _p(root, c.paths.selection),
+        c.train, _p(root, c.paths.processed_dir), _p(root, c.paths.cv_dir),
         _p(root, c.paths.feature_cache_dir), _p(root, c.paths.model_dir), _p(root, c.paths.eval_dir),
     )
     save_config(c, _p(root, c.paths.model_dir) / "params.yaml")
@@ -129,16 +129,24 @@ def register(c: Config, root: Path) -> dict:
         _p(root, p.processed_dir) / "report.json",
         _p(root, p.processed_dir) / "label_map.json",
         _p(root, p.cv_dir) / "folds.json",
-        _p(root, p.cv_dir) / "fold_metrics.json",
         _p(root, p.cv_dir) / "summary.json",
+        _p(root, p.cv_dir) / "comparison.json",
+        _p(root, p.cv_dir) / "comparison.md",
         eval_dir / "confusion_matrix.png",
+        eval_dir / "learning_curves.png",
         eval_dir / "per_class.json",
+        eval_dir / "history.json",
     ]
+    from tuneline.crossval import slug
+
+    comparison = read_json(_p(root, p.cv_dir) / "comparison.json")
+    fold_metrics = {r["name"]: read_json(_p(root, p.cv_dir) / "candidates" / slug(r["name"]) / "fold_metrics.json")
+                    for r in comparison["rows"]}
     uri = tracking.tracking_uri(root)
     params = {s: c.section(s).model_dump(mode="json") for s in SECTIONS["register"]}
     registration = tracking.log_pipeline_run(
         uri, c.tracking.experiment, c.tracking.registered_model_name, root, run_name, params,
-        lineage_tags(root, files), cv_summary, read_json(_p(root, p.cv_dir) / "fold_metrics.json"),
+        lineage_tags(root, files), cv_summary, comparison, fold_metrics,
         read_json(eval_dir / "metrics.json"), artifacts, _p(root, p.model_dir),
     )
     write_json(_p(root, p.registration), registration)

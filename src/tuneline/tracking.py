@@ -84,6 +84,13 @@ def environment_tags() -> dict[str, str]:
     }
 
 
+def _fold_runs(mlflow, exp_id: str, prefix: str, fold_metrics: list[dict], tags: dict[str, str]) -> None:
+    for i, fm in enumerate(fold_metrics):
+        with mlflow.start_run(experiment_id=exp_id, run_name=f"{prefix}-fold{i}", nested=True):
+            mlflow.set_tags({"tuneline.run_kind": "fold", "fold": str(i), **tags})
+            mlflow.log_metrics(dict(fm))
+
+
 def log_pipeline_run(
     uri: str,
     experiment: str,
@@ -93,31 +100,48 @@ def log_pipeline_run(
     params: dict,
     tags: dict[str, str],
     cv_summary: dict,
-    fold_metrics: list[dict],
+    comparison: dict,
+    fold_metrics: dict[str, list[dict]],
     test_metrics: dict[str, float],
     artifacts: list[Path],
     model_dir: Path,
 ) -> dict:
-    """One parent run with one nested run per fold; log the model folder as pyfunc and register it."""
+    """A parent run; under it one child run per candidate, each with one nested run per fold.
+    The refit model is logged as pyfunc on the parent and registered as a new version."""
     import pandas as pd
     from mlflow.models import infer_signature
 
     exp_id = ensure_experiment(uri, experiment, root)
+    lineage = {k: v for k, v in tags.items() if k.startswith(("git.", "dvc."))}
     with _mlflow(uri) as mlflow, mlflow.start_run(experiment_id=exp_id, run_name=run_name) as parent:
-        mlflow.set_tags({**tags, **environment_tags(), "tuneline.run_kind": "pipeline"})
+        mlflow.set_tags({**tags, **environment_tags(), "tuneline.run_kind": "pipeline",
+                         "winner": cv_summary["winner"]["name"]})
         mlflow.log_params(flatten(params))
         summary_metrics = {}
         for name, stats in cv_summary["metrics"].items():
             summary_metrics[f"cv_{name}_mean"] = stats["mean"]
             summary_metrics[f"cv_{name}_std"] = stats["std"]
+            summary_metrics[f"cv_{name}_ci95_low"] = stats["ci95_low"]
+            summary_metrics[f"cv_{name}_ci95_high"] = stats["ci95_high"]
         mlflow.log_metrics({**summary_metrics, **test_metrics})
         for path in artifacts:
             if Path(path).is_file():
                 mlflow.log_artifact(str(path))
-        for i, fm in enumerate(fold_metrics):
-            with mlflow.start_run(experiment_id=exp_id, run_name=f"{run_name}-fold{i}", nested=True):
-                mlflow.set_tags({"tuneline.run_kind": "fold", "fold": str(i), **{k: v for k, v in tags.items() if k.startswith("git.")}})
-                mlflow.log_metrics({k: v for k, v in fm.items()})
+        table = pd.DataFrame([
+            {"candidate": r["name"], "model": r["model"], "strategy": r["strategy"], "parameters": r["parameters"],
+             "latency_ms": r["latency_ms"], "winner": r["name"] == comparison["winner"],
+             **{f"{m}_mean": s["mean"] for m, s in r["metrics"].items()}, **{f"{m}_std": s["std"] for m, s in r["metrics"].items()}}
+            for r in comparison["rows"]
+        ])
+        mlflow.log_table(table, artifact_file="comparison_table.json")
+        for row in comparison["rows"]:
+            with mlflow.start_run(experiment_id=exp_id, run_name=f"{run_name}-{row['name']}", nested=True):
+                mlflow.set_tags({"tuneline.run_kind": "candidate", "candidate": row["name"], **lineage})
+                mlflow.log_params({"model": row["model"], "strategy": row["strategy"], "parameters": row["parameters"]})
+                mlflow.log_metrics({f"cv_{m}_mean": s["mean"] for m, s in row["metrics"].items()}
+                                   | {f"cv_{m}_std": s["std"] for m, s in row["metrics"].items()} | {"latency_ms": row["latency_ms"]})
+                _fold_runs(mlflow, exp_id, f"{run_name}-{row['name']}", fold_metrics[row["name"]],
+                           {"candidate": row["name"], **lineage})
         signature = infer_signature(pd.DataFrame({"text": ["an example"]}), pd.DataFrame({"label": ["x"]}))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -130,16 +154,18 @@ def log_pipeline_run(
                 registered_model_name=registered_model_name,
             )
         version = str(info.registered_model_version)
+        f1 = cv_summary["metrics"]["f1_macro"]
         c = client(uri)
         c.update_model_version(
-            registered_model_name,
-            version,
-            description=f"{params['select']['candidates'][0]['model']} — cv f1_macro "
-            f"{cv_summary['metrics']['f1_macro']['mean']:.4f} ± {cv_summary['metrics']['f1_macro']['std']:.4f}",
+            registered_model_name, version,
+            description=f"{cv_summary['winner']['name']} — CV macro-F1 {f1['mean']:.4f} ± {f1['std']:.4f} (k={cv_summary['k']}); "
+            f"test accuracy {test_metrics.get('test_accuracy', float('nan')):.4f}",
         )
-        for k, v in {**{f"cv.{n}.mean": f"{s['mean']:.6f}" for n, s in cv_summary["metrics"].items()},
-                     "candidate": cv_summary["model"], "strategy": cv_summary["strategy"],
-                     **{k: v for k, v in tags.items() if k.startswith(("git.", "dvc."))}}.items():
+        version_tags = {f"cv.{n}.mean": f"{s['mean']:.6f}" for n, s in cv_summary["metrics"].items()}
+        version_tags |= {f"cv.{n}.std": f"{s['std']:.6f}" for n, s in cv_summary["metrics"].items()}
+        version_tags |= {k.replace("_", ".", 1): f"{v:.6f}" for k, v in test_metrics.items()}
+        version_tags |= {"candidate": cv_summary["winner"]["name"], "strategy": cv_summary["strategy"], **lineage}
+        for k, v in version_tags.items():
             c.set_model_version_tag(registered_model_name, version, k, str(v))
     return {
         "run_id": parent.info.run_id,

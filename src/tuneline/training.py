@@ -4,7 +4,6 @@ Imports only numpy/scikit-learn/torch/transformers so it runs where MLflow, Pref
 """
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Sequence
@@ -16,7 +15,6 @@ from tuneline.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
-MODEL_META = "tuneline.json"
 HEAD_FILE = "head.safetensors"
 
 
@@ -71,15 +69,9 @@ def save_feature_model(
     model_dir: Path, tokenizer, encoder, head: LinearHead, labels: Sequence[str], train_cfg: TrainConfig, base_model: str
 ) -> None:
     """A folder the encoder loads from with AutoModel, plus the head and how to pool."""
+    from tuneline.modelio import write_meta
+
     encoder.save_pretrained(model_dir, safe_serialization=True)
     tokenizer.save_pretrained(model_dir)
     head.save(model_dir / HEAD_FILE)
-    meta = {
-        "format": 1,
-        "strategy": "feature_extraction",
-        "base_model": base_model,
-        "pooling": train_cfg.pooling,
-        "max_length": train_cfg.max_length,
-        "labels": list(labels),
-    }
-    (model_dir / MODEL_META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    write_meta(model_dir, "feature_extraction", labels, train_cfg, base_model)

@@ -1,0 +1,72 @@
+"""Model folders on disk: what each strategy saves, and loading any of them back.
+
+Every folder has `tuneline.json` (strategy, labels, max_length, base model) and loads with plain
+transformers: full/partial (and merged LoRA) via AutoModelForSequenceClassification, a LoRA
+adapter via peft from `adapter/`, feature extraction via AutoModel plus `head.safetensors`.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+from tuneline.config import TrainConfig
+
+MODEL_META = "tuneline.json"
+ADAPTER_DIR = "adapter"
+
+
+def write_meta(model_dir: Path, strategy: str, labels: Sequence[str], cfg: TrainConfig, base_model: str, **extra) -> None:
+    meta = {"format": 1, "strategy": strategy, "base_model": base_model, "pooling": cfg.pooling,
+            "max_length": cfg.max_length, "labels": list(labels), **extra}
+    (Path(model_dir) / MODEL_META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+
+
+def read_meta(model_dir: Path) -> dict:
+    path = Path(model_dir) / MODEL_META
+    if not path.is_file():
+        raise FileNotFoundError(f"{model_dir}: not a tuneline model folder (no {MODEL_META})")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def save_finetuned(model_dir: Path, model, tokenizer, labels: Sequence[str], cfg: TrainConfig, strategy: str, base_model: str) -> None:
+    model_dir = Path(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    merged = False
+    if strategy == "lora":
+        adapter = model_dir / ADAPTER_DIR
+        # peft records the base's absolute local path; the id the user configured is portable.
+        model.peft_config["default"].base_model_name_or_path = base_model
+        model.save_pretrained(adapter, safe_serialization=True, save_embedding_layers=False)
+        if cfg.merge_lora:
+            model.merge_and_unload().save_pretrained(model_dir, safe_serialization=True)
+            merged = True
+    else:
+        model.save_pretrained(model_dir, safe_serialization=True)
+    write_meta(model_dir, strategy, labels, cfg, base_model, merged=merged)
+
+
+def load_classifier(model_dir: Path):
+    """(model, tokenizer, meta) for a fine-tuned folder; safetensors only."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from tuneline.models import quiet_transformers, resolve_model
+
+    quiet_transformers()
+    model_dir = Path(model_dir)
+    meta = read_meta(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    labels = meta["labels"]
+    if meta["strategy"] == "lora" and not meta.get("merged"):
+        from peft import PeftModel
+
+        base = AutoModelForSequenceClassification.from_pretrained(
+            resolve_model(meta["base_model"]), num_labels=len(labels), id2label=dict(enumerate(labels)),
+            label2id={l: i for i, l in enumerate(labels)}, use_safetensors=True,
+        )
+        if base.config.pad_token_id is None:
+            base.config.pad_token_id = tokenizer.pad_token_id
+        model = PeftModel.from_pretrained(base, model_dir / ADAPTER_DIR)
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True)
+    return model.eval(), tokenizer, meta
