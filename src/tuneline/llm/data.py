@@ -111,8 +111,9 @@ def conversation_problem(messages: Any, needs_final_assistant: bool) -> Optional
 
 def sft_conversation(row: dict) -> Any:
     """The full conversation of an SFT row (messages, or prompt + response)."""
-    if row.get("messages") is not None:
-        return field_value(row["messages"])
+    messages = field_value(row.get("messages"))
+    if messages is not None:
+        return messages
     prompt, response = field_value(row.get("prompt")), response_text(field_value(row.get("response")))
     if prompt is None or response is None or not isinstance(response, str):
         return None

@@ -43,15 +43,15 @@ def derived_frame(raw: pd.DataFrame, task: str, tokenizer) -> pd.DataFrame:
     where = raw["where"] if "where" in raw.columns else raw["line"].astype(str)
     out = pd.DataFrame(index=pd.Index(where.astype(str).tolist(), name="where"))
     records = raw.to_dict("records")
-    fields = ["prompt", "chosen", "rejected"] if task == "preference" else (["messages"] if "messages" in raw else ["prompt", "response"])
-    decoded = {f: [field_value(r.get(f)) for r in records] for f in fields if f in raw.columns}
-    for f, values in decoded.items():
-        out[f] = pd.Series([_text(response_text(v)) for v in values], index=out.index, dtype=object)
     prompts: list = [None] * len(records)
     if task == "preference":
+        decoded = {f: [field_value(r.get(f)) for r in records] for f in ("prompt", "chosen", "rejected") if f in raw.columns}
+        for f, values in decoded.items():
+            out[f] = pd.Series([_text(response_text(v)) for v in values], index=out.index, dtype=object)
         problems = []
         for i, p in enumerate(decoded.get("prompt", [None] * len(records))):
-            msgs = to_messages(p) if isinstance(p, (str, list)) else None
+            # a missing or blank prompt is reported by the field checks; here: is a present prompt usable?
+            msgs = to_messages(p) if isinstance(p, (str, list)) and str(_text(p)).strip() else None
             problems.append(conversation_problem(msgs, needs_final_assistant=False) if msgs is not None else None)
             prompts[i] = msgs if msgs is not None and problems[-1] is None else None
         out["prompt_problem"] = pd.Series(problems, index=out.index, dtype=object)
@@ -64,9 +64,10 @@ def derived_frame(raw: pd.DataFrame, task: str, tokenizer) -> pd.DataFrame:
         pairs = zip(out["chosen"] if "chosen" in out else none, out["rejected"] if "rejected" in out else none)
         responses = [[v for v in pair if isinstance(v, str) and v.strip()] for pair in pairs]
         tokens = [chat.pair_tokens(tokenizer, last_user_turn(p), rs) if p and len(rs) == 2 else None for p, rs in zip(prompts, responses)]
-    else:
-        convs = [sft_conversation(r) for r in records] if decoded else [None] * len(records)
-        problems = [conversation_problem(c, needs_final_assistant=True) if decoded else None for c in convs]
+    else:  # each row: `messages`, or `prompt` + `response`
+        convs = [sft_conversation(r) for r in records]
+        out["conversation"] = pd.Series([_text(c) if c is not None else None for c in convs], index=out.index, dtype=object)
+        problems = [conversation_problem(c, needs_final_assistant=True) if c is not None else None for c in convs]
         out["conversation_problem"] = pd.Series(problems, index=out.index, dtype=object)
         ok = [c if p is None and c is not None else None for c, p in zip(convs, problems)]
         prompts = [c[:-1] if c else None for c in ok]
@@ -80,15 +81,14 @@ def derived_frame(raw: pd.DataFrame, task: str, tokenizer) -> pd.DataFrame:
     return out
 
 
-def build_suite(frame: pd.DataFrame, task: str, cfg: LLMConfig, has_messages: bool) -> list[tuple[Any, str]]:
+def build_suite(frame: pd.DataFrame, task: str, cfg: LLMConfig) -> list[tuple[Any, str]]:
     """(expectation, what it means in plain words) pairs."""
     E = _gx().expectations
-    if task == "preference":
-        fields = ["prompt", "chosen", "rejected"]
-    else:
-        fields = ["messages"] if has_messages else ["prompt", "response"]
     suite: list[tuple[Any, str]] = [(E.ExpectTableRowCountToBeBetween(min_value=MIN_ROWS), f"at least {MIN_ROWS} examples")]
-    for f in fields:
+    if task == "chat_sft":
+        suite.append((E.ExpectColumnValuesToNotBeNull(column="conversation"),
+                      "neither field 'messages' nor both fields 'prompt' and 'response' are present"))
+    for f in (["prompt", "chosen", "rejected"] if task == "preference" else []):
         suite.append((E.ExpectColumnToExist(column=f), f"field {f!r} is missing from the file"))
         if f in frame.columns:
             suite.append((E.ExpectColumnValuesToNotBeNull(column=f), f"field {f!r} is missing (or null)"))
@@ -131,11 +131,16 @@ def run_suite(frame: pd.DataFrame, suite: list[tuple[Any, str]]) -> list[dict]:
         out.append({
             "expectation": cfg.type, "kwargs": kwargs, "success": bool(r.success), "observed": observed,
             "problem": meaning.get((cfg.type, kwargs.get("column"))),
-            "lines": [str(i) for i in (r.result.get("partial_unexpected_index_list") or [])[:10]],
+            "lines": [_where(i) for i in (r.result.get("partial_unexpected_index_list") or [])[:10]],
             "unexpected_sample": [str(v)[:80] for v in (r.result.get("partial_unexpected_list") or [])[:5]],
             "exception": (r.exception_info or {}).get("exception_message") if not r.success else None,
         })
     return out
+
+
+def _where(index) -> str:
+    """GX reports an unexpected row by its index value, or as {column: value, index name: value}."""
+    return str(index.get("where", index)) if isinstance(index, dict) else str(index)
 
 
 def describe_failure(report: dict) -> str:
@@ -144,7 +149,8 @@ def describe_failure(report: dict) -> str:
              f"{len(failed)} of {len(report['results'])} checks failed"]
     for r in failed:
         where = f" at {', '.join(r['lines'])}" if r["lines"] else ""
-        lines.append(f"  - {r['problem']}{where}: observed {observed_text(r)} [{r['expectation']} {r['kwargs']}]")
+        why = f" ({'; '.join(dict.fromkeys(r['unexpected_sample']))})" if r["expectation"] == "expect_column_values_to_be_null" else ""
+        lines.append(f"  - {r['problem']}{where}{why}: observed {observed_text(r)} [{r['expectation']} {r['kwargs']}]")
     return "\n".join(lines)
 
 
@@ -165,7 +171,7 @@ def render_html(report: dict) -> str:
 def validate(task: str, cfg: LLMConfig, raw: pd.DataFrame, source: str, tokenizer, report_dir: Path) -> dict:
     """Step: check the raw LLM rows; write report.json + report.html; raise on failure."""
     frame = derived_frame(raw, task, tokenizer)
-    results = run_suite(frame, build_suite(frame, task, cfg, "messages" in raw.columns))
+    results = run_suite(frame, build_suite(frame, task, cfg))
     report = {"success": all(r["success"] for r in results), "task": task, "source": source, "rows": int(len(raw)),
               "labels": [], "fields": [c for c in raw.columns if c not in ("line", "split", "where")], "results": results,
               "overlength_rows": int((frame["min_tokens"] > cfg.max_length).sum())}

