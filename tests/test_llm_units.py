@@ -117,7 +117,7 @@ def test_preference_suite_names_field_problem_and_line(llm_tokenizer, tmp_path):
     assert "pairs.jsonl (task preference)" in msg
     assert "fields 'chosen' and 'rejected' are identical at pairs.jsonl:3" in msg
     assert "field 'prompt' is empty at pairs.jsonl:5" in msg
-    assert "field 'chosen' is missing (or null) at pairs.jsonl:6" in msg
+    assert "field 'chosen' is missing, null or not text at pairs.jsonl:6" in msg
     import json
 
     report = json.loads((tmp_path / "v" / "report.json").read_text())

@@ -50,16 +50,34 @@ def _pad(seqs: list[list[int]], masks: list[list[int]], pad_id: int):
 
 
 def token_logps(model, seqs: list[list[int]], masks: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per sequence: sum of log p(token | earlier) over masked tokens, and how many there were."""
+    """Per sequence: sum of log p(token | earlier) over masked tokens, and how many there were.
+
+    Sequences are left-padded (explicit position ids, so the result does not depend on padding) and
+    the vocabulary projection runs only over the tail that holds masked tokens: for preference
+    pairs the reply, a fraction of prompt + reply.
+    """
     import torch
 
     dev = next(model.parameters()).device
-    ids, attn, mask = _pad(seqs, masks, pad_id)
-    ids, attn, mask = ids.to(dev), attn.to(dev), mask.to(dev)
-    with torch.no_grad():
-        logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1].float()
-        logp = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
-        m = mask[:, 1:]
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(seqs), width), dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.bool)
+    keep = 2
+    for i, (s, m) in enumerate(zip(seqs, masks)):
+        ids[i, width - len(s):] = torch.tensor(s)
+        attn[i, width - len(s):] = 1
+        mask[i, width - len(s):] = torch.tensor(m, dtype=torch.bool)
+        first = next((j for j, v in enumerate(m) if v), len(m))
+        keep = max(keep, len(s) - first + 1)
+    keep = min(keep, width)
+    positions = (attn.cumsum(-1) - 1).clamp(min=0)
+    ids, attn, mask, positions = ids.to(dev), attn.to(dev), mask.to(dev), positions.to(dev)
+    with torch.inference_mode():
+        logits = model(input_ids=ids, attention_mask=attn, position_ids=positions, logits_to_keep=keep).logits[:, :-1].float()
+        target = ids[:, width - keep + 1:]
+        logp = torch.log_softmax(logits, dim=-1).gather(-1, target[..., None]).squeeze(-1)
+        m = mask[:, width - keep + 1:]
         return (logp * m).sum(-1).cpu().numpy(), m.sum(-1).cpu().numpy()
 
 
@@ -68,16 +86,22 @@ def _batches(items: list, size: int, desc: str):
         yield items[start:start + size]
 
 
+def _by_length(seqs: list[list[int]], masks: list[list[int]], model, pad_id: int, size: int, desc: str):
+    """token_logps over batches of similar length (little padding), returned in the original order."""
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    lp, n = np.zeros(len(seqs)), np.zeros(len(seqs))
+    for batch in _batches(order, size, desc):
+        lp[batch], n[batch] = token_logps(model, [seqs[i] for i in batch], [masks[i] for i in batch], pad_id)
+    return lp, n
+
+
 def response_logps(model, tokenizer, prompts: list, responses: list[str], batch_size: int, desc: str) -> np.ndarray:
     seqs, masks = [], []
     for p, r in zip(prompts, responses):
         head, tail = completion_ids(tokenizer, p, r)
         seqs.append(head + tail)
         masks.append([0] * len(head) + [1] * len(tail))
-    out = []
-    for batch in _batches(list(zip(seqs, masks)), batch_size, desc):
-        out.append(token_logps(model, [s for s, _ in batch], [m for _, m in batch], tokenizer.pad_token_id)[0])
-    return np.concatenate(out) if out else np.zeros(0)
+    return _by_length(seqs, masks, model, tokenizer.pad_token_id, batch_size, desc)[0]
 
 
 def dpo_scores(model, tokenizer, pairs: list[dict], beta: float, batch_size: int) -> dict[str, np.ndarray]:
@@ -118,12 +142,12 @@ def reward_scores(model, tokenizer, pairs: list[dict], batch_size: int) -> dict[
     for side in ("chosen", "rejected"):
         seqs = [tokenizer.apply_chat_template(p["prompt"] + [{"role": "assistant", "content": p[side]}], tokenize=True,
                                               return_dict=True)["input_ids"] for p in pairs]
-        values = []
-        for batch in _batches(seqs, batch_size, f"scoring rewards {side}"):
-            ids, attn, _ = _pad(batch, [[] for _ in batch], tokenizer.pad_token_id)
+        values = np.zeros(len(seqs))
+        for batch in _batches(sorted(range(len(seqs)), key=lambda i: len(seqs[i])), batch_size, f"scoring rewards {side}"):
+            ids, attn, _ = _pad([seqs[i] for i in batch], [[] for _ in batch], tokenizer.pad_token_id)
             with torch.no_grad():
-                values.append(model(input_ids=ids.to(dev), attention_mask=attn.to(dev)).logits[:, 0].float().cpu().numpy())
-        out[f"reward_{side}"] = np.concatenate(values) if values else np.zeros(0)
+                values[batch] = model(input_ids=ids.to(dev), attention_mask=attn.to(dev)).logits[:, 0].float().cpu().numpy()
+        out[f"reward_{side}"] = values
     return out
 
 
@@ -142,10 +166,7 @@ def sft_metrics(model, tokenizer, conversations: list[list[dict]], batch_size: i
                                             chat_template=template)
         seqs.append(list(enc["input_ids"]))
         masks.append(list(enc["assistant_masks"]))
-    total, count = 0.0, 0
-    for batch in _batches(list(zip(seqs, masks)), batch_size, "scoring conversations"):
-        lp, n = token_logps(model, [s for s, _ in batch], [m for _, m in batch], tokenizer.pad_token_id)
-        total += float(lp.sum())
-        count += int(n.sum())
+    lp, n = _by_length(seqs, masks, model, tokenizer.pad_token_id, batch_size, "scoring conversations")
+    total, count = float(lp.sum()), int(n.sum())
     loss = -total / max(count, 1)
     return {"eval_loss": loss, "perplexity": math.exp(loss), "tokens": float(count)}

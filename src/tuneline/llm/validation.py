@@ -47,7 +47,11 @@ def derived_frame(raw: pd.DataFrame, task: str, tokenizer) -> pd.DataFrame:
     if task == "preference":
         decoded = {f: [field_value(r.get(f)) for r in records] for f in ("prompt", "chosen", "rejected") if f in raw.columns}
         for f, values in decoded.items():
-            out[f] = pd.Series([_text(response_text(v)) for v in values], index=out.index, dtype=object)
+            if f == "prompt":
+                out[f] = pd.Series([_text(v) if isinstance(v, (str, list)) else None for v in values], index=out.index, dtype=object)
+            else:  # a reply must be text (or one assistant message); anything else counts as missing
+                replies = [response_text(v) for v in values]
+                out[f] = pd.Series([r if isinstance(r, str) else None for r in replies], index=out.index, dtype=object)
         problems = []
         for i, p in enumerate(decoded.get("prompt", [None] * len(records))):
             # a missing or blank prompt is reported by the field checks; here: is a present prompt usable?
@@ -91,7 +95,7 @@ def build_suite(frame: pd.DataFrame, task: str, cfg: LLMConfig) -> list[tuple[An
     for f in (["prompt", "chosen", "rejected"] if task == "preference" else []):
         suite.append((E.ExpectColumnToExist(column=f), f"field {f!r} is missing from the file"))
         if f in frame.columns:
-            suite.append((E.ExpectColumnValuesToNotBeNull(column=f), f"field {f!r} is missing (or null)"))
+            suite.append((E.ExpectColumnValuesToNotBeNull(column=f), f"field {f!r} is missing, null or not text"))
             suite.append((E.ExpectColumnValuesToNotMatchRegex(column=f, regex=r"^\s*$"), f"field {f!r} is empty"))
     for col, what in (("prompt_problem", "field 'prompt' is not a usable prompt"),
                       ("conversation_problem", "the conversation is not usable")):
