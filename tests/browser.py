@@ -27,8 +27,9 @@ def _run(url: str, tmp: Path, extra: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run(args, capture_output=True, text=True, timeout=120, check=True)
 
 
-def dump_dom(url: str, tmp: Path, wait_ms: int = 0) -> str:
-    extra = ["--dump-dom"] + ([f"--virtual-time-budget={wait_ms}"] if wait_ms else [])
+def dump_dom(url: str, tmp: Path, wait_ms: int = 0, size: str = "1800,1000") -> str:
+    """The DOM after load (and `wait_ms` of virtual time for pages that fetch their data)."""
+    extra = ["--dump-dom", f"--window-size={size}"] + ([f"--virtual-time-budget={wait_ms}"] if wait_ms else [])
     return _run(url, tmp, extra).stdout
 
 

@@ -119,3 +119,7 @@ def prefect_api_url(tmp_path_factory):
     finally:
         stop_process(proc)
         log.close()
+
+
+# Real team servers (MLflow basic-auth and Prefect, both on PostgreSQL) for the integration tier.
+from team_servers import team_mlflow, team_prefect  # noqa: E402,F401

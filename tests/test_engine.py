@@ -103,3 +103,25 @@ def test_training_loss_falls_and_saved_model_reloads_identically(strategy, lr, m
         save_finetuned(merged_dir, fit.model, fit.tokenizer, LABELS, cfg.model_copy(update={"merge_lora": True}), strategy, DEFAULT_MODEL)
         plain = AutoModelForSequenceClassification.from_pretrained(merged_dir)  # no peft needed to serve
         np.testing.assert_allclose(predict_proba(plain, fit.tokenizer, held_out, cfg.max_length, 64), expected, atol=1e-5)
+
+
+@pytest.mark.unit
+def test_pickle_only_weights_need_an_explicit_opt_in(tmp_path):
+    from transformers import BertConfig, BertModel
+
+    from tuneline.models import ModelLoadError, load_encoder
+
+    config = BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16)
+    import torch
+
+    config.save_pretrained(tmp_path)  # transformers 5 only writes safetensors; a legacy .bin by hand
+    torch.save(BertModel(config).state_dict(), tmp_path / "pytorch_model.bin")
+    assert list(tmp_path.glob("*.bin")) and not list(tmp_path.glob("*.safetensors"))
+    with pytest.raises(ModelLoadError, match="only pickle .* train.allow_pickle_weights"):
+        load_encoder(str(tmp_path))
+
+
+@pytest.mark.unit
+def test_remote_code_stays_off_by_default():
+    cfg = TrainConfig()
+    assert cfg.trust_remote_code is False and cfg.allow_pickle_weights is False

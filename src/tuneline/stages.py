@@ -71,6 +71,22 @@ def outputs(name: str, paths: PathsConfig) -> list[str]:
     return outs + ([metric] if metric else [])
 
 
+def inputs(name: str, paths: PathsConfig) -> list[str]:
+    """The files each stage reads, relative to the root: dvc.yaml's `deps:` other than code (a test
+    checks). Cache keys and registration keys hash these (tuneline.fingerprint)."""
+    proc = processed_files(paths)
+    return {
+        "ingest": [],  # data.source lives outside the project; fingerprint.source_files adds it
+        "validate": [paths.raw],
+        "preprocess": [paths.raw, paths.validation_dir],
+        "select": [],
+        "crossval": [proc["train.parquet"], proc["label_map.json"], paths.selection],
+        "refit": [proc["train.parquet"], proc["test.parquet"], proc["label_map.json"], paths.cv_dir],
+        "register": [paths.validation_dir, proc["report.json"], paths.cv_dir, paths.model_dir, paths.eval_dir],
+        "promote": [paths.registration, proc["test.parquet"], proc["label_map.json"], paths.eval_dir],
+    }[name]
+
+
 def ingest(c: Config, root: Path) -> dict:
     if c.task != "classification":
         return _llm("ingest")(c, root)
@@ -106,12 +122,12 @@ def select(c: Config, root: Path) -> dict:
     return step(c.select, c.train, _p(root, c.paths.selection))
 
 
-def crossval(c: Config, root: Path) -> dict:
+def crossval(c: Config, root: Path, map_jobs=cv_mod.sequential) -> dict:
     if c.task != "classification":
         return _llm("crossval")(c, root)
     summary = cv_mod.crossval(
         c.cv, c.train, c.select, _p(root, c.paths.processed_dir), _p(root, c.paths.selection),
-        _p(root, c.paths.feature_cache_dir), _p(root, c.paths.cv_dir),
+        _p(root, c.paths.feature_cache_dir), _p(root, c.paths.cv_dir), map_jobs=map_jobs,
     )
     write_json(_p(root, metrics_files(c.paths)["crossval"]), {"winner": summary["winner"]["name"]} | {f"cv_{k}": v for k, v in summary["metrics"].items()})
     return summary
@@ -156,6 +172,7 @@ def register(c: Config, root: Path) -> dict:
         eval_dir / "confusion_matrix.png",
         eval_dir / "learning_curves.png",
         eval_dir / "per_class.json",
+        eval_dir / "classification_report.txt",
         eval_dir / "history.json",
     ]
     from tuneline.crossval import slug
@@ -164,39 +181,42 @@ def register(c: Config, root: Path) -> dict:
     fold_metrics = {r["name"]: read_json(_p(root, p.cv_dir) / "candidates" / slug(r["name"]) / "fold_metrics.json")
                     for r in comparison["rows"]}
     uri = tracking.tracking_uri(root)
-    params = {s: c.section(s).model_dump(mode="json") for s in SECTIONS["register"]}
-    registration = tracking.log_pipeline_run(
-        uri, c.tracking.experiment, c.tracking.registered_model_name, root, run_name, params,
-        lineage_tags(root, files), cv_summary, comparison, fold_metrics,
-        read_json(eval_dir / "metrics.json"), artifacts, _p(root, p.model_dir),
-    )
+    params = {s: c.to_dict()["validate" if s == "validate_" else s] for s in SECTIONS["register"]}
+    # Idempotent: a retry, or a rerun with the same inputs, reuses the version registered for them.
+    from tuneline.fingerprint import stage_key
+
+    key = stage_key("register", c, root)
+    registration = tracking.find_registration(uri, c.tracking.experiment, c.tracking.registered_model_name, key)
+    if registration is None:
+        registration = tracking.log_pipeline_run(
+            uri, c.tracking.experiment, c.tracking.registered_model_name, root, run_name, params,
+            lineage_tags(root, files), cv_summary, comparison, fold_metrics,
+            read_json(eval_dir / "metrics.json"), artifacts, _p(root, p.model_dir), registration_key=key,
+        )
     write_json(_p(root, p.registration), registration)
     log.info("registered %s (run %s)", registration["model_uri"], registration["run_id"])
     return registration
 
 
 def promote(c: Config, root: Path) -> dict:
+    """Gate this run's registered version against the champion, both scored on this test split."""
     if c.task != "classification":
         return _llm("promote")(c, root)
+    import pandas as pd
+
     from tuneline import tracking
-    from tuneline.registry import decide
+    from tuneline.promotion import load_test_split, promote_version
 
     reg = read_json(_p(root, c.paths.registration))
+    test, label_map = load_test_split(_p(root, c.paths.processed_dir))
+    # the refit model's own predictions on this split: the registered version need not be re-loaded
+    predicted = pd.read_parquet(_p(root, c.paths.eval_dir) / "predictions.parquet")["predicted"].astype(str).tolist()
     uri = tracking.tracking_uri(root)
-    name, metric = reg["registered_model_name"], c.promote.metric
-    current = tracking.champion(uri, name, metric)
-    if current is not None and current[0] == reg["version"]:
-        decision = {"promote": False, "reason": "already champion", "metric": metric,
-                    "candidate": reg["cv_metrics"][metric], "champion": current[1]}
-    else:
-        decision = decide(metric, reg["cv_metrics"][metric], None if current is None else current[1], c.promote.min_delta).to_dict()
-        if decision["promote"]:
-            tracking.set_champion(uri, name, reg["version"], None if current is None else current[0])
-    decision |= {"version": reg["version"], "previous_champion": None if current is None else current[0],
-                 "model_uri": reg["model_uri"], "champion_uri": f"models:/{name}@champion"}
+    decision = promote_version(uri, reg["registered_model_name"], reg["version"], test, label_map, c.promote,
+                               candidate_labels=predicted)
+    decision |= {"model_uri": reg["model_uri"], "champion_uri": f"models:/{reg['registered_model_name']}@champion"}
     tracking.log_decision(uri, reg["run_id"], decision)
     write_json(_p(root, c.paths.promotion), decision)
-    log.info("promotion: %s", decision["reason"])
     return decision
 
 
@@ -206,10 +226,11 @@ STEPS: dict[str, Callable[[Config, Path], dict]] = {
 }
 
 
-def run_stage(name: str, config: Config, root: Path | str = ".") -> dict:
+def run_stage(name: str, config: Config, root: Path | str = ".", **options) -> dict:
+    """Run one step; `options` reach the step function (the crossval task passes its job mapper)."""
     if name not in STEPS:
         raise StageError(f"unknown stage {name!r}; stages: {', '.join(ORDER)}")
     root = Path(root)
     # Every stage starts clean; validate still writes its report when the data fails.
     remove_outputs(*(_p(root, o) for o in outputs(name, config.paths)))
-    return STEPS[name](config, root)
+    return STEPS[name](config, root, **options)

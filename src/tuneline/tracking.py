@@ -52,13 +52,27 @@ def client(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
+# A saved view of the experiment's runs table with the columns people compare; open it with
+# #/experiments/<id>/runs?viewStateShareKey=tuneline (MLflow's own "share view" mechanism).
+UI_VIEW_KEY = "tuneline"
+UI_COLUMNS = ["attributes.`Run Name`", "attributes.`Created`", "tags.`candidate`", "tags.`winner`",
+              "metrics.`cv_f1_macro_mean`", "metrics.`cv_f1_macro_std`", "metrics.`cv_accuracy_mean`",
+              "metrics.`test_accuracy`", "metrics.`test_f1_macro`", "metrics.`accuracy`", "metrics.`f1_macro`",
+              "metrics.`loss`"]
+
+
 def ensure_experiment(uri: str, name: str, root: Path) -> str:
+    import json
+
     c = client(uri)
     exp = c.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
     location = (Path(root) / "mlartifacts").resolve().as_uri() if uri.startswith("sqlite:") else None
-    return c.create_experiment(name, artifact_location=location)
+    exp_id = c.create_experiment(name, artifact_location=location)
+    c.set_experiment_tag(exp_id, f"mlflow.sharedViewState.{UI_VIEW_KEY}",
+                         json.dumps({"selectedColumns": UI_COLUMNS, "orderByKey": "attributes.start_time", "orderByAsc": False}))
+    return exp_id
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -73,15 +87,19 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def environment_tags() -> dict[str, str]:
-    import torch
-    import transformers
+    from importlib.metadata import PackageNotFoundError, version
 
-    return {
-        "env.python": platform.python_version(),
-        "env.torch": torch.__version__,
-        "env.transformers": transformers.__version__,
-        "env.device": "cuda" if torch.cuda.is_available() else "cpu",
-    }
+    import torch
+
+    tags = {"env.python": platform.python_version(), "env.platform": platform.platform(),
+            "env.device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+            "env.cuda": torch.version.cuda or "none"}
+    for pkg in ("torch", "transformers", "peft", "scikit-learn", "mlflow", "prefect", "dvc", "great-expectations"):
+        try:
+            tags[f"env.{pkg}"] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return tags
 
 
 def _fold_runs(mlflow, exp_id: str, prefix: str, fold_metrics: list[dict], tags: dict[str, str]) -> None:
@@ -105,9 +123,11 @@ def log_pipeline_run(
     test_metrics: dict[str, float],
     artifacts: list[Path],
     model_dir: Path,
+    registration_key: Optional[str] = None,
 ) -> dict:
     """A parent run; under it one child run per candidate, each with one nested run per fold.
-    The refit model is logged as pyfunc on the parent and registered as a new version."""
+    The refit model is logged as pyfunc on the parent and registered as a new version.
+    `registration_key` tags the run at its start and the version last (see find_registration)."""
     import pandas as pd
     from mlflow.models import infer_signature
 
@@ -115,7 +135,8 @@ def log_pipeline_run(
     lineage = {k: v for k, v in tags.items() if k.startswith(("git.", "dvc."))}
     with _mlflow(uri) as mlflow, mlflow.start_run(experiment_id=exp_id, run_name=run_name) as parent:
         mlflow.set_tags({**tags, **environment_tags(), "tuneline.run_kind": "pipeline",
-                         "winner": cv_summary["winner"]["name"]})
+                         "winner": cv_summary["winner"]["name"],
+                         **({REGISTRATION_KEY: registration_key} if registration_key else {})})
         mlflow.log_params(flatten(params))
         summary_metrics = {}
         for name, stats in cv_summary["metrics"].items():
@@ -135,12 +156,12 @@ def log_pipeline_run(
         ])
         mlflow.log_table(table, artifact_file="comparison_table.json")
         for row in comparison["rows"]:
-            with mlflow.start_run(experiment_id=exp_id, run_name=f"{run_name}-{row['name']}", nested=True):
+            with mlflow.start_run(experiment_id=exp_id, run_name=row["name"], nested=True):
                 mlflow.set_tags({"tuneline.run_kind": "candidate", "candidate": row["name"], **lineage})
                 mlflow.log_params({"model": row["model"], "strategy": row["strategy"], "parameters": row["parameters"]})
                 mlflow.log_metrics({f"cv_{m}_mean": s["mean"] for m, s in row["metrics"].items()}
                                    | {f"cv_{m}_std": s["std"] for m, s in row["metrics"].items()} | {"latency_ms": row["latency_ms"]})
-                _fold_runs(mlflow, exp_id, f"{run_name}-{row['name']}", fold_metrics[row["name"]],
+                _fold_runs(mlflow, exp_id, row["name"], fold_metrics[row["name"]],
                            {"candidate": row["name"], **lineage})
         signature = infer_signature(pd.DataFrame({"text": ["an example"]}), pd.DataFrame({"label": ["x"]}))
         with warnings.catch_warnings():
@@ -165,6 +186,8 @@ def log_pipeline_run(
         version_tags |= {f"cv.{n}.std": f"{s['std']:.6f}" for n, s in cv_summary["metrics"].items()}
         version_tags |= {k.replace("_", ".", 1): f"{v:.6f}" for k, v in test_metrics.items()}
         version_tags |= {"candidate": cv_summary["winner"]["name"], "strategy": cv_summary["strategy"], **lineage}
+        if registration_key:  # last: a version with this tag is complete
+            version_tags[REGISTRATION_KEY] = registration_key
         for k, v in version_tags.items():
             c.set_model_version_tag(registered_model_name, version, k, str(v))
     return {
@@ -174,7 +197,7 @@ def log_pipeline_run(
         "version": version,
         "model_uri": f"models:/{registered_model_name}/{version}",
         "cv_metrics": {n: s["mean"] for n, s in cv_summary["metrics"].items()},
-        "tracking_uri": uri,
+        "tracking_uri": redact(uri),
     }
 
 
@@ -184,27 +207,225 @@ def _requirements() -> list[str]:
     return [f"{p}=={version(p)}" for p in ("torch", "transformers", "safetensors", "scikit-learn", "pandas")]
 
 
-def champion(uri: str, name: str, metric: str) -> Optional[tuple[str, float]]:
-    """The current champion's version and its CV mean of `metric`, or None."""
-    from mlflow.exceptions import MlflowException
-
-    c = client(uri)
-    try:
-        mv = c.get_model_version_by_alias(name, "champion")
-    except MlflowException:
-        return None
-    value = c.get_run(mv.run_id).data.metrics.get(f"cv_{metric}_mean")
-    return mv.version, value
-
-
-def set_champion(uri: str, name: str, version: str, previous: Optional[str]) -> None:
-    c = client(uri)
-    if previous is not None:
-        c.set_registered_model_alias(name, "previous", previous)
-    c.set_registered_model_alias(name, "champion", version)
-
-
 def log_decision(uri: str, run_id: str, decision: dict) -> None:
     c = client(uri)
     c.log_dict(run_id, decision, "promotion.json")
     c.set_tag(run_id, "promotion.promoted", str(decision["promote"]).lower())
+    for key in ("delta", "p_value"):
+        if decision.get(key) is not None:
+            c.log_metric(run_id, f"promotion_{key}", float(decision[key]))
+
+
+# ---- registry: aliases, stages, listing, and a lock that serialises promotions -----------------
+
+STAGE_OF_ALIAS = {"challenger": "Staging", "champion": "Production"}
+
+
+def alias_version(uri: str, name: str, alias: str) -> Optional[str]:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client(uri).get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None
+
+
+def set_alias(uri: str, name: str, alias: str, version: str) -> None:
+    client(uri).set_registered_model_alias(name, alias, version)
+
+
+def delete_alias(uri: str, name: str, alias: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client(uri).delete_registered_model_alias(name, alias)
+    except MlflowException:
+        pass
+
+
+def mirror_stage(uri: str, name: str, version: str, stage: str) -> bool:
+    """Set a classic stage; stages are deprecated in MLflow, so their warning is kept from users and
+    a later MLflow without them is tolerated (aliases remain the source of truth)."""
+    c = client(uri)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            c.transition_model_version_stage(name, version, stage, archive_existing_versions=False)
+        return True
+    except (AttributeError, NotImplementedError) as exc:
+        log.info("model stages unavailable in this MLflow (%s); aliases only", exc)
+        return False
+
+
+def model_version(uri: str, name: str, version: str):
+    return client(uri).get_model_version(name, version)
+
+
+def list_versions(uri: str, name: str) -> list[tuple[object, list[str]]]:
+    """(version, its aliases) pairs, oldest first."""
+    from mlflow.exceptions import MlflowException
+
+    c = client(uri)
+    try:
+        versions = c.search_model_versions(f"name = '{name}'")
+        aliases = c.get_registered_model(name).aliases  # search results do not carry aliases
+    except MlflowException:
+        return []
+    by_version: dict[str, list[str]] = {}
+    for alias, v in aliases.items():
+        by_version.setdefault(str(v), []).append(alias)
+    return [(v, sorted(by_version.get(str(v.version), []))) for v in sorted(versions, key=lambda v: int(v.version))]
+
+
+def set_version_tags(uri: str, name: str, version: str, tags: dict[str, str]) -> None:
+    c = client(uri)
+    for k, v in tags.items():
+        c.set_model_version_tag(name, version, k, str(v))
+
+
+@contextlib.contextmanager
+def registry_lock(uri: str, name: str, timeout: float = 600.0):
+    """Serialise read-decide-write on one registered model across processes.
+
+    SQLite stores lock a file beside the database; other stores lock a file in TUNELINE_LOCK_DIR
+    (default: the system temp dir), which serialises promotions started on the same host.
+    """
+    import hashlib
+    import tempfile
+
+    from filelock import FileLock
+
+    if uri.startswith("sqlite:///"):
+        path = Path(uri[len("sqlite:///"):]).with_suffix(f".{name}.promote.lock")
+    else:
+        key = hashlib.sha256(f"{uri}|{name}".encode()).hexdigest()[:16]
+        path = Path(os.environ.get("TUNELINE_LOCK_DIR", tempfile.gettempdir())) / f"tuneline-registry-{key}.lock"
+    with FileLock(str(path), timeout=timeout):
+        yield
+
+
+# ---- team servers: fail fast before training, and register once per set of inputs ---------------
+
+REGISTRATION_KEY = "tuneline.registration_key"
+
+
+class TrackingUnavailable(RuntimeError):
+    """The tracking store cannot be used; the message names the URI (without credentials)."""
+
+
+def redact(uri: str) -> str:
+    """The URI without any user:password@ part, for messages and logged values."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    if parts.username is None and parts.password is None:
+        return uri
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+
+
+def _http_check(uri: str, timeout: float) -> None:
+    import base64
+    import time
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1")
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if user and password:
+        request.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
+    elif os.environ.get("MLFLOW_TRACKING_TOKEN"):
+        request.add_header("Authorization", f"Bearer {os.environ['MLFLOW_TRACKING_TOKEN']}")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(request, timeout=5):
+                return
+        except urllib.error.HTTPError as exc:
+            if exc.code in (401, 403):
+                who = f"user {user!r}" if user else "a client without credentials"
+                raise TrackingUnavailable(
+                    f"MLflow tracking server {redact(uri)} refused {who} (HTTP {exc.code}); set MLFLOW_TRACKING_USERNAME "
+                    "and MLFLOW_TRACKING_PASSWORD in the environment to an account with access") from None
+            reason = f"HTTP {exc.code}"
+        except (urllib.error.URLError, OSError) as exc:
+            reason = str(getattr(exc, "reason", exc))
+        if time.monotonic() >= deadline:
+            raise TrackingUnavailable(
+                f"MLflow tracking server {redact(uri)} is unreachable ({reason}); start it or point MLFLOW_TRACKING_URI "
+                "at a running server. Nothing was trained.") from None
+        time.sleep(1.0)
+
+
+def check_tracking(uri: str, timeout: float = 10.0) -> None:
+    """Pre-flight, before any training: the tracking store answers and accepts our credentials.
+
+    A short wait (`timeout`) rides out a blip; a server that stays down is a clear error instead of
+    a fine-tune whose registration fails an hour later.
+    """
+    from urllib.parse import urlsplit
+
+    scheme = urlsplit(uri).scheme
+    if scheme in ("http", "https"):
+        _http_check(uri, timeout)
+    elif scheme == "sqlite":
+        folder = Path(uri[len("sqlite:///"):]).parent
+        if not folder.is_dir():
+            raise TrackingUnavailable(f"tracking store {uri}: folder {folder} does not exist")
+    elif scheme not in ("", "file"):
+        try:
+            client(uri).search_experiments(max_results=1)
+        except Exception as exc:  # any store: a database URI, databricks, ...
+            raise TrackingUnavailable(f"tracking store {redact(uri)} cannot be used: {type(exc).__name__}: "
+                                      f"{redact(str(exc))[:300]}") from None
+    log.info("tracking store %s is reachable", redact(uri))
+
+
+def find_registration(uri: str, experiment: str, name: str, key: str) -> Optional[dict]:
+    """The registration already made for these inputs (`key`), so a retried or repeated register
+    step reuses it instead of adding a version; None when there is none.
+
+    A complete registration is a FINISHED run whose model version carries the key (it is tagged
+    last). Anything less for the key — a run killed or failed half-way, with or without a version —
+    is retired first: its versions are deleted and the run is marked FAILED and deleted, so the
+    registry never shows a half-registered model.
+    """
+    from mlflow.entities import ViewType
+
+    c = client(uri)
+    exp = c.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    runs = c.search_runs([exp.experiment_id], filter_string=f"tags.`{REGISTRATION_KEY}` = '{key}'",
+                         run_view_type=ViewType.ACTIVE_ONLY, order_by=["attributes.start_time ASC"])
+    found = None
+    for run in runs:
+        versions = [v for v in c.search_model_versions(f"run_id = '{run.info.run_id}'") if v.name == name]
+        complete = run.info.status == "FINISHED" and any(v.tags.get(REGISTRATION_KEY) == key for v in versions)
+        if complete and found is None:
+            found = (run, next(v for v in versions if v.tags.get(REGISTRATION_KEY) == key))
+            continue
+        if complete:
+            continue  # a duplicate from a race: leave it; the first one is reused
+        for v in versions:
+            log.warning("deleting half-registered %s version %s (run %s ended %s)", name, v.version, run.info.run_id, run.info.status)
+            c.delete_model_version(name, v.version)
+        if run.info.status in ("RUNNING", "SCHEDULED"):
+            c.set_terminated(run.info.run_id, "FAILED")
+        c.delete_run(run.info.run_id)
+    if found is None:
+        return None
+    run, version = found
+    log.info("inputs unchanged since %s version %s (run %s): reusing that registration", name, version.version, run.info.run_id)
+    return {
+        "run_id": run.info.run_id,
+        "experiment_id": exp.experiment_id,
+        "registered_model_name": name,
+        "version": str(version.version),
+        "model_uri": f"models:/{name}/{version.version}",
+        "cv_metrics": {k[len("cv_"):-len("_mean")]: v for k, v in run.data.metrics.items() if k.startswith("cv_") and k.endswith("_mean")},
+        "tracking_uri": redact(uri),
+        "reused": True,
+    }

@@ -1,0 +1,79 @@
+"""Training checkpoints: enough state to continue a fine-tune exactly where a lost process stopped.
+
+A checkpoint holds the trainable weights, the optimizer and scheduler states, the torch RNG
+states (dropout), the global step and the position inside the current epoch; batch order is a
+pure function of (seed, epoch), so skipping the batches already done replays the same stream.
+Files are written atomically and only the newest is kept. torch only (rule 8: the engine runs on
+a GPU image without MLflow/Prefect/DVC).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+log = logging.getLogger(__name__)
+
+_NAME = re.compile(r"^step-(\d{9})\.pt$")
+
+
+def _steps(folder: Path) -> list[tuple[int, Path]]:
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.match(p.name))]
+    return sorted(found)
+
+
+def latest(folder: Optional[Path]) -> Optional[Path]:
+    """The newest complete checkpoint in `folder`, or None."""
+    if folder is None:
+        return None
+    steps = _steps(Path(folder))
+    return steps[-1][1] if steps else None
+
+
+def trainable_state(model) -> dict[str, torch.Tensor]:
+    """Only what training changes: frozen weights come back identical from the pre-trained files."""
+    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save(folder: Path, step: int, state: dict) -> Path:
+    """Write `state` as the checkpoint of `step` (temp file + rename), then drop older ones."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / f"step-{step:09d}.pt"
+    tmp = folder / f".{final.name}.{os.getpid()}.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, final)
+    for s, p in _steps(folder):
+        if s < step:
+            p.unlink(missing_ok=True)
+    return final
+
+
+def load(path: Path) -> dict:
+    # weights_only: a checkpoint holds tensors, numbers, lists and dicts only — never code.
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def clear(folder: Optional[Path]) -> None:
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)

