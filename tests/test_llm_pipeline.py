@@ -93,6 +93,19 @@ def test_registered_version_is_the_adapter_and_answers_prompts(dpo_run, monkeypa
     assert "Paris" in out["response"][0] and out["response"][1].strip()
 
 
+def test_tuneline_predict_answers_a_jsonl_of_prompts(dpo_run, tmp_path):
+    root, _, _, _ = dpo_run
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "What is the capital of France?"}\n{"prompt": "Name a primary color."}\n')
+    out = tmp_path / "answers.jsonl"
+    proc = subprocess.run(["tuneline", "predict", str(prompts), "-o", str(out), "--model", "models:/tuneline-dpo@champion",
+                           "--text-column", "prompt"], cwd=root, env=venv_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["prompt"] for r in rows] == ["What is the capital of France?", "Name a primary color."]
+    assert "Paris" in rows[0]["response"] and rows[1]["response"].strip()
+
+
 def test_promotion_rescores_the_champion_on_the_same_pairs(dpo_run):
     from tuneline.config import load_config
     from tuneline.stages import run_stage

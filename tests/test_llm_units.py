@@ -153,3 +153,18 @@ def test_sft_suite_accepts_messages_and_rejects_a_missing_answer(llm_tokenizer, 
     rows[3]["messages"] = rows[3]["messages"][:1]
     with pytest.raises(LLMValidationError, match=r"conversation is not usable at f.jsonl:4[\s\S]*last message must be the assistant"):
         validate("chat_sft", LLMConfig(), _raw(rows), "f", llm_tokenizer, tmp_path / "b")
+
+
+@pytest.mark.unit
+def test_folds_group_pairs_by_prompt():
+    from tuneline.llm.stages import make_folds
+
+    keys = [f"p{i % 5}" for i in range(15)]  # 5 prompts, 3 pairs each
+    kfold = make_folds(keys, load_config(None, ["task=preference", "llm.cv_mode=kfold", "cv.k=5"]))
+    assert len(kfold) == 5 and sorted(i for f in kfold for i in f["val"]) == list(range(15))
+    for fold in kfold:
+        assert not {keys[i] for i in fold["train"]} & {keys[i] for i in fold["val"]}
+    (holdout,) = make_folds(keys, load_config(None, ["task=preference", "llm.holdout_fraction=0.2"]))
+    assert len({keys[i] for i in holdout["val"]}) == 1 and not {keys[i] for i in holdout["train"]} & {keys[i] for i in holdout["val"]}
+    with pytest.raises(ValueError, match="cv.k=6 but the training data has only 5 distinct prompts"):
+        make_folds(keys, load_config(None, ["task=preference", "llm.cv_mode=kfold", "cv.k=6"]))
