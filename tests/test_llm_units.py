@@ -168,3 +168,19 @@ def test_folds_group_pairs_by_prompt():
     assert len({keys[i] for i in holdout["val"]}) == 1 and not {keys[i] for i in holdout["train"]} & {keys[i] for i in holdout["val"]}
     with pytest.raises(ValueError, match="cv.k=6 but the training data has only 5 distinct prompts"):
         make_folds(keys, load_config(None, ["task=preference", "llm.cv_mode=kfold", "cv.k=6"]))
+
+
+@pytest.mark.unit
+def test_llm_engine_imports_no_mlflow_prefect_or_dvc():
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "import tuneline.llm.training, tuneline.llm.metrics, tuneline.llm.data, tuneline.llm.evaluation, "
+            "tuneline.llm.generation, tuneline.llm.modelio, tuneline.llm.base_model, tuneline.llm.preprocess\n"
+            "from trl import DPOTrainer, RewardTrainer, SFTTrainer\n"
+            "from tuneline.llm.config import LLMConfig\n"
+            "tuneline.llm.training.lora_config(LLMConfig(), 'reward_model'); tuneline.llm.training.quantization_config(LLMConfig())\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('mlflow', 'prefect', 'dvc')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    assert out.stdout.strip() == "[]"
