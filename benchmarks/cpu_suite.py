@@ -139,9 +139,10 @@ def rerun(repeats: int) -> str:
             "of the first run (task caching: see the orchestration section of README).\n")
 
 
-def quality(tweets: dict) -> str:
-    rows = [f"| default tweets (3 classes) | {100 * tweets['test_accuracy']:.1f} | {100 * tweets['test_f1_macro']:.1f} | "
-            "no published baseline for this corpus; majority class " f"{100 * tweets['test_majority_rate']:.1f} |"]
+def quality(tweets: dict | None) -> str:
+    rows = [] if tweets is None else [
+        f"| default tweets (3 classes) | {100 * tweets['test_accuracy']:.1f} | {100 * tweets['test_f1_macro']:.1f} | "
+        "no published baseline for this corpus; majority class " f"{100 * tweets['test_majority_rate']:.1f} |"]
     shared = ROOT.parent / "shared" / "data"
     cases = {
         "SST-2 (Kim 2014 split)": ("sst2", "Kim 2014 CNN-multichannel 88.1; TF-IDF+LR (PROVENANCE) 81.3; reference MiniLM full FT (Trainer, H200) 89.1"),
@@ -172,7 +173,7 @@ def run(repeats: int, only: set[str] | None) -> None:
 
         gpu_finetune.main(["--rows", "400", "--epochs", "3"])
     tweets = None
-    if want("quickstart") or want("quality"):
+    if want("quickstart"):
         text, tweets = quickstart(repeats)
         sections.append(text)
     if want("features"):
@@ -184,4 +185,4 @@ def run(repeats: int, only: set[str] | None) -> None:
     sections.append("## 6. GPU memory, full vs LoRA\n\nnot measured on CPU: `python -m benchmarks run --suite gpu` on a GPU machine "
                     "(see the fine-tuning section).\n")
     body = f"# CPU suite\n\n{stamp(cmd)}- suite wall time: {(time.perf_counter() - start) / 60:.1f} min\n\n" + "\n".join(sections)
-    update_section("cpu-suite", body)
+    update_section("cpu-suite" if only is None else "cpu-suite-" + "-".join(sorted(only)), body)

@@ -59,7 +59,11 @@ def versions(*packages: str) -> str:
 
 def stamp(command: str) -> str:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    return (f"- date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}; commit {commit or 'unknown'}\n"
+    import os
+
+    load = "/".join(f"{x:.1f}" for x in os.getloadavg())
+    return (f"- date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}; commit {commit or 'unknown'}; "
+            f"load average at the end (1/5/15 min): {load} — figures from a loaded machine are not comparable\n"
             f"- machine: {machine()}\n- versions: {versions('torch', 'transformers', 'peft', 'scikit-learn', 'prefect', 'mlflow', 'dvc', 'great-expectations')}\n"
             f"- command: `{command}`\n")
 

@@ -149,6 +149,14 @@ def test_rerun_with_unchanged_inputs_takes_every_step_from_the_cache(team_runs, 
     print(f"first run {first_s:.1f} s, cached rerun {second_s:.1f} s")
 
 
+def test_promote_flow_gates_the_last_registration_again(team_runs):
+    code = "from tuneline.flows.promote import promote; print(promote(params='params.yaml', root='.')['reason'])"
+    run = subprocess.run([sys.executable, "-c", code], cwd=team_runs.project, env=team_runs.env, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "version 1 is already champion" in run.stdout
+
+
 def test_team_servers_refuse_clients_without_credentials(team_prefect, team_mlflow, tmp_path):
     search = f"{team_mlflow.uri}/api/2.0/mlflow/experiments/search?max_results=1"
     assert http("GET", search)[0] == 401
@@ -292,6 +300,7 @@ def test_killed_finetune_resumes_from_checkpoints_and_matches_an_uninterrupted_r
 
     # The same refit, never interrupted, gives the same model.
     assert not list(work.glob("*-refit-*")), "the finished refit's checkpoints are cleaned up"
+    assert not list((project / "models").glob(".model.*")), "the killed refit's half-written model folder is gone"
     local = [o for o in RESUME if not o.startswith("train.work_pool")]
     reference = subprocess.run(
         ["tuneline", "stage", "refit", *sum((["--set", o] for o in local + ["paths.model_dir=models/reference",

@@ -196,3 +196,17 @@ def test_a_step_is_taken_from_the_cache_only_while_its_outputs_are_intact(prefec
     selection.write_text("{}")  # edited by hand
     assert select_once() == "Completed" and json.loads(selection.read_text())["candidates"]
     assert select_once() == "Cached"
+
+
+def test_an_output_rewritten_after_a_crash_leaves_no_temporary_copy_behind(tmp_path):
+    from tuneline.storage import atomic_path
+
+    (tmp_path / ".model.k1ll3d00").mkdir()  # what a SIGKILLed writer of models/model leaves
+    (tmp_path / ".model.k1ll3d00" / "model").mkdir()
+    (tmp_path / ".model.k1ll3d00" / "model" / "weights").write_bytes(b"x" * 1000)
+    (tmp_path / ".modelx.keep").mkdir()  # another output's name: untouched
+    with atomic_path(tmp_path / "model") as tmp:
+        tmp.mkdir()
+        (tmp / "weights").write_bytes(b"new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".modelx.keep", "model"]
+    assert (tmp_path / "model" / "weights").read_bytes() == b"new"

@@ -16,6 +16,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary sibling path; on success it replaces `path` (file or folder) in one rename."""
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
+    # A killed process leaves its temporary copy behind (a fine-tuned model: hundreds of MB); the
+    # next write of the same output clears it. (One writer per output path, as the steps are.)
+    for stale in final.parent.glob(f".{final.name}.*"):
+        shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent)) / final.name
     try:
         yield tmp
