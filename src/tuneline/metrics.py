@@ -8,9 +8,6 @@ from typing import Sequence
 import numpy as np
 from sklearn import metrics as skm
 
-METRIC_NAMES = ("accuracy", "loss", "precision_macro", "recall_macro", "f1_macro", "roc_auc")
-
-
 def classification_metrics(y_true: np.ndarray, proba: np.ndarray) -> dict[str, float]:
     n_classes = proba.shape[1]
     y_pred = proba.argmax(1)

@@ -109,12 +109,6 @@ def rollback(uri: str, name: str, mirror: bool = True) -> dict:
     return {"champion": previous, "demoted": current}
 
 
-def register_challenger(uri: str, name: str, version: str, mirror: bool) -> None:
-    tracking.set_alias(uri, name, CHALLENGER, version)
-    if mirror:
-        tracking.mirror_stage(uri, name, version, "Staging")
-
-
 def load_test_split(processed_dir: Path) -> tuple[pd.DataFrame, dict[str, int]]:
     from tuneline.storage import read_json
 

@@ -257,10 +257,6 @@ def mirror_stage(uri: str, name: str, version: str, stage: str) -> bool:
         return False
 
 
-def model_version(uri: str, name: str, version: str):
-    return client(uri).get_model_version(name, version)
-
-
 def list_versions(uri: str, name: str) -> list[tuple[object, list[str]]]:
     """(version, its aliases) pairs, oldest first."""
     from mlflow.exceptions import MlflowException
