@@ -163,26 +163,55 @@ def quality(tweets: dict | None) -> str:
             "PROVENANCE; fine-tuning (strategies full/partial/lora) was not measured on these datasets in this run.\n")
 
 
+GPU_COMMAND = ("`bash ../shared/tools/gpu-carry.sh && python benchmarks/gpu_finetune.py --prepare .gpu-carry && "
+               "pip download pydantic -d .gpu-carry/wheels`, then on the GPU machine (carry `.gpu-carry`): "
+               "`pip install --no-index --find-links .gpu-carry/wheels pydantic && python -m benchmarks run --suite gpu`")
+
+
+def gpu_rows() -> str:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return "## 1 and 6 (GPU). Measured by `--suite gpu`: see the GPU fine-tuning section.\n"
+    except ImportError:
+        pass
+    return ("## 1 and 6 (GPU). Fine-tuning throughput/accuracy on GPU, and peak GPU memory full vs LoRA\n\n"
+            "**not measured**: this machine has no GPU. Exact command: " + GPU_COMMAND + ". "
+            "It writes the `finetune-gpu` section (samples/s, × Trainer, accuracy, macro-F1, peak GPU memory per configuration). "
+            "The CPU counterpart of row 1 is the `finetune-cpu` section, written by this suite.\n")
+
+
 def run(repeats: int, only: set[str] | None) -> None:
     cmd = "python -m benchmarks run --suite cpu" + (f" --repeats {repeats}" if repeats != 3 else "") + (f" --only {' '.join(sorted(only))}" if only else "")
-    sections = []
+    sections, durations = [], {}
     start = time.perf_counter()
     want = lambda name: only is None or name in only  # noqa: E731
+
+    def step(name, fn, *args):
+        t0 = time.perf_counter()
+        print(f"[benchmarks] {name} ...", flush=True)
+        out = fn(*args)
+        durations[name] = time.perf_counter() - t0
+        print(f"[benchmarks] {name} done in {durations[name]:.0f} s", flush=True)
+        return out
+
     if want("finetune"):
         from benchmarks import gpu_finetune
 
-        gpu_finetune.main(["--rows", "400", "--epochs", "3"])
+        step("finetune", gpu_finetune.main, ["--rows", "400", "--epochs", "3"])
     tweets = None
     if want("quickstart"):
-        text, tweets = quickstart(repeats)
+        text, tweets = step("quickstart", quickstart, repeats)
         sections.append(text)
     if want("features"):
-        sections.append(features(repeats))
+        sections.append(step("features", features, repeats))
     if want("rerun"):
-        sections.append(rerun(repeats))
+        sections.append(step("rerun", rerun, repeats))
     if want("quality"):
-        sections.append(quality(tweets))
-    sections.append("## 6. GPU memory, full vs LoRA\n\nnot measured on CPU: `python -m benchmarks run --suite gpu` on a GPU machine "
-                    "(see the fine-tuning section).\n")
-    body = f"# CPU suite\n\n{stamp(cmd)}- suite wall time: {(time.perf_counter() - start) / 60:.1f} min\n\n" + "\n".join(sections)
+        sections.append(step("quality", quality, tweets))
+    sections.append(gpu_rows())
+    total = (time.perf_counter() - start) / 60
+    per_row = ", ".join(f"{k} {v / 60:.1f}" for k, v in durations.items())
+    body = f"# CPU suite\n\n{stamp(cmd)}- suite wall time: {total:.1f} min ({per_row})\n\n" + "\n".join(sections)
     update_section("cpu-suite" if only is None else "cpu-suite-" + "-".join(sorted(only)), body)

@@ -57,14 +57,57 @@ def test_llm_params_validate_with_named_keys():
 
 @pytest.mark.unit
 def test_promotion_decision_follows_the_metric_direction():
+    from tuneline.config import Config
     from tuneline.llm.release import decide
 
-    assert decide("preference_accuracy", True, 0.6, None)["promote"] is True
-    assert decide("preference_accuracy", True, 0.7, 0.6)["promote"] is True
-    assert decide("preference_accuracy", True, 0.6, 0.6)["promote"] is False  # a tie keeps the champion
-    assert decide("preference_accuracy", True, 0.62, 0.6, min_delta=0.05)["promote"] is False
-    assert decide("perplexity", False, 11.0, 12.0)["promote"] is True  # lower is better
-    assert decide("perplexity", False, 13.0, 12.0)["promote"] is False
+    c = Config()
+    assert decide(c, "dpo", 0.6, None)["promote"] is True
+    assert decide(c, "dpo", 0.7, 0.6)["promote"] is True  # no per-row scores: the score rule alone
+    assert decide(c, "dpo", 0.6, 0.6)["promote"] is False  # a tie keeps the champion
+    assert decide(load_config(None, ["promote.min_delta=0.05"]), "dpo", 0.62, 0.6)["promote"] is False
+    assert decide(c, "chat_sft", 11.0, 12.0)["promote"] is True  # perplexity: lower is better
+    assert decide(c, "chat_sft", 13.0, 12.0)["promote"] is False
+
+
+@pytest.mark.unit
+def test_llm_promotion_needs_a_significant_paired_gain():
+    """Per-row wins (preference) and per-row log-probs (perplexity) go through a paired bootstrap:
+    a small gain on few rows is refused as not significant, a clear one on many rows passes."""
+    import numpy as np
+
+    from tuneline.config import Config
+    from tuneline.llm.metrics import row_scores, row_statistic
+    from tuneline.llm.release import decide
+
+    c = Config()
+    rng = np.random.default_rng(0)
+
+    def pairs(p, n):
+        chosen = rng.random(n) < p  # True: the model ranks chosen above rejected on this row
+        return {"reward_chosen": np.where(chosen, 1.0, -1.0), "reward_rejected": np.zeros(n)}
+
+    champ, small = pairs(0.5, 40), pairs(0.5, 40)
+    small["reward_chosen"][:] = champ["reward_chosen"]
+    flipped = np.flatnonzero(small["reward_chosen"] < 0)[:2]
+    small["reward_chosen"][flipped] = 1.0  # two more rows right than the champion
+    value = lambda s: row_statistic("dpo", row_scores("dpo", s))  # noqa: E731
+    d = decide(c, "dpo", value(small), value(champ), small, champ)
+    assert d["delta"] == pytest.approx(2 / 40) and d["test"] == "paired_bootstrap"
+    assert d["promote"] is False and d["p_value"] >= 0.05 and "not significant" in d["reason"]
+
+    champ, better = pairs(0.5, 400), pairs(0.8, 400)
+    d = decide(c, "dpo", value(better), value(champ), better, champ)
+    assert d["promote"] is True and d["p_value"] < 0.01
+
+    tokens = rng.integers(5, 50, 300).astype(float)
+    champ_sft = {"logp": -2.0 * tokens + rng.normal(0, 3, 300), "tokens": tokens}
+    better_sft = {"logp": champ_sft["logp"] + 0.3 * tokens, "tokens": tokens}  # 0.3 nats/token better
+    ppl = lambda s: row_statistic("chat_sft", row_scores("chat_sft", s))  # noqa: E731
+    assert ppl(better_sft) < ppl(champ_sft)
+    d = decide(c, "chat_sft", ppl(better_sft), ppl(champ_sft), better_sft, champ_sft)
+    assert d["promote"] is True and d["p_value"] < 0.01
+    d = decide(c, "chat_sft", ppl(champ_sft), ppl(better_sft), champ_sft, better_sft)  # the worse one is refused
+    assert d["promote"] is False and d["delta"] > 0
 
 
 @pytest.mark.data

@@ -8,7 +8,7 @@ bootstrap otherwise), and no class's recall drops by more than `max_class_regres
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -137,13 +137,40 @@ def gate(
     return Decision(True, f"{cfg.metric} {cand:.4f} beats champion {champ:.4f} (Δ {delta:+.4f}, {test} p={p:.4f})", **common)
 
 
-def decide(metric: str, candidate: float, champion: Optional[float], min_delta: float = 0.0) -> Decision:
-    """Score-only rule for tasks without per-row predictions to pair (LLM metrics re-scored on the
-    same held-out pairs): promote when there is no champion or the candidate beats it by min_delta."""
+def paired_bootstrap_stat(stat: Callable[[dict[str, np.ndarray]], float], candidate: dict[str, np.ndarray],
+                          champion: dict[str, np.ndarray], higher_is_better: bool, samples: int, seed: int) -> float:
+    """One-sided paired bootstrap for any statistic of row-aligned per-row arrays (a mean win rate, a
+    token-weighted perplexity): the share of row resamples where the challenger is not better."""
+    n = len(next(iter(candidate.values())))
+    if n == 0 or any(len(v) != n for v in (*candidate.values(), *champion.values())):
+        raise ValueError(f"paired test needs the same non-empty rows for both models, got {n} and "
+                         f"{sorted({len(v) for v in champion.values()})}")
+    rng = np.random.default_rng(seed)
+    sign = 1.0 if higher_is_better else -1.0
+    not_better = 0
+    for _ in range(samples):
+        idx = rng.integers(0, n, n)
+        gain = sign * (stat({k: v[idx] for k, v in candidate.items()}) - stat({k: v[idx] for k, v in champion.items()}))
+        not_better += gain <= 0
+    return (not_better + 1) / (samples + 1)
+
+
+def decide(metric: str, candidate: float, champion: Optional[float], min_delta: float = 0.0, *, higher_is_better: bool = True,
+           p_value: Optional[float] = None, alpha: float = 0.05, test: Optional[str] = None) -> Decision:
+    """Score rule for tasks whose metric is not a per-row label match (LLM metrics re-scored on the same
+    held-out rows): promote when there is no champion, or the candidate is better by more than 0 and at
+    least `min_delta` and — when a paired test's `p_value` is given — significantly so at `alpha`."""
     if champion is None:
         return Decision(True, "first model: no current champion", metric, candidate, None)
     delta = candidate - champion
-    if delta > 0 and delta >= min_delta:
-        return Decision(True, f"{metric} {candidate:.4f} beats champion {champion:.4f} by {delta:+.4f}", metric, candidate, champion, delta)
-    return Decision(False, f"{metric} {candidate:.4f} does not beat champion {champion:.4f} by more than "
-                    f"min_delta={min_delta}", metric, candidate, champion, delta)
+    gain = delta if higher_is_better else -delta
+    better = "higher" if higher_is_better else "lower"
+    common = dict(metric=metric, candidate=candidate, champion=champion, delta=delta, p_value=p_value, test=test)
+    if gain <= 0 or gain < min_delta:
+        return Decision(False, f"{metric} {candidate:.4f} does not beat champion {champion:.4f} ({better} is better, "
+                        f"min_delta={min_delta})", **common)
+    if p_value is not None and p_value >= alpha:
+        return Decision(False, f"{metric} {candidate:.4f} vs {champion:.4f} (Δ {delta:+.4f}, {better} is better) is not "
+                        f"significant: {test} p={p_value:.4f} ≥ alpha {alpha}", **common)
+    significance = "" if p_value is None else f", {test} p={p_value:.4f}"
+    return Decision(True, f"{metric} {candidate:.4f} beats champion {champion:.4f} (Δ {delta:+.4f}, {better} is better{significance})", **common)

@@ -19,7 +19,8 @@ log = logging.getLogger(__name__)
 def score(method: str, model, tokenizer, rows: list, beta: float, batch_size: int) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """(metrics, per-row scores) of a loaded model on conversations (SFT) or pairs (preference)."""
     if method == "chat_sft":
-        return metrics.sft_metrics(model, tokenizer, rows, batch_size), {}
+        scores = metrics.sft_scores(model, tokenizer, rows, batch_size)
+        return metrics.sft_metrics(scores), scores
     if method == "dpo":
         scores = metrics.dpo_scores(model, tokenizer, rows, beta, batch_size)
         return metrics.preference_metrics(scores), scores

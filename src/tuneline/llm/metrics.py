@@ -157,8 +157,8 @@ def reward_metrics(scores: dict[str, np.ndarray]) -> dict[str, float]:
             "mean_margin": float(np.mean(margin)) if len(margin) else float("nan"), "pairs": float(len(margin))}
 
 
-def sft_metrics(model, tokenizer, conversations: list[list[dict]], batch_size: int) -> dict[str, float]:
-    """Token-weighted loss over assistant tokens (those inside {% generation %}) and its perplexity."""
+def sft_scores(model, tokenizer, conversations: list[list[dict]], batch_size: int) -> dict[str, np.ndarray]:
+    """Per conversation: summed log-prob of its assistant tokens (those inside {% generation %}) and their count."""
     template = chat.training_chat_template(tokenizer) or tokenizer.chat_template
     seqs, masks = [], []
     for conv in conversations:
@@ -167,6 +167,26 @@ def sft_metrics(model, tokenizer, conversations: list[list[dict]], batch_size: i
         seqs.append(list(enc["input_ids"]))
         masks.append(list(enc["assistant_masks"]))
     lp, n = _by_length(seqs, masks, model, tokenizer.pad_token_id, batch_size, "scoring conversations")
-    total, count = float(lp.sum()), int(n.sum())
+    return {"logp": lp, "tokens": n}
+
+
+def sft_metrics(scores: dict[str, np.ndarray]) -> dict[str, float]:
+    """Token-weighted loss over assistant tokens and its perplexity."""
+    total, count = float(np.sum(scores["logp"])), int(np.sum(scores["tokens"]))
     loss = -total / max(count, 1)
     return {"eval_loss": loss, "perplexity": math.exp(loss), "tokens": float(count)}
+
+
+def row_scores(method: str, scores: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The per-row arrays the task's promotion metric is a statistic of (see `row_statistic`)."""
+    if method == "chat_sft":
+        return {"logp": np.asarray(scores["logp"], float), "tokens": np.asarray(scores["tokens"], float)}
+    a, b = np.asarray(scores["reward_chosen"], float), np.asarray(scores["reward_rejected"], float)
+    return {"wins": (a > b) + 0.5 * (a == b)}
+
+
+def row_statistic(method: str, rows: dict[str, np.ndarray]) -> float:
+    """The promotion metric from per-row arrays: perplexity for chat_sft, the win rate for preference."""
+    if method == "chat_sft":
+        return math.exp(-float(rows["logp"].sum()) / max(float(rows["tokens"].sum()), 1.0))
+    return float(rows["wins"].mean())

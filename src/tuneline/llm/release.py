@@ -10,8 +10,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
+
 from tuneline.config import Config
 from tuneline.llm.config import TASK_METRICS
+from tuneline.llm.metrics import row_scores, row_statistic
 from tuneline.llm.stages import _method, _p, _rows
 from tuneline.storage import read_json, write_json
 
@@ -65,14 +68,14 @@ def register(c: Config, root: Path) -> dict:
     return registration
 
 
-def rescore_champion(c: Config, root: Path, uri: str, name: str, version: str, method: str) -> tuple[float, int]:
-    """The champion's metric on the candidate's held-out rows (its own base, checked by hash)."""
+def rescore_champion(c: Config, root: Path, uri: str, name: str, version: str, method: str) -> tuple[float, dict[str, np.ndarray], list]:
+    """The champion's metric and per-row scores on the candidate's held-out rows (its own base, checked by hash)."""
     from tuneline.llm import tracking as llm_tracking
     from tuneline.llm.base_model import base_from_reference
     from tuneline.llm.evaluation import evaluate_adapter
     from tuneline.llm.modelio import read_meta
 
-    rows, _ = _rows(c, _p(root, c.paths.processed_dir) / "test.parquet")
+    rows, keys = _rows(c, _p(root, c.paths.processed_dir) / "test.parquet")
     dst = Path(tempfile.mkdtemp(prefix="tuneline-champion-"))
     try:
         adapter = llm_tracking.download_adapter(uri, name, version, dst)
@@ -80,20 +83,25 @@ def rescore_champion(c: Config, root: Path, uri: str, name: str, version: str, m
         result = evaluate_adapter(adapter, base.folder, rows, c.llm.eval_batch_size)
     finally:
         shutil.rmtree(dst, ignore_errors=True)
-    return float(result["metrics"][TASK_METRICS[method][0]]), len(rows)
+    return float(result["metrics"][TASK_METRICS[method][0]]), result["scores"], keys
 
 
-def decide(metric: str, higher_is_better: bool, candidate: float, champion: Optional[float], min_delta: float = 0.0) -> dict:
-    """Promote when there is no champion, or the candidate is better by more than 0 and at least `min_delta`."""
-    if champion is None:
-        return {"promote": True, "reason": "no current champion", "metric": metric, "candidate": candidate, "champion": None, "delta": None}
-    gain = candidate - champion if higher_is_better else champion - candidate
-    better = "higher" if higher_is_better else "lower"
-    common = {"metric": metric, "candidate": candidate, "champion": champion, "delta": candidate - champion}
-    if gain > 0 and gain >= min_delta:
-        return {"promote": True, "reason": f"{metric} {candidate:.4f} beats champion {champion:.4f} ({better} is better) on the same held-out rows", **common}
-    return {"promote": False, "reason": f"{metric} {candidate:.4f} does not beat champion {champion:.4f} ({better} is better, "
-            f"min_delta={min_delta}) on the same held-out rows", **common}
+def decide(c: Config, method: str, candidate: float, champion: Optional[float], candidate_scores: Optional[dict] = None,
+           champion_scores: Optional[dict] = None) -> dict:
+    """The registry's score rule with a paired bootstrap over the held-out rows both models were scored on."""
+    from tuneline.registry import decide as score_rule, paired_bootstrap_stat
+
+    metric, higher = TASK_METRICS[method]
+    p_value = test = None
+    if champion is not None and candidate_scores is not None and champion_scores is not None:
+        stat = lambda rows: row_statistic(method, rows)  # noqa: E731
+        p_value = paired_bootstrap_stat(stat, row_scores(method, candidate_scores), row_scores(method, champion_scores), higher,
+                                        c.promote.bootstrap_samples, c.cv.seed)
+        test = "paired_bootstrap"
+    d = score_rule(metric, candidate, champion, c.promote.min_delta, higher_is_better=higher, p_value=p_value,
+                   alpha=c.promote.alpha, test=test).to_dict()
+    d.pop("class_recall_change", None)
+    return d | {"reason": d["reason"] + ("" if champion is None else " on the same held-out rows")}
 
 
 def promote(c: Config, root: Path) -> dict:
@@ -113,9 +121,17 @@ def promote(c: Config, root: Path) -> dict:
             if current["tags"].get("method") != method:
                 raise PromotionError(f"{name}: champion v{current['version']} is a {current['tags'].get('method')!r} model, "
                                      f"the candidate a {method!r} one; use a separate llm.registered_model_name")
-            champion_value, rescored_on = rescore_champion(c, root, uri, name, current["version"], method)
+            champion_value, champion_scores, keys = rescore_champion(c, root, uri, name, current["version"], method)
+            rescored_on = len(keys)
             log.info("champion v%s re-scored on %d held-out rows: %s %.4f", current["version"], rescored_on, metric, champion_value)
-        decision = decide(metric, higher, candidate, champion_value, c.promote.min_delta)
+            stored = read_json(_p(root, c.paths.eval_dir) / "scores.json")
+            if stored.get("prompt_key") != keys:
+                raise PromotionError(f"{_p(root, c.paths.eval_dir) / 'scores.json'}: its rows are not the test rows the champion was "
+                                     f"re-scored on ({len(stored.get('prompt_key') or [])} vs {len(keys)}); re-run refit")
+            candidate_scores = {k: np.asarray(v) for k, v in stored.items() if k != "prompt_key"}
+            decision = decide(c, method, candidate, champion_value, candidate_scores, champion_scores)
+        else:
+            decision = decide(c, method, candidate, None)
         if decision["promote"]:
             llm_tracking.set_champion(uri, name, reg["version"], None if current is None else current["version"])
     decision |= {"version": reg["version"], "previous_champion": None if current is None else current["version"],
