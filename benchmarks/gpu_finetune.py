@@ -124,19 +124,23 @@ def run_engine(model_dir, tr_x, tr_y, te_x, te_y, labels, epochs, max_length, cu
 
 
 def one(config: str, a) -> dict:
+    """`a.repeats` trainings of one configuration in this process (fresh model each time); peak memory is the process's."""
     import torch
 
     cuda = torch.cuda.is_available()
     tr_x, tr_y, te_x, te_y, labels = load(Path(a.data), a.rows if not cuda or a.rows_on_gpu else None)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    if config == "trainer":
-        sps, pred = run_trainer(a.model, tr_x, tr_y, te_x, te_y, labels, a.epochs, a.max_length, cuda)
-    else:
-        sps, pred = run_engine(a.model, tr_x, tr_y, te_x, te_y, labels, a.epochs, a.max_length, cuda, config.split("_")[1])
-    acc, f1 = scores(te_y, pred, len(labels))
+    throughputs, accuracies, f1s = [], [], []
+    for _ in range(a.repeats):
+        if config == "trainer":
+            sps, pred = run_trainer(a.model, tr_x, tr_y, te_x, te_y, labels, a.epochs, a.max_length, cuda)
+        else:
+            sps, pred = run_engine(a.model, tr_x, tr_y, te_x, te_y, labels, a.epochs, a.max_length, cuda, config.split("_")[1])
+        acc, f1 = scores(te_y, pred, len(labels))
+        throughputs.append(sps), accuracies.append(acc), f1s.append(f1)
     peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    return {"config": config, "samples_per_s": sps, "accuracy": acc, "f1_macro": f1, "peak_gb": peak,
+    return {"config": config, "samples_per_s": throughputs, "accuracy": accuracies, "f1_macro": f1s, "peak_gb": peak,
             "peak_kind": "GPU allocated" if cuda else "process RSS", "train_rows": len(tr_x), "test_rows": len(te_x),
             "device": torch.cuda.get_device_name(0) if cuda else "cpu"}
 
@@ -150,6 +154,7 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--rows-on-gpu", action="store_true", help="apply --rows on CUDA too")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--max-length", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=3, help="trainings per configuration (median, min and max are reported)")
     p.add_argument("--only", choices=CONFIGS, help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
     p.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
@@ -176,7 +181,7 @@ def main(argv=None) -> list[dict]:
     for config in CONFIGS:  # one process each: peak memory is per configuration
         out = Path(a.data) / f"result_{config}.json"
         cmd = [sys.executable, __file__, "--only", config, "--out", str(out), "--data", a.data, "--model", a.model,
-               "--rows", str(a.rows), "--epochs", str(a.epochs), "--max-length", str(a.max_length)] + (["--rows-on-gpu"] if a.rows_on_gpu else [])
+               "--rows", str(a.rows), "--epochs", str(a.epochs), "--max-length", str(a.max_length), "--repeats", str(a.repeats)] + (["--rows-on-gpu"] if a.rows_on_gpu else [])
         subprocess.run(cmd, check=True)
         results.append(json.loads(out.read_text()))
     table = render(results, a)
@@ -193,14 +198,17 @@ def main(argv=None) -> list[dict]:
 
 
 def render(results: list[dict], a) -> str:
-    base = results[0]["samples_per_s"]
+    from statistics import median
+
+    base = median(results[0]["samples_per_s"])
+    span = lambda v, f="{:.1f}": "/".join(f.format(x) for x in (min(v), median(v), max(v)))  # noqa: E731
     lines = [f"Default tweets, {results[0]['train_rows']} training rows, {results[0]['test_rows']} test rows, "
-             f"max_length {a.max_length}, {a.epochs} epochs.\n",
-             f"| configuration | samples/s | × Trainer | accuracy | macro-F1 | peak memory ({results[0]['peak_kind']}, GiB) |",
+             f"max_length {a.max_length}, {a.epochs} epochs; each configuration trained {a.repeats}× in its own process.\n",
+             f"| configuration | samples/s (min/median/max) | × Trainer (median) | accuracy % (median) | macro-F1 % (median) | peak memory ({results[0]['peak_kind']}, GiB) |",
              "|---|---|---|---|---|---|"]
     for r in results:
-        lines.append(f"| {r['config']} | {r['samples_per_s']:.1f} | {r['samples_per_s'] / base:.2f} | {100 * r['accuracy']:.1f} | "
-                     f"{100 * r['f1_macro']:.1f} | {r['peak_gb']:.2f} |")
+        lines.append(f"| {r['config']} | {span(r['samples_per_s'])} | {median(r['samples_per_s']) / base:.2f} | "
+                     f"{100 * median(r['accuracy']):.1f} | {100 * median(r['f1_macro']):.1f} | {r['peak_gb']:.2f} |")
     return "\n".join(lines)
 
 

@@ -25,6 +25,14 @@ def update_section(key: str, body: str, path: Path = BENCHMARKS_MD) -> None:
     path.write_text(text, encoding="utf-8")
 
 
+def remove_sections(prefix: str, path: Path = BENCHMARKS_MD) -> None:
+    """Drop the sections whose key starts with `prefix` (partial runs a full run supersedes)."""
+    if not path.exists():
+        return
+    text = re.sub(r"\n*<!-- (" + re.escape(prefix) + r"[\w-]*):begin -->.*?<!-- \1:end -->\n?", "\n", path.read_text(encoding="utf-8"), flags=re.S)
+    path.write_text(text.rstrip() + "\n", encoding="utf-8")
+
+
 def machine() -> str:
     import os
 
