@@ -36,36 +36,34 @@ def test_default_tweets(tmp_path):
     assert train["text"].str.contains("http").any() and not train["text"].str.contains("http://").any()
 
 
-def test_sst2_with_its_own_test_split(tmp_path):
-    d = SHARED_DATA / "sst2"
-    report, counts = prepare(tmp_path, [
-        f"data.source={d / 'train.csv'}", f"data.test_source={d / 'test.csv'}", "data.label_column=label",
-        "data.confidence_column=null", "preprocess.mask_mentions=false", "preprocess.mask_urls=false",
-        "preprocess.leakage=drop",
-    ])
-    assert report["success"] and report["labels"] == ["0", "1"]
-    # 9 repeated sentences in train; 2 test sentences that are also in train (checked with pandas)
-    assert counts == {
+# Each dataset with its own test split, and counts checked independently with pandas:
+# SST-2: 9 repeated sentences in train; 2 test sentences that are also in train.
+# TREC-6: 72 repeated questions in train, one question with two labels, 10 more test questions in train.
+SPLIT_DATASETS = {
+    "sst2": (["0", "1"], {
         "rows_in": 8741, "dropped_missing_label": 0, "dropped_empty_text": 0,
         "dropped_conflicting_labels": 0, "dropped_duplicates": 9, "rows_clean": 8732,
         "rows_sampled": 8732, "dropped_leaked_from_test": 2, "rows_train": 6911, "rows_test": 1819,
-    }
+    }),
+    "trec6": (["0", "1", "2", "3", "4", "5"], {
+        "rows_in": 5952, "dropped_missing_label": 0, "dropped_empty_text": 0,
+        "dropped_conflicting_labels": 2, "dropped_duplicates": 72, "rows_clean": 5878,
+        "rows_sampled": 5878, "dropped_leaked_from_test": 10, "rows_train": 5379, "rows_test": 489,
+    }),
+}
 
 
-def test_trec6_with_its_own_test_split(tmp_path):
-    d = SHARED_DATA / "trec6"
+@pytest.mark.parametrize("name", sorted(SPLIT_DATASETS))
+def test_dataset_with_its_own_test_split(tmp_path, name):
+    d = SHARED_DATA / name
+    labels, expected = SPLIT_DATASETS[name]
     report, counts = prepare(tmp_path, [
         f"data.source={d / 'train.csv'}", f"data.test_source={d / 'test.csv'}", "data.label_column=label",
         "data.confidence_column=null", "preprocess.mask_mentions=false", "preprocess.mask_urls=false",
         "preprocess.leakage=drop",
     ])
-    assert report["success"] and report["labels"] == ["0", "1", "2", "3", "4", "5"]
-    # 72 repeated questions in train, one question with two labels, 10 more test questions in train
-    assert counts == {
-        "rows_in": 5952, "dropped_missing_label": 0, "dropped_empty_text": 0,
-        "dropped_conflicting_labels": 2, "dropped_duplicates": 72, "rows_clean": 5878,
-        "rows_sampled": 5878, "dropped_leaked_from_test": 10, "rows_train": 5379, "rows_test": 489,
-    }
+    assert report["success"] and report["labels"] == labels
+    assert counts == expected
 
 
 def test_given_test_split_with_leakage_fails_by_default(tmp_path):

@@ -354,5 +354,31 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def entry() -> None:
+    """The `tuneline` console script: main(), then a quick exit.
+
+    Once torch, transformers, Prefect and MLflow are loaded, the interpreter's own teardown (freeing
+    every module) takes ~3 s after the work is done and written. The exit handlers still run —
+    logging is flushed, Prefect's temporary server is stopped — and then the process ends without
+    that teardown. With a Prefect API server (PREFECT_API_URL) the normal shutdown stays, so its
+    event and log workers drain first.
+    """
+    code = main()
+    if os.environ.get("PREFECT_API_URL") or "prefect" in sys.modules and _prefect_api_configured():
+        sys.exit(code)
+    import atexit
+
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _prefect_api_configured() -> bool:
+    from prefect.settings import get_current_settings
+
+    return bool(get_current_settings().api.url)
+
+
 if __name__ == "__main__":
     sys.exit(main())
