@@ -53,23 +53,24 @@ def prefect_db_template() -> Path:
     a new SQLite database takes ~6 s of a first run; copying a migrated one takes milliseconds."""
     from importlib.metadata import version
 
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tuneline" / "prefect"
-    return cache / f"empty-{version('prefect')}.db"
+    from tuneline.storage import user_cache_dir
+
+    return user_cache_dir("prefect", f"empty-{version('prefect')}.db")
 
 
 def _sqlite_copy(src: Path, dst: Path) -> None:
     """A consistent copy of a live SQLite database (the backup API), written atomically."""
     import sqlite3
 
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-    source, target = sqlite3.connect(src), sqlite3.connect(tmp)
-    try:
-        source.backup(target)
-    finally:
-        target.close()
-        source.close()
-    os.replace(tmp, dst)
+    from tuneline.storage import atomic_path
+
+    with atomic_path(dst) as tmp:
+        source, target = sqlite3.connect(src), sqlite3.connect(tmp)
+        try:
+            source.backup(target)
+        finally:
+            target.close()
+            source.close()
 
 
 def _quiet_start(server, new_db: Path | None, template: Path) -> None:

@@ -57,7 +57,9 @@ def cache_root() -> Path:
     env = os.environ.get("TUNELINE_CACHE_DIR")
     if env:
         return Path(env).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "tuneline" / "llm"
+    from tuneline.storage import user_cache_dir
+
+    return user_cache_dir("llm")
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
