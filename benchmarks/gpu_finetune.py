@@ -200,14 +200,18 @@ def main(argv=None) -> list[dict]:
 def render(results: list[dict], a) -> str:
     from statistics import median
 
+    try:
+        from benchmarks.report import spread
+    except ImportError:  # run as a script on the GPU machine
+        from report import spread
+
     base = median(results[0]["samples_per_s"])
-    span = lambda v, f="{:.1f}": "/".join(f.format(x) for x in (min(v), median(v), max(v)))  # noqa: E731
     lines = [f"Default tweets, {results[0]['train_rows']} training rows, {results[0]['test_rows']} test rows, "
              f"max_length {a.max_length}, {a.epochs} epochs; each configuration trained {a.repeats}× in its own process.\n",
              f"| configuration | samples/s (min/median/max) | × Trainer (median) | accuracy % (median) | macro-F1 % (median) | peak memory ({results[0]['peak_kind']}, GiB) |",
              "|---|---|---|---|---|---|"]
     for r in results:
-        lines.append(f"| {r['config']} | {span(r['samples_per_s'])} | {median(r['samples_per_s']) / base:.2f} | "
+        lines.append(f"| {r['config']} | {spread(r['samples_per_s'])} | {median(r['samples_per_s']) / base:.2f} | "
                      f"{100 * median(r['accuracy']):.1f} | {100 * median(r['f1_macro']):.1f} | {r['peak_gb']:.2f} |")
     return "\n".join(lines)
 

@@ -36,6 +36,19 @@ def prefect_server():
         yield
 
 
+def run_pipeline(root: Path, overrides: list[str]):
+    """The pipeline flow in-process with `root` as working directory: (results, flow run id)."""
+    from tuneline.flows.pipeline import pipeline
+
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        state = pipeline(params=None, overrides=overrides, root=str(root), return_state=True)
+    finally:
+        os.chdir(cwd)
+    return state.result(), state.state_details.flow_run_id
+
+
 def repo_files() -> list[str]:
     out = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True

@@ -3,28 +3,15 @@ DPO and a reward model through the Prefect flow, chat SFT through `dvc repro`.""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 
 import pytest
 import yaml
 
-from conftest import venv_env
+from conftest import run_pipeline, venv_env
 from llm_fixtures import LLM_SMOKE_OVERRIDES, llm_base, preference_files, sft_files  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.smoke
-
-
-def run_flow(root, overrides):
-    from tuneline.flows.pipeline import pipeline
-
-    cwd = os.getcwd()
-    os.chdir(root)
-    try:
-        state = pipeline(params=None, overrides=overrides, root=str(root), return_state=True)
-    finally:
-        os.chdir(cwd)
-    return state.result(), state.state_details.flow_run_id
 
 
 def client(root):
@@ -38,7 +25,7 @@ def dpo_run(prefect_server, llm_base, preference_files, tmp_path_factory):
     train, test = preference_files
     root = tmp_path_factory.mktemp("dpo")
     overrides = ["task=preference", f"data.source={train}", f"data.test_source={test}", *LLM_SMOKE_OVERRIDES]
-    results, flow_run_id = run_flow(root, overrides)
+    results, flow_run_id = run_pipeline(root, overrides)
     return root, overrides, results, flow_run_id
 
 
@@ -149,7 +136,7 @@ def test_reward_model_end_to_end(prefect_server, llm_base, preference_files, tmp
     train, test = preference_files
     overrides = ["task=preference", "llm.preference_method=reward_model", f"data.source={train}", f"data.test_source={test}",
                  *LLM_SMOKE_OVERRIDES, "llm.max_steps=2"]
-    results, _ = run_flow(tmp_path, overrides)
+    results, _ = run_pipeline(tmp_path, overrides)
     reg = results["register"]
     assert reg["registered_model_name"] == "tuneline-reward-model" and results["promote"]["promote"] is True
     metrics = client(tmp_path).get_run(reg["run_id"]).data.metrics

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, SMOKE_OVERRIDES
+from conftest import REPO, SMOKE_OVERRIDES, run_pipeline
 
 pytestmark = pytest.mark.smoke
 
@@ -37,18 +37,8 @@ def dvc_stage_order() -> list[str]:
 
 @pytest.fixture(scope="module")
 def smoke_run(prefect_server, tmp_path_factory):
-    import os
-
-    from tuneline.flows.pipeline import pipeline
-
     root = tmp_path_factory.mktemp("smoke")
-    cwd = os.getcwd()
-    os.chdir(root)
-    try:
-        state = pipeline(params=None, overrides=SMOKE_OVERRIDES, root=str(root), return_state=True)
-    finally:
-        os.chdir(cwd)
-    return root, state.result(), state.state_details.flow_run_id
+    return root, *run_pipeline(root, SMOKE_OVERRIDES)
 
 
 def test_flow_registers_a_champion_with_fold_runs(smoke_run):
