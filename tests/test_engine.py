@@ -74,7 +74,8 @@ def test_training_loss_falls_and_saved_model_reloads_identically(strategy, lr, m
     from tuneline.modelio import save_finetuned
 
     texts, y = tweets(48)
-    cfg = TrainConfig(strategy=strategy, learning_rate=lr, epochs=4, batch_size=16, max_length=48, warmup_ratio=0.0, scheduler="constant")
+    cfg = TrainConfig(strategy=strategy, precision="fp32", learning_rate=lr, epochs=4, batch_size=16, max_length=48,
+                      warmup_ratio=0.0, scheduler="constant")
     model, tokenizer = build_model(minilm, LABELS, cfg, strategy)
     fit = train_model(model, tokenizer, texts, y, cfg)
     losses = [h["train_loss"] for h in fit.history]

@@ -77,9 +77,12 @@ def test_step_key_follows_inputs_params_and_code_but_not_where_it_runs(tmp_path)
     assert stage_key("validate", config, tmp_path) == key
     assert stage_key("validate", load_config(None, ["promote.min_delta=0.1"]), tmp_path) == key  # not a section it reads
     assert stage_key("validate", load_config(None, ["validate.min_rows_per_class=5"]), tmp_path) != key
-    crossval = stage_key("crossval", config, tmp_path)
-    assert stage_key("crossval", load_config(None, ["train.work_pool=gpu", "train.checkpoint_every=7"]), tmp_path) == crossval
-    assert stage_key("crossval", load_config(None, ["train.learning_rate=0.001"]), tmp_path) != crossval
+    explicit = ["train.strategy=partial", "train.precision=fp32"]
+    crossval = stage_key("crossval", load_config(None, explicit), tmp_path)
+    assert stage_key("crossval", load_config(None, explicit + ["train.work_pool=gpu", "train.checkpoint_every=7"]), tmp_path) == crossval
+    assert stage_key("crossval", load_config(None, explicit + ["train.learning_rate=0.001"]), tmp_path) != crossval
+    # with `auto`, the pool's hardware decides what trains: its runs never share the local entry
+    assert stage_key("crossval", load_config(None, ["train.work_pool=gpu"]), tmp_path) != stage_key("crossval", config, tmp_path)
     (tmp_path / "data/raw/dataset.parquet").write_bytes(b"rows v2")
     assert stage_key("validate", config, tmp_path) != key
 
@@ -126,6 +129,29 @@ def test_preflight_names_the_unreachable_server_without_its_credentials(tmp_path
     with pytest.raises(TrackingUnavailable, match="does not exist"):
         check_tracking(f"sqlite:///{tmp_path}/missing/mlflow.db")
     check_tracking(f"sqlite:///{tmp_path}/mlflow.db")
+
+
+def test_run_summaries_name_the_tracking_store_without_its_credentials():
+    """Both tasks' end-of-run summaries redact the store themselves, whatever the registration holds."""
+    from tuneline.cli import classifier_summary
+    from tuneline.config import load_config
+    from tuneline.llm.stages import run_summary
+
+    reg = {"model_uri": "models:/m/3", "run_id": "r1", "experiment_id": "7", "tracking_uri": "https://alice:s3cret@mlflow.example:5000",
+           "base": {"id": "smollm2", "sha256": "ab" * 32}}
+    decision = {"promote": True, "reason": "first model", "champion_uri": "models:/m@champion"}
+    stats = {"mean": 0.8, "std": 0.05, "ci95_low": 0.7, "ci95_high": 0.9}
+    classifier = classifier_summary(load_config(None, []), {
+        "register": reg, "promote": decision, "crossval": {"metrics": {"f1_macro": stats}},
+        "refit": {"accuracy": 0.81, "f1_macro": 0.8, "majority_rate": 0.5}}, 3.0)
+    llm = run_summary(load_config(None, ["task=preference"]), {
+        "register": reg, "promote": decision, "crossval": {"metric": "preference_accuracy", "method": "dpo", "mode": "holdout", "k": 1,
+                                                           "metrics": {"preference_accuracy": stats}},
+        "refit": {"test_preference_accuracy": 0.75, "train_samples_per_second": 2.0}}, 3.0)
+    for lines in (classifier, llm):
+        ui = next(line for line in lines if "MLflow UI" in line)
+        assert "https://mlflow.example:5000" in ui and "s3cret" not in "\n".join(lines) and "alice" not in "\n".join(lines)
+    assert "#/experiments/7/runs?viewStateShareKey=tuneline" in "\n".join(classifier)
 
 
 def test_registration_is_reused_for_the_same_inputs_and_half_registrations_are_retired(tmp_path):

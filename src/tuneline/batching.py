@@ -73,7 +73,19 @@ def make_collate(pad_token_id: int):
     return collate
 
 
-def loader(dataset: EncodedDataset, sampler: LengthGroupedBatches, pad_token_id: int, pin: bool) -> torch.utils.data.DataLoader:
-    return torch.utils.data.DataLoader(
-        dataset, batch_sampler=sampler, collate_fn=make_collate(pad_token_id), pin_memory=pin, num_workers=0
-    )
+class RowDataset(torch.utils.data.Dataset):
+    """Row positions (and labels): the batch is built by a collate that looks the rows up."""
+
+    def __init__(self, n: int, labels: Sequence[int] | None = None):
+        self.n = n
+        self.labels = None if labels is None else list(map(int, labels))
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict:
+        return {"row": i} if self.labels is None else {"row": i, "labels": self.labels[i]}
+
+
+def loader(dataset: torch.utils.data.Dataset, sampler: LengthGroupedBatches, collate, pin: bool) -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, pin_memory=pin, num_workers=0)

@@ -92,13 +92,15 @@ class PreprocessConfig(_Section):
     leakage: Literal["fail", "drop"] = Field("fail", description="a text in both train and test: stop, or drop it from test")
 
 
-Strategy = Literal["feature_extraction", "partial", "full", "lora"]
+Strategy = Literal["auto", "feature_extraction", "partial", "full", "lora"]
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 class SelectConfig(_Section):
     models: list[str] = Field(default_factory=lambda: [DEFAULT_MODEL], min_length=1, description="hub ids or local folders")
-    strategies: Optional[list[Strategy]] = Field(None, description="strategies to compare; null = [train.strategy]")
+    strategies: Optional[list[Strategy]] = Field(
+        default_factory=lambda: ["feature_extraction", "auto"],
+        description="strategies to compare; null = [train.strategy]; auto = what train.strategy auto resolves to here")
     metric: Literal["accuracy", "f1_macro", "precision_macro", "recall_macro"] = "f1_macro"
     baseline: bool = Field(True, description="also score TF-IDF + logistic regression as a sanity floor")
 
@@ -118,11 +120,13 @@ class CVConfig(_Section):
 
 
 class TrainConfig(_Section):
-    strategy: Strategy = "feature_extraction"
+    strategy: Strategy = Field("auto", description="auto = full on CUDA, partial over the frozen-prefix cache on CPU")
+    precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto = bf16 on CUDA and on CPUs with "
+                                                        "avx512_bf16/AMX, else fp32 (tuneline.hardware)")
     max_length: int = Field(64, ge=8, le=4096)
-    batch_size: int = Field(64, ge=1)
-    learning_rate: float = Field(5e-5, gt=0)
-    epochs: int = Field(3, ge=1)
+    batch_size: Optional[int] = Field(None, ge=1, description="null = the strategy's default (tuneline.hardware)")
+    learning_rate: Optional[float] = Field(None, gt=0, description="null = the strategy's default")
+    epochs: Optional[int] = Field(None, ge=1, description="null = the strategy's default")
     max_steps: Optional[int] = Field(None, ge=1, description="stop after this many optimizer steps (overrides epochs)")
     grad_accum: int = Field(1, ge=1)
     weight_decay: float = Field(0.01, ge=0)
@@ -130,7 +134,10 @@ class TrainConfig(_Section):
     scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
     early_stopping_patience: Optional[int] = Field(None, ge=1, description="epochs without val macro-F1 gain; null = off")
     validation_fraction: float = Field(0.1, gt=0, lt=0.5, description="share of training rows held out for early stopping")
-    freeze_layers: int = Field(3, ge=0, description="partial: transformer layers frozen from the bottom (embeddings always)")
+    freeze_layers: int = Field(4, ge=0, description="partial: transformer layers frozen from the bottom (embeddings always)")
+    prefix_cache: bool = Field(True, description="partial: run the frozen bottom once per dataset and train on its "
+                               "cached outputs (same maths, a fraction of the cost)")
+    prefix_cache_max_mb: int = Field(4096, ge=1, description="largest frozen-prefix cache; past it, plain partial with a warning")
     lora_r: int = Field(8, ge=1)
     lora_alpha: int = Field(16, ge=1)
     lora_dropout: float = Field(0.1, ge=0, lt=1)

@@ -1,7 +1,10 @@
-"""Cross-validation of every candidate on the SAME stratified folds, the choice of the winner,
-and the winner's refit on all training rows with one evaluation on the untouched test split.
+"""Cross-validation of every candidate on the SAME stratified folds and the choice of the winner.
 
-Feature extraction encodes each dataset ONCE (cached on disk); every fold and the refit reuse it.
+Work that does not depend on the fold is done once per dataset and cached on disk: the frozen
+encoder's features (feature extraction) and the frozen prefix's hidden states (`partial`); every
+fold and the refit (tuneline.refit) reuse them. `auto` strategies and precisions are resolved here,
+where the training runs (tuneline.hardware), and the resolved values name the candidates and key
+every cache, so results from different hardware never share an entry.
 """
 from __future__ import annotations
 
@@ -15,14 +18,14 @@ import pandas as pd
 from sklearn.model_selection import StratifiedKFold, train_test_split
 from tqdm.auto import tqdm
 
-from tuneline import resume
+from tuneline import baseline, hardware, prefix, resume
 from tuneline.config import CVConfig, SelectConfig, TrainConfig
 from tuneline.features import FeatureCache, cache_key, embed
-from tuneline.metrics import (classification_metrics, classification_report, majority_rate, per_class_metrics,
-                              plot_confusion_matrix, summarize)
+from tuneline.metrics import classification_metrics, corrected_ttest, majority_rate, summarize
 from tuneline.models import load_encoder
+from tuneline.selection import candidate_name
 from tuneline.storage import atomic_path, read_json, write_json
-from tuneline.training import LinearHead, save_feature_model
+from tuneline.training import LinearHead
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +44,80 @@ class Featurizer:
             self._loaded = load_encoder(self.candidate["resolved"], self.cfg.trust_remote_code, self.cfg.allow_pickle_weights)
         return self._loaded
 
+    def key(self, texts: list[str]) -> str:
+        return cache_key(self.candidate["fingerprint"], texts, self.cfg.max_length, self.cfg.pooling, self.cfg.precision)
+
     def __call__(self, texts: list[str], desc: str) -> np.ndarray:
-        key = cache_key(self.candidate["fingerprint"], texts, self.cfg.max_length, self.cfg.pooling)
+        key = self.key(texts)
 
         def compute() -> np.ndarray:
             tokenizer, encoder = self.loaded
-            return embed(texts, tokenizer, encoder, max_length=self.cfg.max_length, batch_size=self.cfg.batch_size, pooling=self.cfg.pooling, desc=desc)
+            return embed(texts, tokenizer, encoder, max_length=self.cfg.max_length, batch_size=self.cfg.batch_size,
+                         pooling=self.cfg.pooling, precision=self.cfg.precision, desc=desc)
 
         return self.cache.get(key, compute)
+
+
+class FrozenPrefix:
+    """The frozen prefix's hidden states of a `partial` candidate's texts, computed once."""
+
+    def __init__(self, candidate: dict, cfg: TrainConfig, cache_dir: Path, names: list[str]):
+        self.candidate, self.cfg, self.names = candidate, cfg, names
+        self.cache = prefix.Cache(cache_dir)
+
+    def key(self, texts: list[str]) -> str:
+        return cache_key(self.candidate["fingerprint"], texts, self.cfg.max_length, f"prefix{self.cfg.freeze_layers}",
+                         self.cfg.precision)
+
+    def __call__(self, texts: list[str], desc: str) -> prefix.PrefixStates:
+        def make() -> prefix.PrefixStates:
+            from tuneline.finetune import build_model
+
+            model, tokenizer = build_model(self.candidate["resolved"], self.names, self.cfg, "partial")
+            return prefix.compute(model, tokenizer, texts, self.cfg.max_length, self.cfg.freeze_layers, self.cfg.precision,
+                                  desc=desc)
+
+        return self.cache.get(self.key(texts), make)
+
+    def seconds_per_text(self, texts: list[str]) -> float:
+        return self.cache.seconds_per_text(self.key(texts))
+
+    def usable(self, texts: list[str]) -> bool:
+        """Within train.prefix_cache_max_mb, and the swap reproduces the plain forward on this model."""
+        from tuneline.finetune import build_model
+
+        model, tokenizer = build_model(self.candidate["resolved"], self.names, self.cfg, "partial")
+        size = prefix.estimated_mb(tokenizer, texts, self.cfg.max_length, model.config.hidden_size, self.cfg.precision)
+        if size > self.cfg.prefix_cache_max_mb:
+            n, k = model.config.num_hidden_layers, self.cfg.freeze_layers
+            log.warning("%s: the frozen-prefix cache would take %.0f MB > train.prefix_cache_max_mb=%d; training plain "
+                        "partial instead, which runs all %d layers every step (expect roughly %.1fx slower; BENCHMARKS.md)",
+                        self.candidate["name"], size, self.cfg.prefix_cache_max_mb, n, n / max(n - k, 1))
+            return False
+        if not prefix.agrees(model, tokenizer, texts, self.cfg.max_length, self.cfg.freeze_layers):
+            log.warning("%s: the frozen-prefix cache does not reproduce this architecture's forward; training plain partial",
+                        self.candidate["name"])
+            return False
+        return True
+
+
+def resolve_candidates(candidates: list[dict], train_cfg: TrainConfig) -> list[dict]:
+    """`auto` made concrete for this machine; a strategy listed twice (auto and its result) runs once."""
+    out: list[dict] = []
+    for cand in candidates:
+        if cand["strategy"] != "baseline":
+            cfg = hardware.resolve(train_cfg, cand["strategy"])
+            cand = {**cand, "name": candidate_name(cand["model"], cfg.strategy), "strategy": cfg.strategy,
+                    "requested_strategy": cand["strategy"], "precision": cfg.precision}
+        if all(o["name"] != cand["name"] for o in out):
+            out.append(cand)
+    return out
+
+
+def candidate_config(candidate: dict, train_cfg: TrainConfig) -> TrainConfig:
+    """The training config one candidate runs with (strategy, precision, defaults resolved)."""
+    cfg = hardware.resolve(train_cfg, candidate["strategy"] if candidate["strategy"] != "baseline" else "feature_extraction")
+    return cfg.model_copy(update={"prefix_cache": bool(candidate.get("prefix_cache", False))}) if cfg.strategy == "partial" else cfg
 
 
 def make_folds(y: np.ndarray, cfg: CVConfig) -> list[dict[str, list[int]]]:
@@ -59,31 +128,25 @@ def make_folds(y: np.ndarray, cfg: CVConfig) -> list[dict[str, list[int]]]:
     return [{"train": tr.tolist(), "val": va.tolist()} for tr, va in skf.split(np.zeros(len(y)), y)]
 
 
-def _baseline(cfg: TrainConfig, seed: int):
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-
-    return make_pipeline(
-        TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True),
-        LogisticRegression(max_iter=2000, class_weight="balanced" if cfg.class_weight == "balanced" else None, random_state=seed),
-    )
-
-
-def _finetune(candidate: dict, texts: list[str], y: np.ndarray, names: list[str], cfg: TrainConfig, seed: int, desc: str,
-              checkpoint_dir: Path | None = None):
+def finetune(candidate: dict, texts: list[str], y: np.ndarray, names: list[str], cfg: TrainConfig, seed: int, desc: str,
+             checkpoint_dir: Path | None = None, states: prefix.PrefixStates | None = None):
     """Fine-tune a fresh copy of the candidate; early stopping carves its own validation rows.
-    With `checkpoint_dir`, checkpoints go there and an interrupted run continues from them."""
+    With `checkpoint_dir`, checkpoints go there and an interrupted run continues from them;
+    with `states` (the frozen prefix of `texts`), `partial` trains on them."""
     from tuneline.finetune import build_model, train_model
 
     cfg = cfg.model_copy(update={"seed": seed})
     model, tokenizer = build_model(candidate["resolved"], names, cfg, candidate["strategy"])
-    val = None
+    val, val_states = None, None
     if cfg.early_stopping_patience is not None:
         idx_tr, idx_va = train_test_split(np.arange(len(y)), test_size=cfg.validation_fraction, stratify=y, random_state=seed)
         val = ([texts[i] for i in idx_va], y[idx_va])
         texts, y = [texts[i] for i in idx_tr], y[idx_tr]
-    return train_model(model, tokenizer, texts, y, cfg, val=val, desc=desc, checkpoint_dir=checkpoint_dir)
+        if states is not None:
+            states, val_states = states.take(idx_tr), states.take(idx_va)
+    frozen = cfg.freeze_layers if candidate["strategy"] == "partial" else None
+    return train_model(model, tokenizer, texts, y, cfg, val=val, desc=desc, checkpoint_dir=checkpoint_dir,
+                       frozen_layers=frozen, states=states, val_states=val_states)
 
 
 def fold_jobs(candidates: list[dict], folds: list[dict], cv_cfg: CVConfig) -> list[dict]:
@@ -97,6 +160,7 @@ def run_fold_job(job: dict, folds: list[dict], cfg: TrainConfig, processed_dir: 
     from tuneline.finetune import predict_proba
 
     candidate, i, seed = job["candidate"], job["fold"], job["seed"]
+    cfg = candidate_config(candidate, cfg)
     train = pd.read_parquet(Path(processed_dir) / "train.parquet")
     label_map = read_json(Path(processed_dir) / "label_map.json")
     names = sorted(label_map, key=label_map.get)
@@ -107,7 +171,7 @@ def run_fold_job(job: dict, folds: list[dict], cfg: TrainConfig, processed_dir: 
         X = Featurizer(candidate, cfg, Path(cache_dir))(texts, f"embedding train ({candidate['name']})")  # a cache hit
         proba = LinearHead.fit(X[tr], y[tr], len(names), cfg.model_copy(update={"seed": seed})).predict_proba(X[va])
     elif strategy == "baseline":
-        model = _baseline(cfg, seed).fit([texts[j] for j in tr], y[tr])
+        model = baseline.build(cfg.class_weight, seed).fit([texts[j] for j in tr], y[tr])
         start = time.perf_counter()
         proba = model.predict_proba([texts[j] for j in va])
         predict_s = time.perf_counter() - start
@@ -115,15 +179,18 @@ def run_fold_job(job: dict, folds: list[dict], cfg: TrainConfig, processed_dir: 
         work = resume.work_dir(cache_dir, f"fold{i}", candidate, cfg, seed, Path(processed_dir) / "train.parquet", tr)
         if (done := resume.finished(work)) is not None:
             return done
-        fit = _finetune(candidate, [texts[j] for j in tr], y[tr], names, cfg, seed, f"{candidate['name']} fold {i + 1}",
-                        checkpoint_dir=resume.checkpoint_dir(work))
+        states = FrozenPrefix(candidate, cfg, Path(cache_dir), names)(texts, "frozen prefix") if cfg.prefix_cache else None
+        fit = finetune(candidate, [texts[j] for j in tr], y[tr], names, cfg, seed, f"{candidate['name']} fold {i + 1}",
+                       checkpoint_dir=resume.checkpoint_dir(work), states=None if states is None else states.take(tr))
         start = time.perf_counter()
-        proba = predict_proba(fit.model, fit.tokenizer, [texts[j] for j in va], cfg.max_length, cfg.batch_size * 2)
+        proba = predict_proba(fit.model, fit.tokenizer, [texts[j] for j in va], cfg.max_length, cfg.batch_size * 2,
+                              precision=cfg.precision, states=None if states is None else states.take(va),
+                              freeze=cfg.freeze_layers)
         predict_s = time.perf_counter() - start
     m = classification_metrics(y[va], proba)
     m["majority_rate"] = majority_rate(y[va])
     log.info("%s fold %d/%d: %s", candidate["name"], i + 1, len(folds), {k: round(v, 4) for k, v in m.items()})
-    result = {"name": candidate["name"], "fold": i, "metrics": m, "predict_s": predict_s, "rows": len(va)}
+    result = {"name": candidate["name"], "fold": i, "metrics": m, "predict_s": predict_s, "rows": len(va), "train_rows": len(tr)}
     if work is not None:
         resume.save_result(work, result)
     return result
@@ -152,16 +219,24 @@ def crossval(cv_cfg: CVConfig, train_cfg: TrainConfig, select_cfg: SelectConfig,
     over its task runner); results are ordered by job, so any schedule gives the same output."""
     from functools import partial
 
-    candidates = read_json(selection_path)["candidates"]
+    candidates = resolve_candidates(read_json(selection_path)["candidates"], train_cfg)
     train = pd.read_parquet(processed_dir / "train.parquet")
     texts, y = train["text"].tolist(), train["label_id"].to_numpy()
+    names = sorted(read_json(processed_dir / "label_map.json"), key=read_json(processed_dir / "label_map.json").get)
     folds = make_folds(y, cv_cfg)
     passes = {}
     for cand in candidates:  # encode once per candidate, before any fold job reads the cache
+        cfg = candidate_config(cand, train_cfg)
         if cand["strategy"] == "feature_extraction":
-            featurize = Featurizer(cand, train_cfg, cache_dir)
+            featurize = Featurizer(cand, cfg, cache_dir)
             featurize(texts, f"embedding train ({cand['name']})")
             passes[cand["name"]] = featurize.cache.encoder_passes
+        elif cand["strategy"] == "partial" and train_cfg.prefix_cache:
+            states = FrozenPrefix(cand, cfg, cache_dir, names)
+            cand["prefix_cache"] = states.cache.path(states.key(texts)).is_file() or states.usable(texts)
+            if cand["prefix_cache"]:
+                states(texts, f"frozen prefix ({cand['name']})")
+                passes[cand["name"]] = states.cache.encoder_passes
     jobs = fold_jobs(candidates, folds, cv_cfg)
     results = map_jobs(partial(run_fold_job, folds=folds, cfg=train_cfg, processed_dir=processed_dir, cache_dir=cache_dir), jobs)
     results = sorted(results, key=lambda r: ([c["name"] for c in candidates].index(r["name"]), r["fold"]))
@@ -170,18 +245,29 @@ def crossval(cv_cfg: CVConfig, train_cfg: TrainConfig, select_cfg: SelectConfig,
         mine = [r for r in results if r["name"] == cand["name"]]
         fold_metrics = [r["metrics"] for r in mine]
         per_candidate[cand["name"]] = fold_metrics
+        cfg = candidate_config(cand, train_cfg)
+        latency = 1000.0 * sum(r["predict_s"] for r in mine) / max(sum(r["rows"] for r in mine), 1)
         if cand["strategy"] == "feature_extraction":
-            key = cache_key(cand["fingerprint"], texts, train_cfg.max_length, train_cfg.pooling)
-            latency = 1000.0 * FeatureCache(cache_dir).seconds_per_text(key)
-        else:
-            latency = 1000.0 * sum(r["predict_s"] for r in mine) / max(sum(r["rows"] for r in mine), 1)
+            latency = 1000.0 * FeatureCache(cache_dir).seconds_per_text(Featurizer(cand, cfg, cache_dir).key(texts))
+        elif cfg.prefix_cache:  # the cached bottom's cost is part of a prediction's
+            latency += 1000.0 * FrozenPrefix(cand, cfg, cache_dir, names).seconds_per_text(texts)
         rows.append({**cand, "latency_ms": latency, "encoder_passes": passes.get(cand["name"], 0),
+                     "training": {k: getattr(cfg, k) for k in ("strategy", "precision", "learning_rate", "epochs", "batch_size")}
+                     | ({"freeze_layers": cfg.freeze_layers, "prefix_cache": cfg.prefix_cache} if cfg.strategy == "partial" else {}),
                      "metrics": summarize([{k: v for k, v in m.items() if k != "majority_rate"} for m in fold_metrics])})
+    base = next((r for r in rows if r["strategy"] == "baseline"), None)
+    if base is not None:  # each candidate against the baseline on the same folds
+        n_train = float(np.mean([r["train_rows"] for r in results]))
+        n_test = float(np.mean([r["rows"] for r in results]))
+        for row in rows:
+            if row is not base:
+                row["vs_baseline"] = corrected_ttest([m[select_cfg.metric] for m in per_candidate[row["name"]]],
+                                                     [m[select_cfg.metric] for m in per_candidate[base["name"]]], n_train, n_test)
     winner = choose(rows, select_cfg.metric)
-    baseline = next((r for r in rows if r["strategy"] == "baseline"), None)
-    beats_baseline = baseline is None or winner["metrics"][select_cfg.metric]["mean"] > baseline["metrics"][select_cfg.metric]["mean"]
+    beats_baseline = base is None or winner is not base
     if not beats_baseline:
-        log.warning("the selected candidate %s does not beat the TF-IDF baseline on %s", winner["name"], select_cfg.metric)
+        log.warning("no pre-trained candidate beat the TF-IDF baseline on CV %s: the baseline %s is the winner",
+                    select_cfg.metric, base["name"])
     summary = {"k": cv_cfg.k, "model": winner["model"], "strategy": winner["strategy"], "winner": winner,
                "metrics": winner["metrics"], "rule": f"max CV mean {select_cfg.metric}; ties (4 d.p.) -> fewer parameters, lower latency",
                "beats_baseline": beats_baseline}
@@ -199,61 +285,17 @@ def crossval(cv_cfg: CVConfig, train_cfg: TrainConfig, select_cfg: SelectConfig,
 
 def comparison_markdown(rows: list[dict], metric: str, winner: str) -> str:
     cols = ["accuracy", "f1_macro", "loss"]
-    lines = ["| candidate | " + " | ".join(f"{c} (mean ± std)" for c in cols) + " | parameters | ms/text | |",
-             "|---" * (len(cols) + 4) + "|"]
+    lines = ["| candidate | strategy / precision | " + " | ".join(f"{c} (mean ± std)" for c in cols)
+             + f" | Δ {metric} vs baseline (p) | parameters | ms/text | |", "|---" * (len(cols) + 6) + "|"]
     for r in rows:
         cells = [f"{r['metrics'][c]['mean']:.4f} ± {r['metrics'][c]['std']:.4f}" for c in cols]
-        mark = "**winner**" if r["name"] == winner else ("baseline" if not r["eligible"] else "")
-        lines.append(f"| {r['name']} | " + " | ".join(cells) + f" | {r['parameters'] or '-'} | {r['latency_ms']:.2f} | {mark} |")
-    return f"Candidates scored on identical folds; choice by CV mean {metric}.\n\n" + "\n".join(lines) + "\n"
+        vs = r.get("vs_baseline")
+        delta = f"{vs['diff']:+.4f} (p={vs['p']:.3g})" if vs else "-"
+        mark = "**winner**" if r["name"] == winner else ("baseline" if r["strategy"] == "baseline" else "")
+        how = f"{r['strategy']} / {r.get('precision', '-')}"
+        lines.append(f"| {r['name']} | {how} | " + " | ".join(cells) + f" | {delta} | {r['parameters'] or '-'} | "
+                     f"{r['latency_ms']:.2f} | {mark} |")
+    return (f"Candidates scored on identical folds; choice by CV mean {metric}. p: corrected resampled t-test "
+            "(Nadeau & Bengio) of the fold scores against the TF-IDF baseline, two-sided.\n\n" + "\n".join(lines) + "\n")
 
 
-def refit_and_test(train_cfg: TrainConfig, processed_dir: Path, cv_dir: Path, cache_dir: Path, model_dir: Path, eval_dir: Path) -> dict:
-    """Step: fit the winner on all training rows, save the model folder, evaluate once on test."""
-    from tuneline.finetune import predict_proba
-    from tuneline.metrics import plot_learning_curves
-    from tuneline.modelio import save_finetuned
-
-    winner = read_json(cv_dir / "summary.json")["winner"]
-    train = pd.read_parquet(processed_dir / "train.parquet")
-    test = pd.read_parquet(processed_dir / "test.parquet")
-    label_map = read_json(processed_dir / "label_map.json")
-    names = sorted(label_map, key=label_map.get)
-    y_train, y_test = train["label_id"].to_numpy(), test["label_id"].to_numpy()
-    history = []
-    with atomic_path(model_dir) as tmp_model:
-        tmp_model.mkdir()
-        if winner["strategy"] == "feature_extraction":
-            featurize = Featurizer(winner, train_cfg, cache_dir)
-            X_train = featurize(train["text"].tolist(), "embedding train")
-            X_test = featurize(test["text"].tolist(), "embedding test")
-            head = LinearHead.fit(X_train, y_train, len(names), train_cfg)
-            proba = head.predict_proba(X_test)
-            tokenizer, encoder = featurize.loaded
-            save_feature_model(tmp_model, tokenizer, encoder, head, names, train_cfg, winner["model"])
-        else:
-            work = resume.work_dir(cache_dir, "refit", winner, train_cfg, train_cfg.seed, processed_dir / "train.parquet")
-            fit = _finetune(winner, train["text"].tolist(), y_train, names, train_cfg, train_cfg.seed, "refit",
-                            checkpoint_dir=resume.checkpoint_dir(work))
-            proba = predict_proba(fit.model, fit.tokenizer, test["text"].tolist(), train_cfg.max_length, train_cfg.batch_size * 2, desc="testing")
-            history = fit.history
-            save_finetuned(tmp_model, fit.model, fit.tokenizer, names, train_cfg, winner["strategy"], winner["model"])
-            resume.clear(work)
-    metrics = classification_metrics(y_test, proba)
-    metrics["majority_rate"] = majority_rate(y_test)
-    y_pred = proba.argmax(1)
-    with atomic_path(eval_dir) as tmp:
-        tmp.mkdir()
-        write_json(tmp / "metrics.json", {f"test_{k}": v for k, v in metrics.items()})
-        write_json(tmp / "per_class.json", per_class_metrics(y_test, y_pred, names))
-        (tmp / "classification_report.txt").write_text(classification_report(y_test, y_pred, names), encoding="utf-8")
-        write_json(tmp / "history.json", history)
-        plot_confusion_matrix(y_test, y_pred, names, tmp / "confusion_matrix.png", f"test split ({len(y_test)} rows)")
-        if history:
-            plot_learning_curves(history, tmp / "learning_curves.png")
-        pd.DataFrame(
-            {"text": test["text"], "label": test["label"], "predicted": [names[i] for i in y_pred]}
-            | {f"p_{n}": proba[:, i] for i, n in enumerate(names)}
-        ).to_parquet(tmp / "predictions.parquet", index=False)
-    log.info("test (%s): %s", winner["name"], {k: round(v, 4) for k, v in metrics.items()})
-    return metrics

@@ -28,28 +28,35 @@ def pool(hidden, attention_mask, how: str):
 
 
 def embed(
-    texts: Sequence[str], tokenizer, encoder, *, max_length: int, batch_size: int, pooling: str, desc: str = "embedding"
+    texts: Sequence[str], tokenizer, encoder, *, max_length: int, batch_size: int, pooling: str, precision: str = "fp32",
+    desc: str = "embedding",
 ) -> np.ndarray:
-    """Pooled embeddings in input order. Texts are sorted by length so each batch pads little."""
+    """Pooled embeddings in input order. Texts are sorted by length so each batch pads little;
+    precision bf16 runs the encoder under bf16 autocast (tuneline.hardware)."""
     import torch
     from tqdm.auto import tqdm
+
+    from tuneline.hardware import autocast
 
     use_all_cores()
     lengths = [len(ids) for ids in tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]]
     order = np.argsort(lengths, kind="stable")
     out = np.empty((len(texts), encoder.config.hidden_size), dtype=np.float32)
-    with torch.inference_mode(), tqdm(total=len(texts), desc=desc, unit="text", leave=False) as bar:
+    dev = next(encoder.parameters()).device
+    with torch.inference_mode(), autocast(precision, dev.type), tqdm(total=len(texts), desc=desc, unit="text", leave=False) as bar:
         for start in range(0, len(texts), batch_size):
             idx = order[start : start + batch_size]
-            batch = tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+            batch = tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=max_length, return_tensors="pt").to(dev)
             hidden = encoder(**batch).last_hidden_state
-            out[idx] = pool(hidden, batch["attention_mask"], pooling).float().numpy()
+            out[idx] = pool(hidden.float(), batch["attention_mask"], pooling).cpu().numpy()
             bar.update(len(idx))
     return out
 
 
-def cache_key(model_id: str, texts: Sequence[str], max_length: int, pooling: str) -> str:
-    h = hashlib.sha256(f"{model_id}|{max_length}|{pooling}|".encode())
+def cache_key(model_id: str, texts: Sequence[str], *parts) -> str:
+    """Content address of work on `texts`: the model's fingerprint, then what shapes the result
+    (max_length, pooling or frozen layers, precision)."""
+    h = hashlib.sha256("|".join(map(str, (model_id, *parts, ""))).encode())
     for t in texts:
         h.update(t.encode("utf-8"))
         h.update(b"\x00")

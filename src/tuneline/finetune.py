@@ -16,8 +16,10 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from tuneline.batching import EncodedDataset, LengthGroupedBatches, loader
+from tuneline import prefix
+from tuneline.batching import EncodedDataset, LengthGroupedBatches, RowDataset, loader, make_collate
 from tuneline.config import TrainConfig
+from tuneline.hardware import autocast
 from tuneline.models import load_kwargs, quiet_transformers
 
 log = logging.getLogger(__name__)
@@ -33,15 +35,6 @@ LORA_TARGETS = {
 
 def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _layers(base) -> torch.nn.ModuleList:
-    """The encoder's list of transformer blocks, found by shape rather than by name."""
-    n = base.config.num_hidden_layers
-    for module in base.modules():
-        if isinstance(module, torch.nn.ModuleList) and len(module) == n:
-            return module
-    raise ValueError(f"cannot find the {n} transformer layers of {type(base).__name__} to freeze")
 
 
 def lora_targets(model_type: str, override: Optional[list[str]]) -> Optional[list[str]]:
@@ -73,13 +66,9 @@ def build_model(resolved: str, labels: Sequence[str], cfg: TrainConfig, strategy
     base = model.base_model
     if strategy == "feature_extraction":
         base.requires_grad_(False)
-    elif strategy == "partial":
-        base.get_input_embeddings().requires_grad_(False)
-        for module in base.children():  # the embeddings block (positions, LayerNorm), not just the table
-            if any(p is base.get_input_embeddings().weight for p in module.parameters()):
-                module.requires_grad_(False)
-        for layer in _layers(base)[: cfg.freeze_layers]:
-            layer.requires_grad_(False)
+    elif strategy == "partial":  # the whole embeddings block (positions, LayerNorm), not just the table
+        for module in prefix.frozen_modules(model, cfg.freeze_layers):
+            module.requires_grad_(False)
     elif strategy == "lora":
         from peft import LoraConfig, TaskType, get_peft_model
 
@@ -105,6 +94,7 @@ class FitResult:
     samples_per_s: float = 0.0
     steps: int = 0
     resumed_from: int = 0  # global step of the checkpoint this run continued from (0: fresh start)
+    step_losses: list[float] = field(default_factory=list)  # per optimizer step (of this process)
 
 
 def encode(tokenizer, texts: Sequence[str], max_length: int) -> list[list[int]]:
@@ -120,22 +110,38 @@ def _optimizer(model, cfg: TrainConfig, dev: torch.device) -> torch.optim.Optimi
     return torch.optim.AdamW(groups, lr=cfg.learning_rate, fused=dev.type == "cuda")
 
 
-def _autocast(dev: torch.device):
-    return torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else torch.autocast("cpu", enabled=False)
+def _batches(tokenizer, texts, y, max_length: int, batch_size: int, seed: int, shuffle: bool, dev: torch.device,
+             states: Optional[prefix.PrefixStates] = None):
+    """(sampler, loader): token batches, or the frozen prefix's cached states for the same rows."""
+    if states is not None:
+        sampler = LengthGroupedBatches(states.lengths, batch_size, seed, shuffle=shuffle)
+        return sampler, loader(RowDataset(len(states), y), sampler, prefix.collate(states), dev.type == "cuda")
+    ids = encode(tokenizer, texts, max_length)
+    sampler = LengthGroupedBatches([len(i) for i in ids], batch_size, seed, shuffle=shuffle)
+    return sampler, loader(EncodedDataset(ids, y), sampler, make_collate(tokenizer.pad_token_id), dev.type == "cuda")
 
 
-def predict_proba(model, tokenizer, texts: Sequence[str], max_length: int, batch_size: int, desc: str = "predicting") -> np.ndarray:
+def _logits(model, batch: dict, dev: torch.device, freeze: int):
+    batch = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
+    if "inputs_embeds" in batch:
+        with prefix.swapped(model, freeze):
+            return model(**batch).logits
+    return model(**batch).logits
+
+
+def predict_proba(model, tokenizer, texts: Sequence[str], max_length: int, batch_size: int, desc: str = "predicting",
+                  precision: str = "fp32", states: Optional[prefix.PrefixStates] = None, freeze: int = 0) -> np.ndarray:
+    """Class probabilities in input order; with `states`, from the cached frozen prefix of `texts`."""
     from tqdm.auto import tqdm
 
     dev = next(model.parameters()).device
-    ids = encode(tokenizer, texts, max_length)
-    batches = LengthGroupedBatches([len(i) for i in ids], batch_size, seed=0, shuffle=False)
-    out = np.empty((len(ids), model.config.num_labels), dtype=np.float64)
+    batches, data = _batches(tokenizer, texts, None, max_length, batch_size, 0, False, dev, states)
+    n = len(states) if states is not None else len(texts)
+    out = np.empty((n, model.config.num_labels), dtype=np.float64)
     model.eval()
-    with torch.inference_mode(), _autocast(dev), tqdm(total=len(ids), desc=desc, unit="text", leave=False) as bar:
-        for idx, batch in zip(iter(batches), loader(EncodedDataset(ids), batches, tokenizer.pad_token_id, dev.type == "cuda")):
-            logits = model(**{k: v.to(dev, non_blocking=True) for k, v in batch.items()}).logits
-            out[idx] = torch.softmax(logits.float(), -1).cpu().numpy()
+    with torch.inference_mode(), autocast(precision, dev.type), tqdm(total=n, desc=desc, unit="text", leave=False) as bar:
+        for idx, batch in zip(iter(batches), data):
+            out[idx] = torch.softmax(_logits(model, batch, dev, freeze).double(), -1).cpu().numpy()
             bar.update(len(idx))
     return out
 
@@ -143,12 +149,15 @@ def predict_proba(model, tokenizer, texts: Sequence[str], max_length: int, batch
 def train_model(
     model, tokenizer, texts: Sequence[str], y: np.ndarray, cfg: TrainConfig,
     val: Optional[tuple[Sequence[str], np.ndarray]] = None, desc: str = "fine-tuning",
-    checkpoint_dir: Optional[Path] = None,
+    checkpoint_dir: Optional[Path] = None, frozen_layers: Optional[int] = None,
+    states: Optional[prefix.PrefixStates] = None, val_states: Optional[prefix.PrefixStates] = None,
 ) -> FitResult:
     """Train; with `val` and train.early_stopping_patience, stop early and restore the best epoch.
 
     With `checkpoint_dir`, save a checkpoint every train.checkpoint_every optimizer steps and, on
-    start, continue from the newest one there (a lost process loses at most that many steps)."""
+    start, continue from the newest one there (a lost process loses at most that many steps).
+    `frozen_layers` (partial): the embeddings and that many bottom layers run in eval mode, as a
+    cache of their outputs implies; with `states` (that cache for `texts`) they do not run at all."""
     from tqdm.auto import tqdm
     from transformers import get_scheduler
 
@@ -156,14 +165,17 @@ def train_model(
     from tuneline.features import use_all_cores
     from tuneline.metrics import classification_metrics
 
+    from tuneline.hardware import resolve
+
     use_all_cores()
+    cfg = resolve(cfg)  # a no-op for a resolved config; makes `auto` and null defaults concrete
     torch.manual_seed(cfg.seed)
     dev = device()
     model.to(dev)
     n_classes = model.config.num_labels
-    ids = encode(tokenizer, texts, cfg.max_length)
-    batches = LengthGroupedBatches([len(i) for i in ids], cfg.batch_size, cfg.seed)
-    data = loader(EncodedDataset(ids, y), batches, tokenizer.pad_token_id, dev.type == "cuda")
+    freeze = frozen_layers or 0
+    frozen = prefix.frozen_modules(model, freeze) if frozen_layers is not None else []
+    batches, data = _batches(tokenizer, texts, y, cfg.max_length, cfg.batch_size, cfg.seed, True, dev, states)
     steps_per_epoch = math.ceil(len(batches) / cfg.grad_accum)
     total = cfg.max_steps or steps_per_epoch * cfg.epochs
     epochs = math.ceil(total / steps_per_epoch)
@@ -194,9 +206,12 @@ def train_model(
         best_score, patience, best = state["best_score"], state["patience"], state.get("best")
         result.resumed_from = step
         log.info("%s: resuming from %s at global step %d (epoch %d, batch %d)", desc, resume_from.name, step, first_epoch + 1, done_in_epoch)
+    step_losses, step_loss = [], 0.0
     bar = tqdm(total=total, initial=step, desc=desc, unit="step", leave=False)
     for epoch in range(first_epoch, epochs):
         model.train()
+        for module in frozen:  # no dropout below the trainable top: the cache's outputs are these
+            module.eval()
         batches.set_epoch(epoch)
         resumed = epoch == first_epoch and done_in_epoch > 0
         running = torch.tensor(running_loss if resumed else 0.0, device=dev)
@@ -207,19 +222,21 @@ def train_model(
         for i, batch in enumerate(batch_iter):
             if resumed and i < done_in_epoch:
                 continue  # done before the checkpoint; the order is the same (seed, epoch)
-            batch = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
-            labels = batch.pop("labels")
-            with _autocast(dev):
-                logits = model(**batch).logits
+            labels = batch.pop("labels").to(dev, non_blocking=True)
+            with autocast(cfg.precision, dev.type, training=True):
+                logits = _logits(model, batch, dev, freeze)
             loss = loss_fn(logits.float(), labels) / cfg.grad_accum
             loss.backward()
             running += loss.detach()
+            step_loss = step_loss + loss.detach()
             n_batches += 1
             seen += len(labels)
             if (i + 1) % cfg.grad_accum == 0 or i + 1 == len(batches):
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
+                step_losses.append(step_loss)  # a device tensor: no host sync per step
+                step_loss = 0.0
                 step += 1
                 bar.update(1)
                 if step >= total:
@@ -239,7 +256,8 @@ def train_model(
         train_time += time.perf_counter() - start
         record = {"epoch": epoch + 1, "step": step, "train_loss": running.item() * cfg.grad_accum / max(n_batches, 1)}
         if val is not None:
-            proba = predict_proba(model, tokenizer, val[0], cfg.max_length, cfg.batch_size * 2, desc="validating")
+            proba = predict_proba(model, tokenizer, val[0], cfg.max_length, cfg.batch_size * 2, desc="validating",
+                                  precision=cfg.precision, states=val_states, freeze=freeze)
             m = classification_metrics(val[1], proba)
             record.update(val_loss=m["loss"], val_accuracy=m["accuracy"], val_f1_macro=m["f1_macro"])
             if m["f1_macro"] > best_score:
@@ -255,4 +273,5 @@ def train_model(
     if best is not None:
         model.load_state_dict(best)
     result.steps, result.samples_per_s = step, seen / max(train_time, 1e-9)
+    result.step_losses = [float(v) for v in step_losses]
     return result

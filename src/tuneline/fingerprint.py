@@ -77,8 +77,21 @@ def config_sections(config, name: str) -> dict:
         value = value.model_dump(mode="json") if hasattr(value, "model_dump") else value
         if isinstance(value, dict):
             value = {k: v for k, v in value.items() if k not in EXECUTION_ONLY.get(section, ())}
+        if section == "train":
+            value |= resolved_training(config.train)
         out[section] = value
     return out
+
+
+def resolved_training(train) -> dict:
+    """What `auto` means for this key: this machine's resolution, or — when a work pool trains —
+    that pool's (its hardware decides, so its runs and local ones never share an entry)."""
+    if train.work_pool:
+        return {k: f"{getattr(train, k)}@pool:{train.work_pool}" for k in ("strategy", "precision")
+                if getattr(train, k) == "auto"}
+    from tuneline.hardware import resolve_precision, resolve_strategy
+
+    return {"strategy": resolve_strategy(train.strategy), "precision": resolve_precision(train.precision)}
 
 
 def source_files(config, name: str) -> list[Path]:

@@ -15,16 +15,27 @@ class TextClassifier:
         self.meta = read_meta(self.model_dir)
         self.labels: list[str] = self.meta["labels"]
         self.batch_size = batch_size
+        from tuneline.hardware import resolve_precision
+
+        # a model trained in fp32 predicts in fp32; a bf16 one in bf16 where this machine runs it natively
+        self.precision = "fp32" if self.meta.get("precision", "fp32") == "fp32" else resolve_precision("auto")
         if self.meta["strategy"] == "feature_extraction":
             from transformers import AutoModel, AutoTokenizer
 
+            from tuneline.modelio import ENCODER_DIR
             from tuneline.models import quiet_transformers
             from tuneline.training import HEAD_FILE, LinearHead
 
             quiet_transformers()
-            self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
-            self.encoder = AutoModel.from_pretrained(self.model_dir, use_safetensors=True).eval()
+            # folders registered before format 2 keep the encoder at the top
+            encoder_dir = self.model_dir / ENCODER_DIR if (self.model_dir / ENCODER_DIR).is_dir() else self.model_dir
+            self.tokenizer = AutoTokenizer.from_pretrained(encoder_dir)
+            self.encoder = AutoModel.from_pretrained(encoder_dir, use_safetensors=True).eval()
             self.head = LinearHead.load(self.model_dir / HEAD_FILE)
+        elif self.meta["strategy"] == "baseline":
+            from tuneline.baseline import TfidfClassifier
+
+            self.baseline = TfidfClassifier.load(self.model_dir)
         else:
             self.model, self.tokenizer, _ = load_classifier(self.model_dir)
 
@@ -33,12 +44,14 @@ class TextClassifier:
         if self.meta["strategy"] == "feature_extraction":
             from tuneline.features import embed
 
-            feats = embed(texts, self.tokenizer, self.encoder, max_length=self.meta["max_length"],
-                          batch_size=self.batch_size, pooling=self.meta["pooling"], desc="predicting")
+            feats = embed(texts, self.tokenizer, self.encoder, max_length=self.meta["max_length"], batch_size=self.batch_size,
+                          pooling=self.meta["pooling"], precision=self.precision, desc="predicting")
             return self.head.predict_proba(feats)
+        if self.meta["strategy"] == "baseline":
+            return self.baseline.predict_proba(texts)
         from tuneline.finetune import predict_proba
 
-        return predict_proba(self.model, self.tokenizer, texts, self.meta["max_length"], self.batch_size)
+        return predict_proba(self.model, self.tokenizer, texts, self.meta["max_length"], self.batch_size, precision=self.precision)
 
     def predict(self, texts: Sequence[str]) -> list[str]:
         return [self.labels[i] for i in self.predict_proba(texts).argmax(1)]

@@ -98,3 +98,21 @@ def plot_learning_curves(history: list[dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def corrected_ttest(a: Sequence[float], b: Sequence[float], n_train: float, n_test: float) -> dict[str, float]:
+    """Nadeau & Bengio's corrected resampled t-test of paired fold scores a vs b (two-sided).
+
+    The folds' training sets overlap, so the fold differences are correlated and a plain paired
+    t-test is anti-conservative; the correction inflates the variance by n_test/n_train."""
+    from scipy import stats
+
+    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    k = len(d)
+    mean = float(d.mean())
+    var = float(d.var(ddof=1)) if k > 1 else 0.0
+    denom = math.sqrt((1.0 / k + n_test / n_train) * var) if var > 0 else 0.0
+    if denom == 0.0:
+        return {"diff": mean, "t": math.copysign(math.inf, mean) if mean else 0.0, "p": 0.0 if mean else 1.0}
+    t = mean / denom
+    return {"diff": mean, "t": float(t), "p": float(2 * stats.t.sf(abs(t), k - 1))}

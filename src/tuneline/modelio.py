@@ -1,8 +1,14 @@
 """Model folders on disk: what each strategy saves, and loading any of them back.
 
-Every folder has `tuneline.json` (strategy, labels, max_length, base model) and loads with plain
-transformers: full/partial (and merged LoRA) via AutoModelForSequenceClassification, a LoRA
-adapter via peft from `adapter/`, feature extraction via AutoModel plus `head.safetensors`.
+Every folder has `tuneline.json` (strategy, labels, max_length, base model). What plain Hugging
+Face tools see in it:
+- full, partial (cached or not) and merged LoRA: a whole AutoModelForSequenceClassification folder
+  with the real label names in id2label and the tokenizer truncating at train.max_length, so
+  `transformers.pipeline("text-classification", model=folder)` gives tuneline's labels;
+- an unmerged LoRA adapter: peft's folder in `adapter/`;
+- feature extraction (a mean-pooled frozen encoder plus a logistic head, which transformers cannot
+  express) and the TF-IDF baseline: no config.json at the top, so transformers refuses the folder
+  instead of loading a random head; README.md says how to load them.
 """
 from __future__ import annotations
 
@@ -14,12 +20,34 @@ from tuneline.config import TrainConfig
 
 MODEL_META = "tuneline.json"
 ADAPTER_DIR = "adapter"
+ENCODER_DIR = "encoder"
+CARD = "README.md"
+_CARDS = {
+    "feature_extraction": "A frozen sentence encoder (`encoder/`, loads with `AutoModel`) whose {pooling}-pooled last hidden "
+    "state feeds a logistic head (`head.safetensors`: `weight` [labels, hidden], `bias`). Plain transformers cannot express "
+    "this model, so this folder has no top-level config.json. Load it with "
+    "`tuneline.inference.TextClassifier(folder)` or the registered MLflow pyfunc.",
+    "baseline": "TF-IDF (word 1-2 grams, sublinear tf; `vocabulary.json`, `idf`) and multinomial logistic regression "
+    "(`coef`, `intercept` in `tfidf_logreg.safetensors`). Not a transformer: load it with "
+    "`tuneline.inference.TextClassifier(folder)` or the registered MLflow pyfunc.",
+}
 
 
 def write_meta(model_dir: Path, strategy: str, labels: Sequence[str], cfg: TrainConfig, base_model: str, **extra) -> None:
-    meta = {"format": 1, "strategy": strategy, "base_model": base_model, "pooling": cfg.pooling,
-            "max_length": cfg.max_length, "labels": list(labels), **extra}
+    from tuneline.hardware import resolve_precision
+
+    meta = {"format": 2, "strategy": strategy, "base_model": base_model, "pooling": cfg.pooling,
+            "max_length": cfg.max_length, "precision": resolve_precision(cfg.precision), "labels": list(labels), **extra}
     (Path(model_dir) / MODEL_META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    if strategy in _CARDS:
+        card = (f"# tuneline {strategy} model\n\nLabels: {', '.join(labels)}. Base: {base_model}. Max length: {cfg.max_length}.\n\n"
+                + _CARDS[strategy].format(pooling=cfg.pooling) + "\n")
+        (Path(model_dir) / CARD).write_text(card, encoding="utf-8")
+
+
+def save_baseline(model_dir: Path, model, labels: Sequence[str], cfg: TrainConfig) -> None:
+    model.save(model_dir)
+    write_meta(model_dir, "baseline", labels, cfg, "tfidf")
 
 
 def read_meta(model_dir: Path) -> dict:
@@ -31,6 +59,7 @@ def read_meta(model_dir: Path) -> dict:
 
 def save_finetuned(model_dir: Path, model, tokenizer, labels: Sequence[str], cfg: TrainConfig, strategy: str, base_model: str) -> None:
     model_dir = Path(model_dir)
+    tokenizer.model_max_length = cfg.max_length  # pipeline(..., truncation=True) then cuts where training did
     tokenizer.save_pretrained(model_dir)
     merged = False
     if strategy == "lora":

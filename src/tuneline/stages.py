@@ -138,7 +138,9 @@ def refit(c: Config, root: Path) -> dict:
         return _llm("refit")(c, root)
     from tuneline.config import save_config
 
-    metrics = cv_mod.refit_and_test(
+    from tuneline.refit import refit_and_test
+
+    metrics = refit_and_test(
         c.train, _p(root, c.paths.processed_dir), _p(root, c.paths.cv_dir),
         _p(root, c.paths.feature_cache_dir), _p(root, c.paths.model_dir), _p(root, c.paths.eval_dir),
     )

@@ -68,10 +68,11 @@ class LinearHead:
 def save_feature_model(
     model_dir: Path, tokenizer, encoder, head: LinearHead, labels: Sequence[str], train_cfg: TrainConfig, base_model: str
 ) -> None:
-    """A folder the encoder loads from with AutoModel, plus the head and how to pool."""
-    from tuneline.modelio import write_meta
+    """The encoder (and tokenizer) in `encoder/` for AutoModel, the head beside it, and a model card:
+    no top-level config.json, so transformers refuses the folder rather than invent a head."""
+    from tuneline.modelio import ENCODER_DIR, write_meta
 
-    encoder.save_pretrained(model_dir, safe_serialization=True)
-    tokenizer.save_pretrained(model_dir)
+    encoder.save_pretrained(Path(model_dir) / ENCODER_DIR, safe_serialization=True)
+    tokenizer.save_pretrained(Path(model_dir) / ENCODER_DIR)
     head.save(model_dir / HEAD_FILE)
     write_meta(model_dir, "feature_extraction", labels, train_cfg, base_model)

@@ -1,0 +1,75 @@
+"""The TF-IDF + logistic-regression baseline: a real candidate that may win and be registered.
+
+Persisted without pickle: the vocabulary as JSON and the idf, coefficients and intercepts as
+safetensors, so a registered baseline loads as safely as a transformer folder (scikit-learn only).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+VOCAB_FILE = "vocabulary.json"
+WEIGHTS_FILE = "tfidf_logreg.safetensors"
+SETTINGS = {"ngram_range": (1, 2), "min_df": 2, "sublinear_tf": True}
+
+
+def build(class_weight: str, seed: int):
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    return make_pipeline(
+        TfidfVectorizer(**SETTINGS),
+        LogisticRegression(max_iter=2000, class_weight="balanced" if class_weight == "balanced" else None, random_state=seed),
+    )
+
+
+class TfidfClassifier:
+    """Probabilities from the stored vocabulary, idf and logistic weights (softmax over all labels)."""
+
+    def __init__(self, vocabulary: dict[str, int], idf: np.ndarray, coef: np.ndarray, intercept: np.ndarray):
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        self.vectorizer = TfidfVectorizer(vocabulary=vocabulary, **{k: v for k, v in SETTINGS.items() if k != "min_df"})
+        self.vectorizer.idf_ = idf
+        self.coef, self.intercept = coef, intercept
+
+    @classmethod
+    def from_pipeline(cls, pipe, n_classes: int) -> "TfidfClassifier":
+        vec, clf = pipe.steps[0][1], pipe.steps[-1][1]
+        coef = np.zeros((n_classes, clf.coef_.shape[1]))
+        intercept = np.full(n_classes, -1e4)  # a class absent from training is never predicted
+        if clf.coef_.shape[0] == 1:  # binary: one logit; softmax over [0, z] gives the same probabilities
+            coef[clf.classes_[0]], intercept[clf.classes_[0]] = 0.0, 0.0
+            coef[clf.classes_[1]], intercept[clf.classes_[1]] = clf.coef_[0], clf.intercept_[0]
+        else:
+            coef[clf.classes_], intercept[clf.classes_] = clf.coef_, clf.intercept_
+        return cls({t: int(i) for t, i in vec.vocabulary_.items()}, vec.idf_, coef, intercept)
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        z = self.vectorizer.transform(list(texts)) @ self.coef.T + self.intercept
+        z = np.asarray(z) - np.max(z, axis=1, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(1, keepdims=True)
+
+    def save(self, model_dir: Path) -> None:
+        import torch
+        from safetensors.torch import save_file
+
+        model_dir = Path(model_dir)
+        (model_dir / VOCAB_FILE).write_text(json.dumps(self.vectorizer.vocabulary_, ensure_ascii=False), encoding="utf-8")
+        save_file({"idf": torch.from_numpy(np.asarray(self.vectorizer.idf_, dtype=np.float64)),
+                   "coef": torch.from_numpy(self.coef.astype(np.float64)),
+                   "intercept": torch.from_numpy(self.intercept.astype(np.float64))}, str(model_dir / WEIGHTS_FILE))
+
+    @classmethod
+    def load(cls, model_dir: Path) -> "TfidfClassifier":
+        from safetensors.numpy import load_file
+
+        model_dir = Path(model_dir)
+        t = load_file(str(model_dir / WEIGHTS_FILE))
+        vocabulary = json.loads((model_dir / VOCAB_FILE).read_text(encoding="utf-8"))
+        return cls(vocabulary, t["idf"], t["coef"], t["intercept"])

@@ -1,0 +1,78 @@
+"""What `train.strategy: auto` and `train.precision: auto` become on this machine, and the
+per-strategy hyperparameter defaults (torch only: it runs on the worker that trains).
+
+The rule is static — read from the device and the CPU's flags, never timed at run time — so the
+same machine always resolves the same way and a cache key can hold the result:
+- CUDA: full fine-tuning, bf16 autocast.
+- CPU: `partial` over the frozen-prefix cache (only the top layers and the head train; the frozen
+  bottom runs once per dataset). bf16 autocast for encoding where the CPU has avx512_bf16/AMX.
+
+The defaults below were chosen by measurement (BENCHMARKS.md, "Fine-tuning default").
+"""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+# (learning_rate, epochs, batch_size) used where train.* leaves them null.
+STRATEGY_DEFAULTS: dict[str, dict[str, float | int]] = {
+    "feature_extraction": {"learning_rate": 0.0, "epochs": 1, "batch_size": 64},  # logistic head: lr/epochs unused
+    "partial": {"learning_rate": 1e-4, "epochs": 1, "batch_size": 32},
+    "full": {"learning_rate": 5e-5, "epochs": 3, "batch_size": 32},
+    "lora": {"learning_rate": 5e-4, "epochs": 3, "batch_size": 32},
+}
+# bf16 autocast while *training* on a CPU: measured faster than fp32 for the top two layers, at equal
+# accuracy (BENCHMARKS.md, "bf16 vs fp32").
+CPU_TRAIN_BF16 = True
+
+
+def cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_bf16() -> bool:
+    """The CPU computes bf16 natively (avx512_bf16 or AMX) and oneDNN is there to use it."""
+    import torch
+
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: stay in fp32
+        return False
+    return torch.backends.mkldnn.is_available() and any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
+
+
+def resolve_strategy(strategy: str) -> str:
+    if strategy != "auto":
+        return strategy
+    return "full" if cuda() else "partial"
+
+
+def resolve_precision(precision: str) -> str:
+    if precision != "auto":
+        return precision
+    return "bf16" if cuda() or cpu_bf16() else "fp32"
+
+
+def resolve(cfg, strategy: str | None = None):
+    """`cfg` (a TrainConfig) with strategy, precision and null hyperparameters made concrete."""
+    strategy = resolve_strategy(strategy or cfg.strategy)
+    update = {"strategy": strategy, "precision": resolve_precision(cfg.precision)}
+    for key, value in STRATEGY_DEFAULTS[strategy].items():
+        if getattr(cfg, key) is None:
+            update[key] = value
+    return cfg.model_copy(update=update)
+
+
+def train_autocast(precision: str, device_type: str) -> bool:
+    """Whether the training step runs under bf16 autocast."""
+    return precision == "bf16" and (device_type == "cuda" or CPU_TRAIN_BF16)
+
+
+def autocast(precision: str, device_type: str, training: bool = False):
+    import torch
+
+    on = precision == "bf16" and (not training or train_autocast(precision, device_type))
+    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=on)

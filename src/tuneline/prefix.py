@@ -1,0 +1,270 @@
+"""The frozen-prefix cache of `partial` fine-tuning (torch/transformers only).
+
+With the embeddings and the bottom `freeze_layers` layers frozen and in eval mode, their output for
+a text never changes during training: it is computed once per (model, texts, max_length, layers,
+precision), stored compactly (one flat [tokens, hidden] tensor, no padding, bf16 under bf16), and
+every fold and the refit train only the top layers and the head on it.
+
+Training on the cache runs the model's OWN forward — the standard head (for BERT the pooler plus
+the classifier), the model's own attention-mask handling — with the embeddings block swapped for a
+stub that returns the cached states and the frozen layers swapped for pass-throughs, for the
+duration of one call. So a cached fine-tune follows the same per-step losses as plain `partial`
+(a test holds them within 1e-4 in fp32); only the cost changes. An architecture where the swap does
+not reproduce the plain forward is detected on a few texts and trained plainly instead.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+FILE_SUFFIX = ".prefix.safetensors"
+
+
+class _GivenStates(torch.nn.Module):
+    """Stands in for the embeddings block: the input is already the frozen prefix's output."""
+
+    def forward(self, *args, inputs_embeds=None, **kwargs):
+        return inputs_embeds
+
+
+class _PassThrough(torch.nn.Module):
+    """Stands in for a frozen layer whose output the cache already holds."""
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return hidden_states
+
+
+def embeddings_slot(base) -> tuple[torch.nn.Module, str]:
+    """(parent, attribute) of the block that holds the input embedding table."""
+    table = base.get_input_embeddings().weight
+    for name, module in base.named_children():
+        if any(p is table for p in module.parameters()):
+            return base, name
+    raise ValueError(f"cannot find the embeddings block of {type(base).__name__}")
+
+
+def layers(base) -> torch.nn.ModuleList:
+    """The encoder's list of transformer blocks, found by shape rather than by name."""
+    n = base.config.num_hidden_layers
+    for module in base.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == n:
+            return module
+    raise ValueError(f"cannot find the {n} transformer layers of {type(base).__name__} to freeze")
+
+
+def frozen_modules(model, freeze: int) -> list[torch.nn.Module]:
+    """The embeddings block and the bottom `freeze` layers."""
+    base = model.base_model
+    parent, name = embeddings_slot(base)
+    return [getattr(parent, name), *layers(base)[:freeze]]
+
+
+@contextlib.contextmanager
+def swapped(model, freeze: int):
+    """Within the block, `model(inputs_embeds=<cached states>, attention_mask=...)` runs only the
+    trainable top and the head. The real modules are always put back."""
+    base = model.base_model
+    parent, name = embeddings_slot(base)
+    stack = layers(base)
+    embeddings, bottom = getattr(parent, name), [stack[i] for i in range(freeze)]
+    setattr(parent, name, _GivenStates())
+    for i in range(freeze):
+        stack[i] = _PassThrough()
+    try:
+        yield
+    finally:
+        setattr(parent, name, embeddings)
+        for i, layer in enumerate(bottom):
+            stack[i] = layer
+
+
+class _Stop(Exception):
+    pass
+
+
+def compute(model, tokenizer, texts: Sequence[str], max_length: int, freeze: int, precision: str,
+            batch_size: int = 128, desc: str = "frozen prefix") -> "PrefixStates":
+    """Run the embeddings and the bottom `freeze` layers once over `texts` (eval mode, no grad)."""
+    from tqdm.auto import tqdm
+
+    from tuneline.hardware import autocast
+
+    base = model.base_model
+    parent, name = embeddings_slot(base)
+    last = layers(base)[freeze - 1] if freeze > 0 else getattr(parent, name)
+    captured = {}
+
+    def hook(module, args, output):
+        captured["h"] = output[0] if isinstance(output, tuple) else output
+        raise _Stop
+
+    ids = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+    lengths = np.array([len(i) for i in ids], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    hidden = torch.empty((int(offsets[-1]), model.config.hidden_size), dtype=dtype)
+    order = np.argsort(lengths, kind="stable")
+    dev = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    handle = last.register_forward_hook(hook)
+    try:
+        with torch.inference_mode(), autocast(precision, dev.type), tqdm(total=len(ids), desc=desc, unit="text", leave=False) as bar:
+            for start in range(0, len(ids), batch_size):
+                idx = order[start : start + batch_size]
+                width = int(lengths[idx].max())
+                input_ids = torch.full((len(idx), width), tokenizer.pad_token_id, dtype=torch.long)
+                mask = torch.zeros((len(idx), width), dtype=torch.long)
+                for r, i in enumerate(idx):
+                    input_ids[r, : lengths[i]] = torch.tensor(ids[i])
+                    mask[r, : lengths[i]] = 1
+                try:
+                    model(input_ids=input_ids.to(dev), attention_mask=mask.to(dev))
+                except _Stop:
+                    pass
+                h = captured.pop("h").to("cpu", dtype)
+                for r, i in enumerate(idx):
+                    hidden[offsets[i] : offsets[i + 1]] = h[r, : lengths[i]]
+                bar.update(len(idx))
+    finally:
+        handle.remove()
+        model.train(was_training)
+    return PrefixStates(hidden, torch.from_numpy(offsets))
+
+
+def collate(states: "PrefixStates"):
+    """Batches of cached states for RowDataset items; the model reads them as `inputs_embeds`."""
+
+    def gather(items: list[dict]) -> dict[str, torch.Tensor]:
+        h, mask = states.batch([it["row"] for it in items], torch.float32)
+        batch = {"inputs_embeds": h, "attention_mask": mask}
+        if "labels" in items[0]:
+            batch["labels"] = torch.tensor([it["labels"] for it in items], dtype=torch.long)
+        return batch
+
+    return gather
+
+
+class PrefixStates:
+    """Per-text hidden states, flat: row i is hidden[offsets[i]:offsets[i+1]]."""
+
+    def __init__(self, hidden: torch.Tensor, offsets: torch.Tensor, rows: np.ndarray | None = None):
+        self.hidden, self.offsets = hidden, offsets
+        self.rows = np.arange(len(offsets) - 1) if rows is None else np.asarray(rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        off = self.offsets.numpy()
+        return off[self.rows + 1] - off[self.rows]
+
+    def take(self, rows: Sequence[int]) -> "PrefixStates":
+        """A view of some rows (positions relative to this view), sharing the storage."""
+        return PrefixStates(self.hidden, self.offsets, self.rows[np.asarray(rows, dtype=np.int64)])
+
+    def batch(self, positions: Sequence[int], dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """(states [B, L, H] zero-padded, attention mask [B, L]) of view positions."""
+        rows = self.rows[np.asarray(positions, dtype=np.int64)]
+        off = self.offsets
+        lens = [int(off[r + 1] - off[r]) for r in rows]
+        states = torch.zeros((len(rows), max(lens), self.hidden.shape[1]), dtype=dtype)
+        mask = torch.zeros((len(rows), max(lens)), dtype=torch.long)
+        for b, (r, n) in enumerate(zip(rows, lens)):
+            states[b, :n] = self.hidden[off[r] : off[r] + n]
+            mask[b, :n] = 1
+        return states, mask
+
+    @property
+    def nbytes(self) -> int:
+        return self.hidden.numel() * self.hidden.element_size()
+
+    def save(self, path: Path) -> None:
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        save_file({"hidden": self.hidden.contiguous(), "offsets": self.offsets.contiguous()}, str(tmp))
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path) -> "PrefixStates":
+        from safetensors.torch import load_file
+
+        t = load_file(str(path))
+        return cls(t["hidden"], t["offsets"])
+
+
+def estimated_mb(tokenizer, texts: Sequence[str], max_length: int, hidden_size: int, precision: str) -> float:
+    tokens = sum(len(i) for i in tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"])
+    return tokens * hidden_size * (2 if precision == "bf16" else 4) / 2**20
+
+
+def agrees(model, tokenizer, texts: Sequence[str], max_length: int, freeze: int, tol: float = 1e-3) -> bool:
+    """Does the swapped forward reproduce the plain one on these texts (fp32, eval mode)?"""
+    sample = list(texts)[:4]
+    try:
+        states = compute(model, tokenizer, sample, max_length, freeze, "fp32", desc="checking the prefix cache")
+        was = model.training
+        model.eval()
+        with torch.inference_mode():
+            batch = tokenizer(sample, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+            dev = next(model.parameters()).device
+            plain = model(input_ids=batch["input_ids"].to(dev), attention_mask=batch["attention_mask"].to(dev)).logits
+            h, mask = states.batch(range(len(sample)), torch.float32)
+            with swapped(model, freeze):
+                cached = model(inputs_embeds=h.to(dev), attention_mask=mask.to(dev)).logits
+        model.train(was)
+        return bool(torch.allclose(plain, cached, atol=tol, rtol=0))
+    except Exception as exc:  # an architecture the swap cannot drive: train plainly
+        log.warning("frozen-prefix cache unavailable for %s (%s)", type(model).__name__, exc)
+        return False
+
+
+class Cache:
+    """Content-addressed prefix files beside the feature cache; counts encoder passes and keeps
+    what the bottom cost to run (the latency tie-break). The newest set stays in memory, shared
+    by every fold job of the process."""
+
+    _memo: dict[str, PrefixStates] = {}
+
+    def __init__(self, cache_dir: Path):
+        self.cache_dir = Path(cache_dir)
+        self.encoder_passes = 0
+
+    def path(self, key: str) -> Path:
+        return self.cache_dir / f"{key}{FILE_SUFFIX}"
+
+    def get(self, key: str, make) -> PrefixStates:
+        if key in Cache._memo:
+            return Cache._memo[key]
+        path = self.path(key)
+        if path.is_file():
+            log.info("frozen-prefix cache hit %s", path.name)
+            states = PrefixStates.load(path)
+        else:
+            start = time.perf_counter()
+            states = make()
+            seconds = time.perf_counter() - start
+            self.encoder_passes += 1
+            states.save(path)
+            path.with_name(f"{key}.prefix.json").write_text(json.dumps({"seconds": seconds, "texts": len(states)}))
+        Cache._memo = {key: states}  # one dataset at a time
+        return states
+
+    def seconds_per_text(self, key: str) -> float:
+        meta = self.cache_dir / f"{key}.prefix.json"
+        data = json.loads(meta.read_text()) if meta.is_file() else {"seconds": 0.0, "texts": 1}
+        return data["seconds"] / max(data["texts"], 1)
