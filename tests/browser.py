@@ -1,11 +1,10 @@
 """Headless Chromium (Debian's package) for page checks; flags as this machine's network needs."""
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
+from services import require_chromium
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
 FLAGS = [
@@ -15,15 +14,8 @@ FLAGS = [
 ]
 
 
-def chromium() -> str:
-    exe = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    if exe is None:
-        pytest.skip("needs Chromium (apt-get install chromium); .ci/run installs it")
-    return exe
-
-
 def _run(url: str, tmp: Path, extra: list[str]) -> subprocess.CompletedProcess:
-    args = [chromium(), *FLAGS, f"--user-data-dir={tmp / 'chrome-profile'}", *extra, url]
+    args = [require_chromium(), *FLAGS, f"--user-data-dir={tmp / 'chrome-profile'}", *extra, url]
     return subprocess.run(args, capture_output=True, text=True, timeout=120, check=True)
 
 

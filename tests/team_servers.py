@@ -21,8 +21,9 @@ from typing import Any, Optional
 import pytest
 
 from conftest import REPO, free_port, repo_files, stop_process, venv_env, wait_http
+from services import PG_HOST, PG_PORT, require_postgres
 
-PG = "postgresql://postgres@127.0.0.1:5432"
+PG = f"postgresql://postgres@{PG_HOST}:{PG_PORT}"
 
 
 def sql(database: str, statement: str) -> list[tuple]:
@@ -160,6 +161,7 @@ class TeamPrefect:
 def team_mlflow(tmp_path_factory):
     """`mlflow server --app-name basic-auth` on PostgreSQL (runs and users), artifacts proxied to a
     local folder; a non-admin user `tuneline-ci` for the pipeline."""
+    require_postgres()
     home = tmp_path_factory.mktemp("team-mlflow")
     backend, auth_db = create_database("tuneline_mlflow"), create_database("tuneline_mlflow_auth")
     port = free_port()
@@ -192,6 +194,7 @@ def team_mlflow(tmp_path_factory):
 @pytest.fixture(scope="session")
 def team_prefect(tmp_path_factory):
     """`prefect server start` on PostgreSQL with an API auth string."""
+    require_postgres()
     home = tmp_path_factory.mktemp("team-prefect")
     db = create_database("tuneline_prefect")
     port = free_port()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 
+import numpy as np
 import pytest
 import yaml
 
@@ -38,12 +39,19 @@ def test_dpo_registers_an_adapter_that_learns_its_training_pairs(dpo_run, llm_ba
     # DPO moves the implicit reward of chosen above rejected on the pairs it was trained on.
     assert refit["train_preference_accuracy"] > 0.5
     assert refit["train_mean_margin"] > 0
-    assert 0.0 <= refit["test_preference_accuracy"] <= 1.0 and refit["test_pairs"] == 4
+    # the test metric is the share of test pairs whose implicit reward ranks chosen first (ties half)
+    scores = json.loads((root / "data" / "eval" / "scores.json").read_text())
+    chosen, rejected = np.array(scores["reward_chosen"]), np.array(scores["reward_rejected"])
+    assert refit["test_pairs"] == len(scores["prompt_key"]) == 4
+    assert refit["test_preference_accuracy"] == pytest.approx(np.mean((chosen > rejected) + 0.5 * (chosen == rejected)))
     assert refit["train_samples_per_second"] > 0
+    # tuneline.metrics.summarize, as for the classifier: one holdout split has no spread
+    cv = results["crossval"]["metrics"]["preference_accuracy"]
+    assert cv["std"] == 0 and cv["ci95_low"] == cv["mean"] == cv["ci95_high"]
 
     run = client(root).get_run(reg["run_id"])
     for key in ("test_preference_accuracy", "test_mean_margin", "train_preference_accuracy", "cv_preference_accuracy_mean",
-                "train_samples_per_second"):
+                "cv_preference_accuracy_ci95_low", "train_samples_per_second"):
         assert key in run.data.metrics, key
     assert run.data.metrics["train_preference_accuracy"] == pytest.approx(refit["train_preference_accuracy"])
     assert run.data.tags["cv.mode"] == "holdout (1 split)" and run.data.params["llm.cv_mode"] == "holdout"
@@ -98,13 +106,17 @@ def test_promotion_rescores_the_champion_on_the_same_pairs(dpo_run):
     from tuneline.stages import run_stage
 
     root, overrides, results, _ = dpo_run
-    config = load_config(None, overrides)
-    reg = run_stage("register", config, root)  # the same adapter, registered again: must tie, not promote
+    retried = run_stage("register", load_config(None, overrides), root)  # a retry: the same inputs, no new version
+    assert retried["version"] == "1" and retried["reused"] is True
+    # the same adapter registered again from another experiment: a new version that must tie, not promote
+    config = load_config(None, [*overrides, "tracking.experiment=tuneline-again"])
+    reg = run_stage("register", config, root)
     decision = run_stage("promote", config, root)
     assert reg["version"] == "2" and decision["promote"] is False
     assert decision["champion_rescored_on_rows"] == 4 and decision["previous_champion"] == "1"
     assert decision["champion"] == pytest.approx(results["refit"]["test_preference_accuracy"], abs=1e-9)
     assert str(client(root).get_model_version_by_alias("tuneline-dpo", "champion").version) == "1"
+    assert str(client(root).get_model_version_by_alias("tuneline-dpo", "challenger").version) == "2"
 
 
 def test_flow_runs_the_same_eight_stages(dpo_run):
@@ -140,7 +152,10 @@ def test_reward_model_end_to_end(prefect_server, llm_base, preference_files, tmp
     reg = results["register"]
     assert reg["registered_model_name"] == "tuneline-reward-model" and results["promote"]["promote"] is True
     metrics = client(tmp_path).get_run(reg["run_id"]).data.metrics
-    assert 0.0 <= metrics["test_pairwise_accuracy"] <= 1.0 and "cv_pairwise_accuracy_mean" in metrics
+    scores = json.loads((tmp_path / "data" / "eval" / "scores.json").read_text())
+    chosen, rejected = np.array(scores["reward_chosen"]), np.array(scores["reward_rejected"])
+    assert metrics["test_pairwise_accuracy"] == pytest.approx(np.mean((chosen > rejected) + 0.5 * (chosen == rejected)))
+    assert "cv_pairwise_accuracy_mean" in metrics
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     model = mlflow.pyfunc.load_model(reg["model_uri"])
     rewards = model.predict(pd.DataFrame({"prompt": ["How do I boil an egg?"] * 2,

@@ -10,6 +10,7 @@ import pytest
 
 from browser import dump_dom, screenshot
 from conftest import SMOKE_OVERRIDES, free_port, stop_process, venv_env, wait_http
+from services import require_chromium
 from tuneline.config import load_config
 from tuneline.stages import ORDER, run_stage
 
@@ -18,6 +19,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def served_run(tmp_path_factory):
+    require_chromium()  # before the pipeline run, not after it
     root = tmp_path_factory.mktemp("ui")
     config = load_config(None, SMOKE_OVERRIDES)
     results = {name: run_stage(name, config, root) for name in ORDER}

@@ -72,28 +72,33 @@ def cmd_run(args) -> int:
         server.join()
     results = pipeline(params=_params_path(args.params), overrides=args.set, root=".")
     elapsed = time.perf_counter() - start
-    if config.task != "classification":
+    if config.task == "classification":
+        lines = classifier_summary(config, results, elapsed)
+    else:
         from tuneline.llm.stages import run_summary
 
-        Console().print("\n".join(run_summary(config, results, elapsed)))
-        return 0
+        lines = run_summary(config, results, elapsed)
+    Console().print("\n".join(lines))
+    return 0
+
+
+def classifier_summary(config, results: dict, elapsed: float) -> list[str]:
+    """What `tuneline run` prints at the end of a classification run (rich markup)."""
+    from tuneline.tracking import ui_hint
+
     reg, decision, test = results["register"], results["promote"], results["refit"]
     cv = results["crossval"]["metrics"][config.promote.metric]
-    console = Console()
-    console.print(f"\n[bold green]tuneline run finished in {elapsed:.0f} s[/]")
-    console.print(f"  model version : {reg['model_uri']}  (run {reg['run_id']})")
-    console.print(f"  cv {config.promote.metric:<10}: {cv['mean']:.4f} ± {cv['std']:.4f} (k={config.cv.k})")
-    console.print(f"  test accuracy : {test['accuracy']:.4f}  macro-F1 {test['f1_macro']:.4f}  (majority class {test['majority_rate']:.4f})")
-    console.print(f"  promotion     : {'PROMOTED' if decision['promote'] else 'not promoted'} — {decision['reason']}")
-    console.print(f"  champion      : {decision['champion_uri']}")
-    uri = reg["tracking_uri"]
     view = f"#/experiments/{reg['experiment_id']}/runs?viewStateShareKey=tuneline"
-    if uri.startswith("sqlite"):
-        console.print(f"  MLflow UI     : mlflow ui --backend-store-uri {uri}  then open http://127.0.0.1:5000/{view}")
-    else:
-        console.print(f"  MLflow UI     : {uri}/{view}")
-    console.print(f"  Prefect UI    : PREFECT_HOME={os.environ['PREFECT_HOME']} prefect server start")
-    return 0
+    return [
+        f"\n[bold green]tuneline run finished in {elapsed:.0f} s[/]",
+        f"  model version : {reg['model_uri']}  (run {reg['run_id']})",
+        f"  cv {config.promote.metric:<10}: {cv['mean']:.4f} ± {cv['std']:.4f} (k={config.cv.k})",
+        f"  test accuracy : {test['accuracy']:.4f}  macro-F1 {test['f1_macro']:.4f}  (majority class {test['majority_rate']:.4f})",
+        f"  promotion     : {'PROMOTED' if decision['promote'] else 'not promoted'} — {decision['reason']}",
+        f"  champion      : {decision['champion_uri']}",
+        f"  MLflow UI     : {ui_hint(reg['tracking_uri'], view)}",
+        f"  Prefect UI    : PREFECT_HOME={os.environ.get('PREFECT_HOME', '~/.prefect')} prefect server start",
+    ]
 
 
 def cmd_stage(args) -> int:

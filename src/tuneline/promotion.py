@@ -7,7 +7,7 @@ import getpass
 import logging
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import pandas as pd
@@ -42,36 +42,48 @@ def promote_version(
     names = sorted(label_map, key=label_map.get)
     y = _ids(test["label"].astype(str).tolist(), label_map)
     texts = test["text"].astype(str).tolist()
+
+    def decide(current: Optional[str]) -> dict:
+        labels = candidate_labels if candidate_labels is not None else predict_labels(uri, f"models:/{name}/{version}", texts)
+        champion_pred, error = None, None
+        if current is not None:
+            try:
+                champion_pred = _ids(predict_labels(uri, f"models:/{name}/{current}", texts), label_map)
+            except Exception as exc:  # missing artifacts, unloadable model: the gate decides what that means
+                error = f"{type(exc).__name__}: {exc}"[:300]
+                log.warning("champion version %s could not be re-scored: %s", current, error)
+        return gate(gate_config(cfg), y, _ids(labels, label_map), champion_pred, names, error).to_dict()
+
+    return promote_with(uri, name, str(version), cfg.metric, decide, cfg.mirror_stages, force, reason)
+
+
+def promote_with(uri: str, name: str, version: str, metric: str, decide: Callable[[Optional[str]], dict],
+                 mirror_stages: bool = True, force: bool = False, reason: Optional[str] = None) -> dict:
+    """The promotion every task shares. Under the registry lock: `decide(champion version or None)`
+    gates `version` against the current champion (the task's own scores and gate); a promotion moves
+    `champion` (the old one becomes `previous`, a matching `challenger` is cleared), a refusal makes
+    `version` the `challenger`; aliases are mirrored as stages when asked."""
     with tracking.registry_lock(uri, name):
         current = tracking.alias_version(uri, name, CHAMPION)
-        if current == str(version):
-            decision = Decision(False, f"version {version} is already champion", cfg.metric, None, None).to_dict()
+        if current == version:
+            decision = Decision(False, f"version {version} is already champion", metric, None, None).to_dict()
         else:
-            if candidate_labels is None:
-                candidate_labels = predict_labels(uri, f"models:/{name}/{version}", texts)
-            champion_pred, error = None, None
-            if current is not None:
-                try:
-                    champion_pred = _ids(predict_labels(uri, f"models:/{name}/{current}", texts), label_map)
-                except Exception as exc:  # missing artifacts, unloadable model: the gate decides what that means
-                    error = f"{type(exc).__name__}: {exc}"[:300]
-                    log.warning("champion version %s could not be re-scored: %s", current, error)
-            decision = gate(gate_config(cfg), y, _ids(candidate_labels, label_map), champion_pred, names, error).to_dict()
+            decision = decide(current)
             if force and not decision["promote"]:
                 if not reason:
                     raise ValueError("--force needs --reason: say why the gate is overridden")
                 decision |= {"promote": True, "forced": True, "forced_by": getpass.getuser(), "force_reason": reason,
                              "reason": f"FORCED by {getpass.getuser()}: {reason} (gate said: {decision['reason']})"}
             if decision["promote"]:
-                _apply(uri, name, str(version), current, cfg.mirror_stages)
+                _apply(uri, name, version, current, mirror_stages)
             else:
-                tracking.set_alias(uri, name, CHALLENGER, str(version))
-                if cfg.mirror_stages:
-                    tracking.mirror_stage(uri, name, str(version), "Staging")
-        decision |= {"version": str(version), "previous_champion": current,
+                tracking.set_alias(uri, name, CHALLENGER, version)
+                if mirror_stages:
+                    tracking.mirror_stage(uri, name, version, "Staging")
+        decision |= {"version": version, "previous_champion": current,
                      "champion_version": tracking.alias_version(uri, name, CHAMPION),
                      "decided_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        tracking.set_version_tags(uri, name, str(version), {
+        tracking.set_version_tags(uri, name, version, {
             "promotion.promoted": str(decision["promote"]).lower(), "promotion.reason": decision["reason"][:500],
         })
     log.info("promotion of %s v%s: %s", name, version, decision["reason"])

@@ -10,7 +10,7 @@ import os
 import platform
 import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import yaml
 
@@ -31,6 +31,7 @@ def _mlflow(uri: str):
     """
     os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    _no_printed_urls(uri)
     import mlflow
 
     saved_env = os.environ.get("MLFLOW_TRACKING_URI")
@@ -46,9 +47,16 @@ def _mlflow(uri: str):
             mlflow.set_tracking_uri(saved_uri)
 
 
+def _no_printed_urls(uri: str) -> None:
+    """MLflow prints each ended run's URL, built from the tracking URI with its user:password@ part."""
+    if redact(uri) != uri:
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+
+
 def client(uri: str):
     from mlflow import MlflowClient
 
+    _no_printed_urls(uri)
     return MlflowClient(tracking_uri=uri)
 
 
@@ -109,6 +117,69 @@ def _fold_runs(mlflow, exp_id: str, prefix: str, fold_metrics: list[dict], tags:
             mlflow.log_metrics(dict(fm))
 
 
+def cv_metrics(summary: dict[str, dict[str, float]]) -> dict[str, float]:
+    """MLflow metric names of a `tuneline.metrics.summarize` result: cv_<metric>_{mean,std,ci95_low,ci95_high}."""
+    return {f"cv_{name}_{stat}": s[stat] for name, s in summary.items() for stat in ("mean", "std", "ci95_low", "ci95_high")}
+
+
+def pinned(*packages: str) -> list[str]:
+    """pip requirements of a logged model: the installed version of each package."""
+    from importlib.metadata import version
+
+    return [f"{p}=={version(p)}" for p in packages]
+
+
+def log_registered_model(
+    uri: str, experiment: str, registered_model_name: str, root: Path, run_name: str, params: dict, tags: dict[str, str],
+    cv_summary: dict, test_metrics: dict[str, float], artifacts: list[Path], python_model: Path, model_artifacts: dict[str, str],
+    signature, requirements: list[str], description: str, version_tags: dict[str, str],
+    registration_key: Optional[str] = None, log_children: Optional[Callable[[Any, str, dict[str, str]], None]] = None,
+) -> dict:
+    """The run and registry writes every task shares: a parent run (tags, params, CV and test metrics,
+    artifacts), the task's own child runs and tables (`log_children(mlflow, experiment_id, lineage)`),
+    the pyfunc model registered as a new version, its description and tags.
+
+    `registration_key` tags the run at its start and the version last (see find_registration).
+    The returned value, like everything logged here, names the store without credentials.
+    """
+    exp_id = ensure_experiment(uri, experiment, root)
+    lineage = {k: v for k, v in tags.items() if k.startswith(("git.", "dvc."))}
+    key_tag = {REGISTRATION_KEY: registration_key} if registration_key else {}
+    with _mlflow(uri) as mlflow, mlflow.start_run(experiment_id=exp_id, run_name=run_name) as parent:
+        mlflow.set_tags({**tags, **environment_tags(), "tuneline.run_kind": "pipeline", **key_tag})
+        mlflow.log_params(flatten(params))
+        mlflow.log_metrics({**cv_metrics(cv_summary["metrics"]), **test_metrics})
+        for path in artifacts:
+            if Path(path).is_file():
+                mlflow.log_artifact(str(path))
+        if log_children is not None:
+            log_children(mlflow, exp_id, lineage)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            info = mlflow.pyfunc.log_model(
+                name="model", python_model=str(python_model), artifacts=model_artifacts, signature=signature,
+                pip_requirements=requirements, registered_model_name=registered_model_name,
+            )
+        version = str(info.registered_model_version)
+        client(uri).update_model_version(registered_model_name, version, description=description)
+        set_version_tags(uri, registered_model_name, version, {**version_tags, **lineage, **key_tag})  # the key last: complete
+    return {
+        "run_id": parent.info.run_id,
+        "experiment_id": exp_id,
+        "registered_model_name": registered_model_name,
+        "version": version,
+        "model_uri": f"models:/{registered_model_name}/{version}",
+        "cv_metrics": {n: s["mean"] for n, s in cv_summary["metrics"].items()},
+        "tracking_uri": redact(uri),
+    }
+
+
+def register_once(uri: str, experiment: str, name: str, key: str, log_run: Callable[[str], dict]) -> dict:
+    """Register at most once per set of inputs (`key`): a retried or repeated register step reuses the
+    version registered for them (find_registration); otherwise `log_run(key)` registers a new one."""
+    return find_registration(uri, experiment, name, key) or log_run(key)
+
+
 def log_pipeline_run(
     uri: str,
     experiment: str,
@@ -125,29 +196,12 @@ def log_pipeline_run(
     model_dir: Path,
     registration_key: Optional[str] = None,
 ) -> dict:
-    """A parent run; under it one child run per candidate, each with one nested run per fold.
-    The refit model is logged as pyfunc on the parent and registered as a new version.
-    `registration_key` tags the run at its start and the version last (see find_registration)."""
+    """The classifier's run: under the parent, one child run per candidate, each with one nested run
+    per fold, and the comparison table; the refit model registered as pyfunc (log_registered_model)."""
     import pandas as pd
     from mlflow.models import infer_signature
 
-    exp_id = ensure_experiment(uri, experiment, root)
-    lineage = {k: v for k, v in tags.items() if k.startswith(("git.", "dvc."))}
-    with _mlflow(uri) as mlflow, mlflow.start_run(experiment_id=exp_id, run_name=run_name) as parent:
-        mlflow.set_tags({**tags, **environment_tags(), "tuneline.run_kind": "pipeline",
-                         "winner": cv_summary["winner"]["name"],
-                         **({REGISTRATION_KEY: registration_key} if registration_key else {})})
-        mlflow.log_params(flatten(params))
-        summary_metrics = {}
-        for name, stats in cv_summary["metrics"].items():
-            summary_metrics[f"cv_{name}_mean"] = stats["mean"]
-            summary_metrics[f"cv_{name}_std"] = stats["std"]
-            summary_metrics[f"cv_{name}_ci95_low"] = stats["ci95_low"]
-            summary_metrics[f"cv_{name}_ci95_high"] = stats["ci95_high"]
-        mlflow.log_metrics({**summary_metrics, **test_metrics})
-        for path in artifacts:
-            if Path(path).is_file():
-                mlflow.log_artifact(str(path))
+    def children(mlflow, exp_id: str, lineage: dict[str, str]) -> None:
         table = pd.DataFrame([
             {"candidate": r["name"], "model": r["model"], "strategy": r["strategy"], "parameters": r["parameters"],
              "latency_ms": r["latency_ms"], "winner": r["name"] == comparison["winner"],
@@ -161,50 +215,22 @@ def log_pipeline_run(
                 mlflow.log_params({"model": row["model"], "strategy": row["strategy"], "parameters": row["parameters"]})
                 mlflow.log_metrics({f"cv_{m}_mean": s["mean"] for m, s in row["metrics"].items()}
                                    | {f"cv_{m}_std": s["std"] for m, s in row["metrics"].items()} | {"latency_ms": row["latency_ms"]})
-                _fold_runs(mlflow, exp_id, row["name"], fold_metrics[row["name"]],
-                           {"candidate": row["name"], **lineage})
-        signature = infer_signature(pd.DataFrame({"text": ["an example"]}), pd.DataFrame({"label": ["x"]}))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            info = mlflow.pyfunc.log_model(
-                name="model",
-                python_model=str(Path(__file__).with_name("pyfunc_model.py")),
-                artifacts={"model_dir": str(model_dir)},
-                signature=signature,
-                pip_requirements=_requirements(),
-                registered_model_name=registered_model_name,
-            )
-        version = str(info.registered_model_version)
-        f1 = cv_summary["metrics"]["f1_macro"]
-        c = client(uri)
-        c.update_model_version(
-            registered_model_name, version,
-            description=f"{cv_summary['winner']['name']} — CV macro-F1 {f1['mean']:.4f} ± {f1['std']:.4f} (k={cv_summary['k']}); "
-            f"test accuracy {test_metrics.get('test_accuracy', float('nan')):.4f}",
-        )
-        version_tags = {f"cv.{n}.mean": f"{s['mean']:.6f}" for n, s in cv_summary["metrics"].items()}
-        version_tags |= {f"cv.{n}.std": f"{s['std']:.6f}" for n, s in cv_summary["metrics"].items()}
-        version_tags |= {k.replace("_", ".", 1): f"{v:.6f}" for k, v in test_metrics.items()}
-        version_tags |= {"candidate": cv_summary["winner"]["name"], "strategy": cv_summary["strategy"], **lineage}
-        if registration_key:  # last: a version with this tag is complete
-            version_tags[REGISTRATION_KEY] = registration_key
-        for k, v in version_tags.items():
-            c.set_model_version_tag(registered_model_name, version, k, str(v))
-    return {
-        "run_id": parent.info.run_id,
-        "experiment_id": exp_id,
-        "registered_model_name": registered_model_name,
-        "version": version,
-        "model_uri": f"models:/{registered_model_name}/{version}",
-        "cv_metrics": {n: s["mean"] for n, s in cv_summary["metrics"].items()},
-        "tracking_uri": redact(uri),
-    }
+                _fold_runs(mlflow, exp_id, row["name"], fold_metrics[row["name"]], {"candidate": row["name"], **lineage})
 
-
-def _requirements() -> list[str]:
-    from importlib.metadata import version
-
-    return [f"{p}=={version(p)}" for p in ("torch", "transformers", "safetensors", "scikit-learn", "pandas")]
+    f1 = cv_summary["metrics"]["f1_macro"]
+    description = (f"{cv_summary['winner']['name']} — CV macro-F1 {f1['mean']:.4f} ± {f1['std']:.4f} (k={cv_summary['k']}); "
+                   f"test accuracy {test_metrics.get('test_accuracy', float('nan')):.4f}")
+    version_tags = {f"cv.{n}.mean": f"{s['mean']:.6f}" for n, s in cv_summary["metrics"].items()}
+    version_tags |= {f"cv.{n}.std": f"{s['std']:.6f}" for n, s in cv_summary["metrics"].items()}
+    version_tags |= {k.replace("_", ".", 1): f"{v:.6f}" for k, v in test_metrics.items()}
+    version_tags |= {"candidate": cv_summary["winner"]["name"], "strategy": cv_summary["strategy"]}
+    signature = infer_signature(pd.DataFrame({"text": ["an example"]}), pd.DataFrame({"label": ["x"]}))
+    return log_registered_model(
+        uri, experiment, registered_model_name, root, run_name, params, {**tags, "winner": cv_summary["winner"]["name"]},
+        cv_summary, test_metrics, artifacts, Path(__file__).with_name("pyfunc_model.py"), {"model_dir": str(model_dir)},
+        signature, pinned("torch", "transformers", "safetensors", "scikit-learn", "pandas"), description, version_tags,
+        registration_key, children,
+    )
 
 
 def log_decision(uri: str, run_id: str, decision: dict) -> None:
@@ -320,6 +346,15 @@ def redact(uri: str) -> str:
     if parts.port:
         host = f"{host}:{parts.port}"
     return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+
+
+def ui_hint(uri: str, view: str = "") -> str:
+    """Where to browse the runs, for a run summary: the command that serves a SQLite store, else the
+    server's address; without credentials, whatever `uri` holds."""
+    uri = redact(uri)
+    if uri.startswith("sqlite"):
+        return f"mlflow ui --backend-store-uri {uri}" + (f"  then open http://127.0.0.1:5000/{view}" if view else "")
+    return f"{uri}/{view}" if view else uri
 
 
 def _http_check(uri: str, timeout: float) -> None:

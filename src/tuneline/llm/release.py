@@ -8,7 +8,7 @@ import shutil
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -27,6 +27,7 @@ class PromotionError(RuntimeError):
 
 def register(c: Config, root: Path) -> dict:
     from tuneline import tracking
+    from tuneline.fingerprint import stage_key
     from tuneline.lineage import lineage_tags
     from tuneline.llm import tracking as llm_tracking
     from tuneline.stages import processed_files
@@ -56,20 +57,26 @@ def register(c: Config, root: Path) -> dict:
                    f"{cv_summary['mode']} CV {cv_stats['mean']:.4f} ± {cv_stats['std']:.4f}")
     version_tags = {"task": c.task, "method": method, "metric": metric, f"test.{metric}": f"{value:.6f}", **base_tags}
     generations = read_json(eval_dir / "generations.json")
-    registration = llm_tracking.log_llm_run(
-        tracking.tracking_uri(root), c.tracking.experiment, c.llm.model_name(c.task), root, run_name, params, tags, cv_summary,
-        read_json(_p(root, p.cv_dir) / "fold_metrics.json"), test_metrics, generations, artifacts, _p(root, p.model_dir),
-        version_tags, description,
-    )
+    uri, name = tracking.tracking_uri(root), c.llm.model_name(c.task)
+
+    def log_run(key: str) -> dict:
+        return llm_tracking.log_llm_run(
+            uri, c.tracking.experiment, name, root, run_name, params, tags, cv_summary,
+            read_json(_p(root, p.cv_dir) / "fold_metrics.json"), test_metrics, generations, artifacts, _p(root, p.model_dir),
+            version_tags, description, registration_key=key,
+        )
+
+    # Idempotent, like the classifier's: a retry, or a rerun with the same inputs, reuses the version registered for them.
+    registration = tracking.register_once(uri, c.tracking.experiment, name, stage_key("register", c, root), log_run)
     registration |= {"task": c.task, "method": method, "metric": metric, "higher_is_better": higher, "test_metrics": test_metrics,
-                     "cv_metrics": {k: s["mean"] for k, s in cv_summary["metrics"].items()}, "base": base}
+                     "base": base}
     write_json(_p(root, p.registration), registration)
     log.info("registered %s (run %s)", registration["model_uri"], registration["run_id"])
     return registration
 
 
-def rescore_champion(c: Config, root: Path, uri: str, name: str, version: str, method: str) -> tuple[float, dict[str, np.ndarray], list]:
-    """The champion's metric and per-row scores on the candidate's held-out rows (its own base, checked by hash)."""
+def rescore_champion(c: Config, root: Path, uri: str, name: str, version: str) -> tuple[dict[str, np.ndarray], list]:
+    """The champion's per-row scores on the candidate's held-out rows (its own base, checked by hash), and their prompt keys."""
     from tuneline.llm import tracking as llm_tracking
     from tuneline.llm.base_model import base_from_reference
     from tuneline.llm.evaluation import evaluate_adapter
@@ -83,7 +90,12 @@ def rescore_champion(c: Config, root: Path, uri: str, name: str, version: str, m
         result = evaluate_adapter(adapter, base.folder, rows, c.llm.eval_batch_size)
     finally:
         shutil.rmtree(dst, ignore_errors=True)
-    return float(result["metrics"][TASK_METRICS[method][0]]), result["scores"], keys
+    return result["scores"], keys
+
+
+def score(method: str, scores: dict) -> float:
+    """The task's promotion metric from per-row scores (perplexity for chat_sft, a win rate otherwise)."""
+    return row_statistic(method, row_scores(method, scores))
 
 
 def decide(c: Config, method: str, candidate: float, champion: Optional[float], candidate_scores: Optional[dict] = None,
@@ -104,39 +116,47 @@ def decide(c: Config, method: str, candidate: float, champion: Optional[float], 
     return d | {"reason": d["reason"] + ("" if champion is None else " on the same held-out rows")}
 
 
+def promote_scores(c: Config, uri: str, name: str, version: str, method: str, scores: dict, keys: list,
+                   rescore: Callable[[str], tuple[dict, list]]) -> dict:
+    """Gate `version` (its per-row `scores` on the held-out rows `keys`) against the champion, which
+    `rescore(champion version)` scores on the same rows, through the promotion every task shares
+    (tuneline.promotion.promote_with: registry lock, champion/previous/challenger aliases, stages)."""
+    from tuneline import tracking
+    from tuneline.promotion import promote_with
+
+    metric, higher = TASK_METRICS[method]
+
+    def gate(current: Optional[str]) -> dict:
+        if current is None:
+            return decide(c, method, score(method, scores), None)
+        champion_method = tracking.client(uri).get_model_version(name, current).tags.get("method")
+        if champion_method != method:
+            raise PromotionError(f"{name}: champion v{current} is a {champion_method!r} model, "
+                                 f"the candidate a {method!r} one; use a separate llm.registered_model_name")
+        champion_scores, champion_keys = rescore(current)
+        if champion_keys != keys:
+            raise PromotionError(f"the candidate's scores are not on the rows the champion was re-scored on "
+                                 f"({len(keys)} vs {len(champion_keys)}); re-run refit")
+        log.info("champion v%s re-scored on %d held-out rows: %s %.4f", current, len(keys), metric, score(method, champion_scores))
+        return decide(c, method, score(method, scores), score(method, champion_scores), scores, champion_scores) | {
+            "champion_rescored_on_rows": len(keys)}
+
+    decision = promote_with(uri, name, version, metric, gate, c.promote.mirror_stages)
+    return {"champion_rescored_on_rows": None} | decision | {"higher_is_better": higher, "champion_uri": f"models:/{name}@champion"}
+
+
 def promote(c: Config, root: Path) -> dict:
     from tuneline import tracking
-    from tuneline.llm import tracking as llm_tracking
 
     reg = read_json(_p(root, c.paths.registration))
     uri, name, method = tracking.tracking_uri(root), reg["registered_model_name"], reg["method"]
-    metric, higher = TASK_METRICS[method]
-    candidate = float(reg["test_metrics"][f"test_{metric}"])
-    current = llm_tracking.champion(uri, name)
-    champion_value, rescored_on = None, None
-    if current is not None and current["version"] == reg["version"]:
-        decision = {"promote": False, "reason": "already champion", "metric": metric, "candidate": candidate, "champion": candidate, "delta": 0.0}
-    else:
-        if current is not None:
-            if current["tags"].get("method") != method:
-                raise PromotionError(f"{name}: champion v{current['version']} is a {current['tags'].get('method')!r} model, "
-                                     f"the candidate a {method!r} one; use a separate llm.registered_model_name")
-            champion_value, champion_scores, keys = rescore_champion(c, root, uri, name, current["version"], method)
-            rescored_on = len(keys)
-            log.info("champion v%s re-scored on %d held-out rows: %s %.4f", current["version"], rescored_on, metric, champion_value)
-            stored = read_json(_p(root, c.paths.eval_dir) / "scores.json")
-            if stored.get("prompt_key") != keys:
-                raise PromotionError(f"{_p(root, c.paths.eval_dir) / 'scores.json'}: its rows are not the test rows the champion was "
-                                     f"re-scored on ({len(stored.get('prompt_key') or [])} vs {len(keys)}); re-run refit")
-            candidate_scores = {k: np.asarray(v) for k, v in stored.items() if k != "prompt_key"}
-            decision = decide(c, method, candidate, champion_value, candidate_scores, champion_scores)
-        else:
-            decision = decide(c, method, candidate, None)
-        if decision["promote"]:
-            llm_tracking.set_champion(uri, name, reg["version"], None if current is None else current["version"])
-    decision |= {"version": reg["version"], "previous_champion": None if current is None else current["version"],
-                 "higher_is_better": higher, "champion_rescored_on_rows": rescored_on, "model_uri": reg["model_uri"], "champion_uri": f"models:/{name}@champion"}
-    llm_tracking.log_decision(uri, reg["run_id"], decision)
+    stored = read_json(_p(root, c.paths.eval_dir) / "scores.json")
+    keys = stored.pop("prompt_key")
+    scores = {k: np.asarray(v) for k, v in stored.items()}
+    decision = promote_scores(c, uri, name, reg["version"], method, scores, keys,
+                              lambda version: rescore_champion(c, root, uri, name, version))
+    decision |= {"model_uri": reg["model_uri"]}
+    tracking.log_decision(uri, reg["run_id"], decision)
     write_json(_p(root, c.paths.promotion), decision)
     log.info("promotion: %s", decision["reason"])
     return decision

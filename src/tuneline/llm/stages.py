@@ -132,11 +132,6 @@ def make_folds(keys: list[str], c: Config) -> list[dict[str, list[int]]]:
     return [{"train": tr.tolist(), "val": va.tolist()} for tr, va in splitter.split(groups, groups=groups)]
 
 
-def _mean_std(rows: list[dict]) -> dict[str, dict[str, float]]:
-    keys = [k for k in rows[0] if all(isinstance(r.get(k), (int, float)) for r in rows)]
-    return {k: {"mean": float(np.mean([r[k] for r in rows])), "std": float(np.std([r[k] for r in rows]))} for k in keys}
-
-
 def _train_stats(stats: dict) -> dict[str, float]:
     return {"train_samples_per_second": stats["train_samples_per_second"], "train_loss": stats["train_loss"],
             "train_examples": float(stats["examples"]), "train_steps": float(stats["steps"])}
@@ -145,6 +140,7 @@ def _train_stats(stats: dict) -> dict[str, float]:
 def crossval(c: Config, root: Path) -> dict:
     from tuneline.llm.evaluation import evaluate_adapter
     from tuneline.llm.training import train_adapter
+    from tuneline.metrics import summarize
     from tuneline.stages import metrics_files
 
     selection = read_json(_p(root, c.paths.selection))
@@ -158,7 +154,7 @@ def crossval(c: Config, root: Path) -> dict:
         fold_metrics.append(ev["metrics"] | _train_stats(stats))
         log.info("fold %d/%d: %s", i + 1, len(folds), {k: round(v, 4) for k, v in fold_metrics[-1].items()})
     summary = {"k": len(folds), "mode": c.llm.cv_mode, "model": selection["model"], "strategy": "lora", "task": c.task,
-               "method": method, "metric": TASK_METRICS[method][0], "metrics": _mean_std(fold_metrics)}
+               "method": method, "metric": TASK_METRICS[method][0], "metrics": summarize(fold_metrics)}
     with atomic_path(_p(root, c.paths.cv_dir)) as tmp:
         tmp.mkdir()
         write_json(tmp / "folds.json", {"mode": c.llm.cv_mode, "seed": c.cv.seed, "folds": folds})
@@ -226,6 +222,6 @@ def run_summary(c: Config, results: dict, elapsed: float) -> list[str]:
         f"  promotion     : {'PROMOTED' if decision['promote'] else 'not promoted'} — {decision['reason']}",
         f"  champion      : {decision['champion_uri']}",
     ]
-    uri = reg["tracking_uri"]
-    lines.append(f"  MLflow UI     : mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite") else f"  MLflow UI     : {uri}")
-    return lines
+    from tuneline.tracking import ui_hint
+
+    return lines + [f"  MLflow UI     : {ui_hint(reg['tracking_uri'])}"]
