@@ -78,7 +78,7 @@ def features(repeats: int, rows: int = 2000, k: int = 5) -> str:
     from tuneline.preprocess import clean_frame
     from tuneline.training import LinearHead
 
-    cfg = TrainConfig()
+    cfg = hardware.resolve(TrainConfig(strategy="feature_extraction", precision="fp32"))  # the fp32 frozen-feature path
     df, _ = read_table(DataConfig())
     df, _ = clean_frame(to_canonical(df, DataConfig(), packaged_corpus_path()), PreprocessConfig(), lossy_source=True)
     df = df.sample(rows, random_state=0)

@@ -8,6 +8,7 @@ Configurations, each in its own process (so peak memory is its own):
   engine_full  tuneline full fine-tuning: length-grouped dynamic padding; on CUDA bf16 autocast, fused
                AdamW, batch 512, lr 2e-4 (the reference configuration); on CPU batch 32, lr 5e-5
   engine_lora  tuneline LoRA r=8 on query/value, same batching (lr 5e-4 on CUDA, 5e-4 on CPU)
+  engine_auto  the pipeline's default, train.strategy auto: full with bf16 on CUDA, cached partial on CPU
 The GPU image has torch/transformers/peft but not pydantic: carry its wheels
 (`pip download pydantic -d .gpu-carry/wheels`) and `pip install --no-index --find-links .gpu-carry/wheels pydantic`.
 """
@@ -25,7 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
-CONFIGS = ("trainer", "engine_full", "engine_lora")
+CONFIGS = ("trainer", "engine_full", "engine_lora", "engine_auto")
 
 
 def prepare(dest: Path, seed: int = 42) -> None:
@@ -116,9 +117,18 @@ def run_engine(model_dir, tr_x, tr_y, te_x, te_y, labels, epochs, max_length, cu
     else:
         cfg = TrainConfig(strategy=strategy, batch_size=32, learning_rate=5e-5 if strategy == "full" else 5e-4,
                           epochs=epochs, max_length=max_length, class_weight="none", warmup_ratio=0.0)
+    states = None
+    if strategy == "auto":  # the pipeline's default exactly: what `auto` resolves to here, its defaults
+        from tuneline import hardware, prefix
+
+        cfg = hardware.resolve(TrainConfig(epochs=epochs, max_length=max_length))
+        strategy = cfg.strategy
     model, tok = build_model(model_dir, labels, cfg, strategy)
     model.float()
-    fit = train_model(model, tok, tr_x, np.asarray(tr_y), cfg, desc=strategy)
+    if strategy == "partial" and cfg.prefix_cache:
+        states = prefix.compute(model, tok, tr_x, max_length, cfg.freeze_layers, cfg.precision)
+    fit = train_model(model, tok, tr_x, np.asarray(tr_y), cfg, desc=strategy,
+                      frozen_layers=cfg.freeze_layers if strategy == "partial" else None, states=states)
     proba = predict_proba(fit.model, tok, te_x, max_length, 512)
     return fit.samples_per_s, proba.argmax(1)
 

@@ -24,7 +24,7 @@ def main(out: Path) -> dict:
     from tuneline.preprocess import clean_frame
     from tuneline.training import LinearHead, save_feature_model
 
-    cfg = TrainConfig()
+    cfg = hardware.resolve(TrainConfig(strategy="feature_extraction", precision="fp32"))  # the fp32 frozen-feature path
     df, _ = read_table(DataConfig())
     df, _ = clean_frame(to_canonical(df, DataConfig(), packaged_corpus_path()), PreprocessConfig(), lossy_source=True)
     labels = sorted(df["label"].unique())

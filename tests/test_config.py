@@ -15,8 +15,8 @@ def test_params_yaml_equals_embedded_defaults():
 
 
 def test_overrides_are_parsed_as_yaml():
-    c = load_config(None, ["cv.k=3", "preprocess.sample_size=null", "validate.labels=[a, b]"])
-    assert c.cv.k == 3 and c.preprocess.sample_size is None and c.validate_.labels == ["a", "b"]
+    c = load_config(None, ["cv.k=4", "preprocess.sample_size=null", "validate.labels=[a, b]"])
+    assert c.cv.k == 4 and c.preprocess.sample_size is None and c.validate_.labels == ["a", "b"]
 
 
 @pytest.mark.parametrize(

@@ -181,3 +181,16 @@ def test_feature_extraction_folder_fails_loudly_in_transformers(minilm, tmp_path
         pipeline("text-classification", model=str(tmp_path))
     assert "AutoModel" in (tmp_path / "README.md").read_text()
     np.testing.assert_allclose(TextClassifier(tmp_path).predict_proba(texts), head.predict_proba(X), atol=1e-6)
+
+
+@pytest.mark.smoke
+def test_features_from_the_frozen_prefix_equal_features_from_scratch(minilm):
+    from tuneline import prefix
+    from tuneline.features import embed
+    from tuneline.models import load_encoder
+
+    texts, _ = toy_texts(50)
+    tokenizer, encoder = load_encoder(minilm)
+    direct = embed(texts, tokenizer, encoder, max_length=64, batch_size=16, pooling="mean", precision="fp32")
+    states = prefix.compute(encoder, tokenizer, texts, 64, 4, "fp32")
+    np.testing.assert_allclose(prefix.pooled(encoder, states, 4, "mean", "fp32"), direct, atol=1e-5)

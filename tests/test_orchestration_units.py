@@ -141,9 +141,17 @@ def test_run_summaries_name_the_tracking_store_without_its_credentials():
            "base": {"id": "smollm2", "sha256": "ab" * 32}}
     decision = {"promote": True, "reason": "first model", "champion_uri": "models:/m@champion"}
     stats = {"mean": 0.8, "std": 0.05, "ci95_low": 0.7, "ci95_high": 0.9}
+    winner = {"name": "MiniLM:partial", "strategy": "partial", "training": {"strategy": "partial", "precision": "bf16"},
+              "vs_baseline": {"diff": 0.04, "p": 0.012}}
     classifier = classifier_summary(load_config(None, []), {
-        "register": reg, "promote": decision, "crossval": {"metrics": {"f1_macro": stats}},
+        "register": reg, "promote": decision, "crossval": {"metrics": {"f1_macro": stats}, "winner": winner},
         "refit": {"accuracy": 0.81, "f1_macro": 0.8, "majority_rate": 0.5}}, 3.0)
+    assert any("MiniLM:partial (partial, bf16)" in line and "p=0.012" in line for line in classifier)
+    baseline_won = classifier_summary(load_config(None, []), {
+        "register": reg, "promote": decision, "crossval": {"metrics": {"f1_macro": stats},
+                                                           "winner": {"name": "tfidf-logreg", "strategy": "baseline"}},
+        "refit": {"accuracy": 0.81, "f1_macro": 0.8, "majority_rate": 0.5}}, 3.0)
+    assert any("no pre-trained candidate beat the TF-IDF baseline" in line for line in baseline_won)
     llm = run_summary(load_config(None, ["task=preference"]), {
         "register": reg, "promote": decision, "crossval": {"metric": "preference_accuracy", "method": "dpo", "mode": "holdout", "k": 1,
                                                            "metrics": {"preference_accuracy": stats}},

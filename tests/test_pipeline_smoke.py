@@ -44,6 +44,8 @@ def smoke_run(prefect_server, tmp_path_factory):
 def test_flow_registers_a_champion_with_fold_runs(smoke_run):
     from mlflow import MlflowClient
 
+    from tuneline import hardware
+
     root, results, _ = smoke_run
     client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
     reg = results["register"]
@@ -57,7 +59,9 @@ def test_flow_registers_a_champion_with_fold_runs(smoke_run):
     assert parent.data.params["cv.k"] == "3"
     exp = [parent.info.experiment_id]
     children = client.search_runs(exp, filter_string=f"tags.mlflow.parentRunId = '{reg['run_id']}'")
-    assert sorted(c.data.tags["candidate"] for c in children) == ["all-MiniLM-L6-v2:feature_extraction", "tfidf-logreg"]
+    fine_tuned = "all-MiniLM-L6-v2:" + ("full" if hardware.cuda() else "partial")  # what `auto` is here
+    assert sorted(c.data.tags["candidate"] for c in children) == sorted(
+        ["all-MiniLM-L6-v2:feature_extraction", fine_tuned, "tfidf-logreg"])
     for child in children:
         assert child.data.tags["tuneline.run_kind"] == "candidate"
         folds = client.search_runs(exp, filter_string=f"tags.mlflow.parentRunId = '{child.info.run_id}'")
@@ -70,7 +74,7 @@ def test_flow_registers_a_champion_with_fold_runs(smoke_run):
     table = json.loads(open(client.download_artifacts(reg["run_id"], "comparison_table.json")).read())
     rows = [dict(zip(table["columns"], r)) for r in table["data"]]
     winner = [r["candidate"] for r in rows if r["winner"]]
-    best = max((r for r in rows if r["strategy"] != "baseline"), key=lambda r: r["f1_macro_mean"])
+    best = max(rows, key=lambda r: r["f1_macro_mean"])  # the baseline may win too
     assert winner == [best["candidate"]] == [parent.data.tags["winner"]]
 
     test = results["refit"]
@@ -79,9 +83,15 @@ def test_flow_registers_a_champion_with_fold_runs(smoke_run):
 
 def test_features_computed_once_per_dataset(smoke_run):
     root, results, _ = smoke_run
-    # train texts encoded once for all k folds; the refit reuses them and encodes the test split once
-    assert results["crossval"]["winner"]["encoder_passes"] == 1
-    assert len(list((root / ".cache" / "features").glob("*.npy"))) == 2
+    # train texts encoded once for all k folds (features, and the frozen prefix of `partial`); the
+    # refit reuses them, and encodes the test split once only when the frozen-feature head won
+    rows = {r["strategy"]: r for r in json.loads((root / "data/cv/comparison.json").read_text())["rows"]}
+    assert rows["feature_extraction"]["encoder_passes"] == 1
+    winner = results["crossval"]["winner"]["strategy"]
+    assert len(list((root / ".cache" / "features").glob("*.npy"))) == 1 + (winner == "feature_extraction")
+    if "partial" in rows:
+        assert rows["partial"]["encoder_passes"] == 1 and rows["partial"]["prefix_cache"] is True
+        assert len(list((root / ".cache" / "features").glob("*.prefix.safetensors"))) == 1
 
 
 def test_registered_model_predicts_like_the_test_evaluation(smoke_run, monkeypatch):
@@ -141,4 +151,42 @@ def test_run_outputs_are_complete(smoke_run):
             assert (root / rel).exists(), rel
     model_dir = root / "models" / "model"
     assert json.loads((model_dir / "tuneline.json").read_text())["labels"] == ["negative", "neutral", "positive"]
-    assert (model_dir / "model.safetensors").is_file() and not list(model_dir.glob("*.bin"))
+    weights = {"feature_extraction": "encoder/model.safetensors", "baseline": "tfidf_logreg.safetensors"}
+    assert (model_dir / weights.get(results["crossval"]["winner"]["strategy"], "model.safetensors")).is_file()
+    assert not list(model_dir.rglob("*.bin"))
+
+
+@pytest.fixture(scope="module")
+def fine_tune_run(prefect_server, tmp_path_factory):
+    root = tmp_path_factory.mktemp("finetune")
+    overrides = ["preprocess.sample_size=600", "cv.k=2", "select.strategies=[auto]", "select.baseline=false"]
+    return root, *run_pipeline(root, overrides)
+
+
+def test_the_auto_champion_is_a_fine_tuned_encoder(fine_tune_run):
+    """The registered model's encoder differs from the pre-trained one where `auto` trains it, and
+    only there; the folder is the whole plain Hugging Face model."""
+    import torch
+    from safetensors.torch import load_file
+
+    from tuneline import hardware
+    from tuneline.config import DEFAULT_MODEL
+    from tuneline.models import resolve_model
+
+    root, results, _ = fine_tune_run
+    strategy = results["crossval"]["winner"]["strategy"]
+    assert strategy == ("full" if hardware.cuda() else "partial")
+    tuned = load_file(str(root / "models" / "model" / "model.safetensors"))
+    original = load_file(str(Path(resolve_model(DEFAULT_MODEL)) / "model.safetensors"))
+    changed, same = [], []
+    for name, weight in original.items():
+        key = next((k for k in (f"bert.{name}", name) if k in tuned), None)
+        if key is None or not name.startswith(("encoder.layer.", "embeddings.")):
+            continue
+        (same if torch.equal(tuned[key].float(), weight.float()) else changed).append(name)
+    layers = {int(n.split(".")[2]) for n in changed if n.startswith("encoder.layer.")}
+    if strategy == "partial":  # the bottom 4 of 6 layers and the embeddings stay as pre-trained
+        assert layers == {4, 5} and not any(n.startswith(("embeddings.", "encoder.layer.0.")) for n in changed)
+    else:
+        assert layers == set(range(6))
+    assert results["refit"]["accuracy"] > results["refit"]["majority_rate"]

@@ -102,7 +102,7 @@ def test_classifier_register_promote_and_summary_never_show_the_password(credent
     decision = promote_version(credentialed_uri, "redaction-classifier", reg["version"], test, {"x": 0, "y": 1}, config.promote,
                                candidate_labels=["x", "y", "x"])
     decision |= {"champion_uri": "models:/redaction-classifier@champion"}
-    results = {"register": reg, "promote": decision, "crossval": {"metrics": stats},
+    results = {"register": reg, "promote": decision, "crossval": {"metrics": stats, "winner": cv_summary["winner"]},
                "refit": {"accuracy": 0.7, "f1_macro": 0.6, "majority_rate": 0.66}}
     summary = "\n".join(classifier_summary(config, results, 1.0))
     found = tracking.find_registration(credentialed_uri, config.tracking.experiment, "redaction-classifier", "k")

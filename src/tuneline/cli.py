@@ -89,9 +89,20 @@ def classifier_summary(config, results: dict, elapsed: float) -> list[str]:
     reg, decision, test = results["register"], results["promote"], results["refit"]
     cv = results["crossval"]["metrics"][config.promote.metric]
     view = f"#/experiments/{reg['experiment_id']}/runs?viewStateShareKey=tuneline"
+    winner = results["crossval"]["winner"]
+    if winner.get("strategy") == "baseline":
+        verdict = ("[bold yellow]no pre-trained candidate beat the TF-IDF baseline on CV "
+                   f"{config.select.metric}: the baseline is the registered model[/]")
+    else:
+        vs = winner.get("vs_baseline")
+        how = winner.get("training", {})
+        verdict = (f"{winner['name']} ({how.get('strategy', winner.get('strategy', '-'))}, {how.get('precision', '-')})"
+                   + (f"; vs TF-IDF baseline {vs['diff']:+.4f} CV {config.select.metric}, corrected t-test p={vs['p']:.3g}"
+                      if vs else ""))
     return [
         f"\n[bold green]tuneline run finished in {elapsed:.0f} s[/]",
         f"  model version : {reg['model_uri']}  (run {reg['run_id']})",
+        f"  winner        : {verdict}",
         f"  cv {config.promote.metric:<10}: {cv['mean']:.4f} ± {cv['std']:.4f} (k={config.cv.k})",
         f"  test accuracy : {test['accuracy']:.4f}  macro-F1 {test['f1_macro']:.4f}  (majority class {test['majority_rate']:.4f})",
         f"  promotion     : {'PROMOTED' if decision['promote'] else 'not promoted'} — {decision['reason']}",

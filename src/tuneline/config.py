@@ -106,7 +106,7 @@ class SelectConfig(_Section):
 
 
 class CVConfig(_Section):
-    k: int = Field(5, ge=2, description="number of stratified folds")
+    k: int = Field(2, ge=2, description="number of stratified folds (2: the CPU quickstart fits in 10 minutes; BENCHMARKS.md)")
     seed: int = 42
     parallel: int = Field(1, ge=1, description="fold jobs run at once through Prefect's task runner (1 = sequential)")
     task_runner: Literal["thread", "dask"] = Field("thread", description="thread: this process; dask: an existing cluster")

@@ -47,11 +47,15 @@ class Featurizer:
     def key(self, texts: list[str]) -> str:
         return cache_key(self.candidate["fingerprint"], texts, self.cfg.max_length, self.cfg.pooling, self.cfg.precision)
 
-    def __call__(self, texts: list[str], desc: str) -> np.ndarray:
+    def __call__(self, texts: list[str], desc: str, states: prefix.PrefixStates | None = None, freeze: int = 0) -> np.ndarray:
+        """Features of `texts`; with `states` (their frozen prefix, same model and precision, already
+        computed for a `partial` candidate), only the layers above it run."""
         key = self.key(texts)
 
         def compute() -> np.ndarray:
             tokenizer, encoder = self.loaded
+            if states is not None:
+                return prefix.pooled(encoder, states, freeze, self.cfg.pooling, self.cfg.precision, desc=desc)
             return embed(texts, tokenizer, encoder, max_length=self.cfg.max_length, batch_size=self.cfg.batch_size,
                          pooling=self.cfg.pooling, precision=self.cfg.precision, desc=desc)
 
@@ -183,7 +187,7 @@ def run_fold_job(job: dict, folds: list[dict], cfg: TrainConfig, processed_dir: 
         fit = finetune(candidate, [texts[j] for j in tr], y[tr], names, cfg, seed, f"{candidate['name']} fold {i + 1}",
                        checkpoint_dir=resume.checkpoint_dir(work), states=None if states is None else states.take(tr))
         start = time.perf_counter()
-        proba = predict_proba(fit.model, fit.tokenizer, [texts[j] for j in va], cfg.max_length, cfg.batch_size * 2,
+        proba = predict_proba(fit.model, fit.tokenizer, [texts[j] for j in va], cfg.max_length, max(cfg.batch_size * 2, 128),
                               precision=cfg.precision, states=None if states is None else states.take(va),
                               freeze=cfg.freeze_layers)
         predict_s = time.perf_counter() - start
@@ -224,19 +228,22 @@ def crossval(cv_cfg: CVConfig, train_cfg: TrainConfig, select_cfg: SelectConfig,
     texts, y = train["text"].tolist(), train["label_id"].to_numpy()
     names = sorted(read_json(processed_dir / "label_map.json"), key=read_json(processed_dir / "label_map.json").get)
     folds = make_folds(y, cv_cfg)
-    passes = {}
-    for cand in candidates:  # encode once per candidate, before any fold job reads the cache
+    passes, prefixes = {}, {}
+    # encode once per candidate, before any fold job reads the cache; frozen prefixes first, so that
+    # features of the same model and precision run only the layers above a prefix
+    for cand in sorted(candidates, key=lambda c: c["strategy"] != "partial"):
         cfg = candidate_config(cand, train_cfg)
         if cand["strategy"] == "feature_extraction":
             featurize = Featurizer(cand, cfg, cache_dir)
-            featurize(texts, f"embedding train ({cand['name']})")
+            cached = prefixes.get((cand["fingerprint"], cfg.precision))
+            featurize(texts, f"embedding train ({cand['name']})", *(cached or ()))
             passes[cand["name"]] = featurize.cache.encoder_passes
         elif cand["strategy"] == "partial" and train_cfg.prefix_cache:
-            states = FrozenPrefix(cand, cfg, cache_dir, names)
-            cand["prefix_cache"] = states.cache.path(states.key(texts)).is_file() or states.usable(texts)
+            frozen = FrozenPrefix(cand, cfg, cache_dir, names)
+            cand["prefix_cache"] = frozen.cache.path(frozen.key(texts)).is_file() or frozen.usable(texts)
             if cand["prefix_cache"]:
-                states(texts, f"frozen prefix ({cand['name']})")
-                passes[cand["name"]] = states.cache.encoder_passes
+                prefixes[(cand["fingerprint"], cfg.precision)] = (frozen(texts, f"frozen prefix ({cand['name']})"), cfg.freeze_layers)
+                passes[cand["name"]] = frozen.cache.encoder_passes
     jobs = fold_jobs(candidates, folds, cv_cfg)
     results = map_jobs(partial(run_fold_job, folds=folds, cfg=train_cfg, processed_dir=processed_dir, cache_dir=cache_dir), jobs)
     results = sorted(results, key=lambda r: ([c["name"] for c in candidates].index(r["name"]), r["fold"]))

@@ -17,7 +17,7 @@ from pathlib import Path
 # (learning_rate, epochs, batch_size) used where train.* leaves them null.
 STRATEGY_DEFAULTS: dict[str, dict[str, float | int]] = {
     "feature_extraction": {"learning_rate": 0.0, "epochs": 1, "batch_size": 64},  # logistic head: lr/epochs unused
-    "partial": {"learning_rate": 1e-4, "epochs": 1, "batch_size": 32},
+    "partial": {"learning_rate": 3e-4, "epochs": 2, "batch_size": 32},
     "full": {"learning_rate": 5e-5, "epochs": 3, "batch_size": 32},
     "lora": {"learning_rate": 5e-4, "epochs": 3, "batch_size": 32},
 }

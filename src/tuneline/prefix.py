@@ -207,6 +207,30 @@ class PrefixStates:
         return cls(t["hidden"], t["offsets"])
 
 
+def pooled(encoder, states: "PrefixStates", freeze: int, pooling: str, precision: str, batch_size: int = 128,
+           desc: str = "embedding from the frozen prefix") -> np.ndarray:
+    """Pooled last hidden states of `encoder` (an AutoModel) for cached texts: only the layers above
+    the prefix run. Equal to embedding the texts from scratch up to bf16 rounding of the cached states."""
+    from tqdm.auto import tqdm
+
+    from tuneline.features import pool
+    from tuneline.hardware import autocast
+
+    dev = next(encoder.parameters()).device
+    order = np.argsort(states.lengths, kind="stable")
+    out = np.empty((len(states), encoder.config.hidden_size), dtype=np.float32)
+    encoder.eval()
+    with torch.inference_mode(), autocast(precision, dev.type), swapped(encoder, freeze), \
+            tqdm(total=len(states), desc=desc, unit="text", leave=False) as bar:
+        for start in range(0, len(states), batch_size):
+            idx = order[start : start + batch_size]
+            h, mask = states.batch(idx, torch.float32)
+            hidden = encoder(inputs_embeds=h.to(dev), attention_mask=mask.to(dev)).last_hidden_state
+            out[idx] = pool(hidden.float(), mask.to(dev), pooling).cpu().numpy()
+            bar.update(len(idx))
+    return out
+
+
 def estimated_mb(tokenizer, texts: Sequence[str], max_length: int, hidden_size: int, precision: str) -> float:
     tokens = sum(len(i) for i in tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"])
     return tokens * hidden_size * (2 if precision == "bf16" else 4) / 2**20

@@ -58,7 +58,7 @@ def refit_and_test(train_cfg: TrainConfig, processed_dir: Path, cv_dir: Path, ca
             states = FrozenPrefix(winner, cfg, cache_dir, names)(texts, "frozen prefix") if cfg.prefix_cache else None
             fit = finetune(winner, texts, y_train, names, cfg, cfg.seed, "refit", checkpoint_dir=resume.checkpoint_dir(work),
                            states=states)
-            proba = predict_proba(fit.model, fit.tokenizer, test_texts, cfg.max_length, cfg.batch_size * 2, desc="testing",
+            proba = predict_proba(fit.model, fit.tokenizer, test_texts, cfg.max_length, max(cfg.batch_size * 2, 128), desc="testing",
                                   precision=cfg.precision)
             history = fit.history
             save_finetuned(tmp_model, fit.model, fit.tokenizer, names, cfg, winner["strategy"], winner["model"])

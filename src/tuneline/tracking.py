@@ -203,18 +203,23 @@ def log_pipeline_run(
 
     def children(mlflow, exp_id: str, lineage: dict[str, str]) -> None:
         table = pd.DataFrame([
-            {"candidate": r["name"], "model": r["model"], "strategy": r["strategy"], "parameters": r["parameters"],
-             "latency_ms": r["latency_ms"], "winner": r["name"] == comparison["winner"],
-             **{f"{m}_mean": s["mean"] for m, s in r["metrics"].items()}, **{f"{m}_std": s["std"] for m, s in r["metrics"].items()}}
+            {"candidate": r["name"], "model": r["model"], "strategy": r["strategy"], "precision": r.get("precision"),
+             "parameters": r["parameters"], "latency_ms": r["latency_ms"], "winner": r["name"] == comparison["winner"],
+             **{f"{m}_mean": s["mean"] for m, s in r["metrics"].items()}, **{f"{m}_std": s["std"] for m, s in r["metrics"].items()},
+             "cv_diff_vs_baseline": r.get("vs_baseline", {}).get("diff"),
+             "p_vs_baseline": r.get("vs_baseline", {}).get("p")}
             for r in comparison["rows"]
         ])
         mlflow.log_table(table, artifact_file="comparison_table.json")
         for row in comparison["rows"]:
             with mlflow.start_run(experiment_id=exp_id, run_name=row["name"], nested=True):
                 mlflow.set_tags({"tuneline.run_kind": "candidate", "candidate": row["name"], **lineage})
-                mlflow.log_params({"model": row["model"], "strategy": row["strategy"], "parameters": row["parameters"]})
+                mlflow.log_params({"model": row["model"], "strategy": row["strategy"], "parameters": row["parameters"],
+                                   **{f"resolved.{k}": v for k, v in row.get("training", {}).items()}})
+                vs = row.get("vs_baseline")
                 mlflow.log_metrics({f"cv_{m}_mean": s["mean"] for m, s in row["metrics"].items()}
-                                   | {f"cv_{m}_std": s["std"] for m, s in row["metrics"].items()} | {"latency_ms": row["latency_ms"]})
+                                   | {f"cv_{m}_std": s["std"] for m, s in row["metrics"].items()} | {"latency_ms": row["latency_ms"]}
+                                   | ({"cv_diff_vs_baseline": vs["diff"], "p_vs_baseline": vs["p"]} if vs else {}))
                 _fold_runs(mlflow, exp_id, row["name"], fold_metrics[row["name"]], {"candidate": row["name"], **lineage})
 
     f1 = cv_summary["metrics"]["f1_macro"]
@@ -225,6 +230,8 @@ def log_pipeline_run(
     version_tags |= {k.replace("_", ".", 1): f"{v:.6f}" for k, v in test_metrics.items()}
     version_tags |= {"candidate": cv_summary["winner"]["name"], "strategy": cv_summary["strategy"]}
     signature = infer_signature(pd.DataFrame({"text": ["an example"]}), pd.DataFrame({"label": ["x"]}))
+    # what `auto` became where the training ran: the words in params.yaml do not say
+    params = {**params, "resolved": cv_summary["winner"].get("training", {})}
     return log_registered_model(
         uri, experiment, registered_model_name, root, run_name, params, {**tags, "winner": cv_summary["winner"]["name"]},
         cv_summary, test_metrics, artifacts, Path(__file__).with_name("pyfunc_model.py"), {"model_dir": str(model_dir)},
