@@ -24,6 +24,16 @@ os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 
+def shared_dataset(name: str) -> Path:
+    """A dataset of ../shared/data, or a skip that says why: it lives beside the repo on the build
+    machines (with its PROVENANCE.md), never in the repo or on a user's machine."""
+    folder = SHARED_DATA / name
+    if not folder.is_dir():
+        pytest.skip(f"{folder} is absent: the shared test data (SST-2, TREC-6, HH-RLHF) sits beside the repo on the "
+                    "build machines, not in it")
+    return folder
+
+
 # A small, fixed slice of the real default data keeps CPU tests fast.
 SMOKE_OVERRIDES = ["preprocess.sample_size=600", "cv.k=3"]
 

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, SHARED_DATA
+from conftest import REPO, shared_dataset
 
-HH = SHARED_DATA / "hh_rlhf_harmless"
 BAD = REPO / "tests" / "data" / "llm"
 
 # Small enough for a 2-core CPU: short pairs, 128 tokens, a few optimizer steps, one validation split.
@@ -26,7 +25,7 @@ LLM_SMOKE_OVERRIDES = [
 def hh_slice(split: str, n: int, max_chars: int = 360, skip: int = 0) -> list[dict]:
     """The first `n` HH-RLHF pairs (after `skip`) whose prompt + longer reply is short."""
     rows = []
-    with open(HH / f"{split}.jsonl", encoding="utf-8") as fh:
+    with open(shared_dataset("hh_rlhf_harmless") / f"{split}.jsonl", encoding="utf-8") as fh:
         for line in fh:
             r = json.loads(line)
             if len(r["prompt"]) + max(len(r["chosen"]), len(r["rejected"])) < max_chars:

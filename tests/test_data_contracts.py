@@ -6,7 +6,7 @@ import json
 import pandas as pd
 import pytest
 
-from conftest import SHARED_DATA
+from conftest import shared_dataset
 from tuneline.config import load_config
 from tuneline.stages import run_stage
 
@@ -55,7 +55,7 @@ SPLIT_DATASETS = {
 
 @pytest.mark.parametrize("name", sorted(SPLIT_DATASETS))
 def test_dataset_with_its_own_test_split(tmp_path, name):
-    d = SHARED_DATA / name
+    d = shared_dataset(name)
     labels, expected = SPLIT_DATASETS[name]
     report, counts = prepare(tmp_path, [
         f"data.source={d / 'train.csv'}", f"data.test_source={d / 'test.csv'}", "data.label_column=label",
@@ -67,7 +67,7 @@ def test_dataset_with_its_own_test_split(tmp_path, name):
 
 
 def test_given_test_split_with_leakage_fails_by_default(tmp_path):
-    d = SHARED_DATA / "sst2"
+    d = shared_dataset("sst2")
     from tuneline.preprocess import LeakageError
 
     with pytest.raises(LeakageError, match=r"test.csv.*2 test rows of column 'text' also appear"):

@@ -228,7 +228,7 @@ def crossval(cv_cfg: CVConfig, train_cfg: TrainConfig, select_cfg: SelectConfig,
     texts, y = train["text"].tolist(), train["label_id"].to_numpy()
     names = sorted(read_json(processed_dir / "label_map.json"), key=read_json(processed_dir / "label_map.json").get)
     folds = make_folds(y, cv_cfg)
-    passes, prefixes = {}, {}
+    passes, prefixes, prefix_cost = {}, {}, {}
     # encode once per candidate, before any fold job reads the cache; frozen prefixes first, so that
     # features of the same model and precision run only the layers above a prefix
     for cand in sorted(candidates, key=lambda c: c["strategy"] != "partial"):
@@ -243,6 +243,7 @@ def crossval(cv_cfg: CVConfig, train_cfg: TrainConfig, select_cfg: SelectConfig,
             cand["prefix_cache"] = frozen.cache.path(frozen.key(texts)).is_file() or frozen.usable(texts)
             if cand["prefix_cache"]:
                 prefixes[(cand["fingerprint"], cfg.precision)] = (frozen(texts, f"frozen prefix ({cand['name']})"), cfg.freeze_layers)
+                prefix_cost[cand["fingerprint"], cfg.precision] = frozen.seconds_per_text(texts)
                 passes[cand["name"]] = frozen.cache.encoder_passes
     jobs = fold_jobs(candidates, folds, cv_cfg)
     results = map_jobs(partial(run_fold_job, folds=folds, cfg=train_cfg, processed_dir=processed_dir, cache_dir=cache_dir), jobs)
@@ -254,8 +255,9 @@ def crossval(cv_cfg: CVConfig, train_cfg: TrainConfig, select_cfg: SelectConfig,
         per_candidate[cand["name"]] = fold_metrics
         cfg = candidate_config(cand, train_cfg)
         latency = 1000.0 * sum(r["predict_s"] for r in mine) / max(sum(r["rows"] for r in mine), 1)
-        if cand["strategy"] == "feature_extraction":
-            latency = 1000.0 * FeatureCache(cache_dir).seconds_per_text(Featurizer(cand, cfg, cache_dir).key(texts))
+        if cand["strategy"] == "feature_extraction":  # features made from a prefix also cost the prefix
+            latency = 1000.0 * (FeatureCache(cache_dir).seconds_per_text(Featurizer(cand, cfg, cache_dir).key(texts))
+                                + prefix_cost.get((cand["fingerprint"], cfg.precision), 0.0))
         elif cfg.prefix_cache:  # the cached bottom's cost is part of a prediction's
             latency += 1000.0 * FrozenPrefix(cand, cfg, cache_dir, names).seconds_per_text(texts)
         rows.append({**cand, "latency_ms": latency, "encoder_passes": passes.get(cand["name"], 0),
