@@ -194,3 +194,19 @@ def test_features_from_the_frozen_prefix_equal_features_from_scratch(minilm):
     direct = embed(texts, tokenizer, encoder, max_length=64, batch_size=16, pooling="mean", precision="fp32")
     states = prefix.compute(encoder, tokenizer, texts, 64, 4, "fp32")
     np.testing.assert_allclose(prefix.pooled(encoder, states, 4, "mean", "fp32"), direct, atol=1e-5)
+
+
+@pytest.mark.smoke
+def test_a_prefix_cache_over_its_bound_falls_back_to_plain_partial_with_a_warning(minilm, caplog, tmp_path):
+    import logging
+
+    from tuneline import hardware
+    from tuneline.crossval import FrozenPrefix
+
+    texts, _ = toy_texts(200)  # ~3,000 tokens x 384 x 2 bytes > 1 MB
+    cand = {"name": "MiniLM:partial", "resolved": minilm, "fingerprint": "fp", "strategy": "partial"}
+    small = hardware.resolve(TrainConfig(strategy="partial", precision="bf16", prefix_cache_max_mb=1))
+    with caplog.at_level(logging.WARNING, logger="tuneline.crossval"):
+        assert FrozenPrefix(cand, small, tmp_path, LABELS).usable(texts) is False
+    assert "train.prefix_cache_max_mb=1" in caplog.text and "slower" in caplog.text
+    assert FrozenPrefix(cand, small.model_copy(update={"prefix_cache_max_mb": 4096}), tmp_path, LABELS).usable(texts) is True
