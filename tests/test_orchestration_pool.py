@@ -27,7 +27,7 @@ TEAM = ["preprocess.sample_size=600", "cv.k=3", "train.work_pool=gpu",
         f"tracking.registered_model_name={MODEL}", "tracking.experiment=tuneline-team"]
 # A tiny full fine-tune: 96 training tweets, 9 optimizer steps per fine-tune, a checkpoint every 3.
 RESUME_MODEL = "tuneline-resume"
-RESUME = ["preprocess.sample_size=120", "cv.k=2", "select.baseline=false", "train.strategy=full", "train.max_length=32",
+RESUME = ["preprocess.sample_size=120", "cv.k=2", "select.baseline=false", "select.strategies=[full]", "train.max_length=32",
           "train.batch_size=8", "train.max_steps=9", "train.checkpoint_every=3", "train.work_pool=gpu",
           f"tracking.registered_model_name={RESUME_MODEL}", "tracking.experiment=tuneline-resume"]
 
