@@ -262,7 +262,7 @@ class Cache:
     what the bottom cost to run (the latency tie-break). The newest set stays in memory, shared
     by every fold job of the process."""
 
-    _memo: dict[str, PrefixStates] = {}
+    _memo: dict[str, PrefixStates] = {}  # keyed by file path: another project's cache never answers for this one
 
     def __init__(self, cache_dir: Path):
         self.cache_dir = Path(cache_dir)
@@ -272,9 +272,9 @@ class Cache:
         return self.cache_dir / f"{key}{FILE_SUFFIX}"
 
     def get(self, key: str, make) -> PrefixStates:
-        if key in Cache._memo:
-            return Cache._memo[key]
         path = self.path(key)
+        if str(path) in Cache._memo and path.is_file():  # this project's file, already loaded in this process
+            return Cache._memo[str(path)]
         if path.is_file():
             log.info("frozen-prefix cache hit %s", path.name)
             states = PrefixStates.load(path)
@@ -285,7 +285,7 @@ class Cache:
             self.encoder_passes += 1
             states.save(path)
             path.with_name(f"{key}.prefix.json").write_text(json.dumps({"seconds": seconds, "texts": len(states)}))
-        Cache._memo = {key: states}  # one dataset at a time
+        Cache._memo = {str(path): states}  # one dataset at a time
         return states
 
     def seconds_per_text(self, key: str) -> float:
