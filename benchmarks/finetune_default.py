@@ -69,7 +69,6 @@ def strategies(train, names, rows: int, repeats: int) -> str:
 
 
 def bf16(train, test, names, repeats: int, rows: int = 3000) -> str:
-    import numpy as np
 
     from tuneline.config import DEFAULT_MODEL
     from tuneline.features import embed
