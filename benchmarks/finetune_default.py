@@ -22,7 +22,7 @@ def _split():
     import pandas as pd
 
     from tuneline.config import Config
-    from tuneline.stages import run_stage
+    from tuneline.pipeline.shell import run_stage
 
     d = Path(tempfile.mkdtemp(prefix="bench-split-"))
     for name in ("ingest", "validate", "preprocess"):
@@ -33,10 +33,11 @@ def _split():
 
 
 def _train(strategy: str, cached: bool, precision: str, texts, y, names, **overrides):
-    from tuneline import hardware, prefix
+    from tuneline.engine import hardware
+    from tuneline.engine import prefix
     from tuneline.config import DEFAULT_MODEL, TrainConfig
-    from tuneline.finetune import build_model, train_model
-    from tuneline.models import resolve_model
+    from tuneline.engine.trainer import build_model, train_model
+    from tuneline.engine.models import resolve_model
 
     cfg = hardware.resolve(TrainConfig(strategy=strategy, precision=precision, checkpoint_every=None, **overrides))
     model, tok = build_model(resolve_model(DEFAULT_MODEL), names, cfg, strategy)
@@ -71,11 +72,11 @@ def strategies(train, names, rows: int, repeats: int) -> str:
 def bf16(train, test, names, repeats: int, rows: int = 3000) -> str:
 
     from tuneline.config import DEFAULT_MODEL
-    from tuneline.features import embed
-    from tuneline.finetune import predict_proba
+    from tuneline.engine.features import embed
+    from tuneline.engine.trainer import predict_proba
     from tuneline.metrics import classification_metrics
-    from tuneline.models import load_encoder
-    from tuneline.training import LinearHead
+    from tuneline.engine.models import load_encoder
+    from tuneline.classification.head import LinearHead
 
     tok, enc = load_encoder(DEFAULT_MODEL)
     probe = train["text"].sample(rows, random_state=1).tolist()
@@ -85,7 +86,7 @@ def bf16(train, test, names, repeats: int, rows: int = 3000) -> str:
             start = time.perf_counter()
             embed(probe, tok, enc, max_length=64, batch_size=128, pooling="mean", precision=precision)
             speed[precision].append(rows / (time.perf_counter() - start))
-    from tuneline import hardware
+    from tuneline.engine import hardware
     from tuneline.config import TrainConfig
 
     y_tr, y_te = train["label_id"].to_numpy(), test["label_id"].to_numpy()
@@ -112,7 +113,7 @@ def bf16(train, test, names, repeats: int, rows: int = 3000) -> str:
             f"(min/median/max) — **{ratio:.2f}×**.\n\n"
             f"Quality on the default test split ({len(test)} tweets; train {len(train)}), same seed:\n\n"
             "| strategy | fp32 accuracy / macro-F1 | bf16 accuracy / macro-F1 | Δ accuracy (pt) | |\n|---|---|---|---|---|\n"
-            + "\n".join(rows_md) + "\n\nGoal: bf16 costs at most 0.5 pt of accuracy. The rule in `tuneline.hardware` is static "
+            + "\n".join(rows_md) + "\n\nGoal: bf16 costs at most 0.5 pt of accuracy. The rule in `tuneline.engine.hardware` is static "
             "(CPU flags avx512_bf16/AMX), not timed at run time.\n")
 
 

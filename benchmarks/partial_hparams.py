@@ -15,7 +15,7 @@ from benchmarks.report import stamp, update_section
 
 def main(argv: list[str]) -> None:
     from benchmarks.finetune_default import _split, _train
-    from tuneline.finetune import predict_proba
+    from tuneline.engine.trainer import predict_proba
     from tuneline.metrics import classification_metrics
 
     train, test, names = _split()

@@ -10,7 +10,7 @@ from typing import Optional
 
 from prefect import flow
 
-from tuneline import tracking
+from tuneline.tracking import runs as tracking
 from tuneline.config import load_config
 from tuneline.flows.finetune import library_logging
 from tuneline.tasks.caching import run_step

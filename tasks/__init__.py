@@ -1,1 +1,1 @@
-"""Prefect @task wrappers, one module per pipeline step. Logic lives in tuneline.stages."""
+"""Prefect @task wrappers, one module per pipeline step. Logic lives in tuneline.pipeline.shell."""

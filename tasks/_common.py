@@ -7,7 +7,7 @@ from prefect import task
 from prefect.cache_policies import NONE
 
 from tuneline.config import Config
-from tuneline.stages import run_stage
+from tuneline.pipeline.shell import run_stage
 from tuneline.tasks.caching import record_run, stage_cache_key
 
 

@@ -1,6 +1,6 @@
 """Prefect caching for pipeline steps: a rerun with unchanged inputs skips finished steps.
 
-The key of a step is tuneline.fingerprint.stage_key: hashes of the files it reads, the config
+The key of a step is tuneline.pipeline.fingerprint.stage_key: hashes of the files it reads, the config
 sections it reads and the project's code. Results are persisted under the project root
 (`.cache/prefect-results`, shared with a work pool that sees the same storage) unless
 PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK names a team store (e.g. an S3 bucket block).
@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
-from tuneline import fingerprint
+from tuneline.pipeline import fingerprint
 
 RESULTS_DIR = ".cache/prefect-results"
 

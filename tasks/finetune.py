@@ -19,9 +19,9 @@ from typing import Optional
 
 from prefect import task
 
-from tuneline import fingerprint
+from tuneline.pipeline import fingerprint
 from tuneline.config import Config
-from tuneline.stages import StageError
+from tuneline.pipeline.shell import StageError
 from tuneline.storage import read_json
 from tuneline.tasks.caching import result_storage
 

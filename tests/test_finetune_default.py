@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tuneline.config import DEFAULT_MODEL, TrainConfig
-from tuneline.models import resolve_model
+from tuneline.engine.models import resolve_model
 
 LABELS = ["negative", "neutral", "positive"]
 
@@ -28,7 +28,7 @@ def toy_texts(n: int = 120) -> tuple[list[str], np.ndarray]:
 
 @pytest.mark.unit
 def test_auto_resolves_from_the_hardware_and_fills_strategy_defaults(monkeypatch):
-    from tuneline import hardware
+    from tuneline.engine import hardware
 
     cfg = hardware.resolve(TrainConfig())
     assert cfg.strategy == ("full" if hardware.cuda() else "partial")
@@ -46,7 +46,8 @@ def test_auto_resolves_from_the_hardware_and_fills_strategy_defaults(monkeypatch
 
 @pytest.mark.unit
 def test_cache_keys_hold_the_resolved_strategy_never_the_word_auto(monkeypatch, tmp_path):
-    from tuneline import fingerprint, hardware
+    from tuneline.pipeline import fingerprint
+    from tuneline.engine import hardware
     from tuneline.config import Config
 
     auto = Config()
@@ -84,9 +85,9 @@ def test_corrected_resampled_t_test_is_wider_than_the_plain_paired_test():
 def test_baseline_folder_round_trips_without_pickle_and_transformers_refuses_it(tmp_path):
     from transformers import AutoConfig
 
-    from tuneline import baseline
-    from tuneline.inference import TextClassifier
-    from tuneline.modelio import save_baseline
+    from tuneline.classification import baseline
+    from tuneline.classification.inference import TextClassifier
+    from tuneline.classification.modelio import save_baseline
 
     texts, y = toy_texts()
     pipe = baseline.build("balanced", 0).fit(texts, y)
@@ -106,8 +107,8 @@ def test_baseline_folder_round_trips_without_pickle_and_transformers_refuses_it(
 
 @pytest.mark.smoke
 def test_cached_partial_follows_the_per_step_losses_of_plain_partial(minilm):
-    from tuneline import prefix
-    from tuneline.finetune import build_model, train_model
+    from tuneline.engine import prefix
+    from tuneline.engine.trainer import build_model, train_model
 
     texts, y = toy_texts(200)
     cfg = TrainConfig(strategy="partial", precision="fp32", batch_size=8, learning_rate=1e-4, max_steps=20,
@@ -139,10 +140,10 @@ def _hf_labels(folder, texts):
 def test_every_plain_folder_gives_tuneline_labels_in_hf_pipeline(strategy, cached, lr, minilm, tmp_path):
     from test_engine import tweets
 
-    from tuneline import prefix
-    from tuneline.finetune import build_model, train_model
-    from tuneline.inference import TextClassifier
-    from tuneline.modelio import save_finetuned
+    from tuneline.engine import prefix
+    from tuneline.engine.trainer import build_model, train_model
+    from tuneline.classification.inference import TextClassifier
+    from tuneline.classification.modelio import save_finetuned
 
     texts, y = tweets(96)
     held_out, _ = tweets(300, seed=1)
@@ -166,10 +167,10 @@ def test_every_plain_folder_gives_tuneline_labels_in_hf_pipeline(strategy, cache
 def test_feature_extraction_folder_fails_loudly_in_transformers(minilm, tmp_path):
     from transformers import pipeline
 
-    from tuneline.features import embed
-    from tuneline.inference import TextClassifier
-    from tuneline.models import load_encoder
-    from tuneline.training import LinearHead, save_feature_model
+    from tuneline.engine.features import embed
+    from tuneline.classification.inference import TextClassifier
+    from tuneline.engine.models import load_encoder
+    from tuneline.classification.head import LinearHead, save_feature_model
 
     texts, y = toy_texts(60)
     cfg = TrainConfig(precision="fp32")
@@ -185,9 +186,9 @@ def test_feature_extraction_folder_fails_loudly_in_transformers(minilm, tmp_path
 
 @pytest.mark.smoke
 def test_features_from_the_frozen_prefix_equal_features_from_scratch(minilm):
-    from tuneline import prefix
-    from tuneline.features import embed
-    from tuneline.models import load_encoder
+    from tuneline.engine import prefix
+    from tuneline.engine.features import embed
+    from tuneline.engine.models import load_encoder
 
     texts, _ = toy_texts(50)
     tokenizer, encoder = load_encoder(minilm)
@@ -200,13 +201,13 @@ def test_features_from_the_frozen_prefix_equal_features_from_scratch(minilm):
 def test_a_prefix_cache_over_its_bound_falls_back_to_plain_partial_with_a_warning(minilm, caplog, tmp_path):
     import logging
 
-    from tuneline import hardware
-    from tuneline.crossval import FrozenPrefix
+    from tuneline.engine import hardware
+    from tuneline.classification.crossval import FrozenPrefix
 
     texts, _ = toy_texts(200)  # ~3,000 tokens x 384 x 2 bytes > 1 MB
     cand = {"name": "MiniLM:partial", "resolved": minilm, "fingerprint": "fp", "strategy": "partial"}
     small = hardware.resolve(TrainConfig(strategy="partial", precision="bf16", prefix_cache_max_mb=1))
-    with caplog.at_level(logging.WARNING, logger="tuneline.crossval"):
+    with caplog.at_level(logging.WARNING, logger="tuneline.classification.crossval"):
         assert FrozenPrefix(cand, small, tmp_path, LABELS).usable(texts) is False
     assert "train.prefix_cache_max_mb=1" in caplog.text and "slower" in caplog.text
     assert FrozenPrefix(cand, small.model_copy(update={"prefix_cache_max_mb": 4096}), tmp_path, LABELS).usable(texts) is True

@@ -103,7 +103,7 @@ def test_tuneline_predict_answers_a_jsonl_of_prompts(dpo_run, tmp_path):
 
 def test_promotion_rescores_the_champion_on_the_same_pairs(dpo_run):
     from tuneline.config import load_config
-    from tuneline.stages import run_stage
+    from tuneline.pipeline.shell import run_stage
 
     root, overrides, results, _ = dpo_run
     retried = run_stage("register", load_config(None, overrides), root)  # a retry: the same inputs, no new version
@@ -126,7 +126,7 @@ def test_flow_runs_the_same_eight_stages(dpo_run):
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     from tuneline.config import Config
-    from tuneline.stages import ORDER, outputs
+    from tuneline.pipeline.shell import ORDER, outputs
 
     root, _, _, flow_run_id = dpo_run
 
@@ -165,7 +165,7 @@ def test_reward_model_end_to_end(prefect_server, llm_base, preference_files, tmp
 
 def test_chat_sft_through_dvc_repro(repo_copy, llm_base, sft_files):
     from tuneline.config import apply_overrides
-    from tuneline.stages import ORDER
+    from tuneline.pipeline.shell import ORDER
 
     train, test = sft_files
     params = repo_copy / "params.yaml"

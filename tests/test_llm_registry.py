@@ -1,5 +1,5 @@
-"""LLM registration and promotion through the registry owner every task shares (tuneline.tracking,
-tuneline.promotion): registration keys, the registry lock and the champion/challenger aliases.
+"""LLM registration and promotion through the registry owner every task shares (tuneline.tracking.runs,
+tuneline.tracking.promotion): registration keys, the registry lock and the champion/challenger aliases.
 Real MLflow on a SQLite store; per-row scores stand in for re-scoring a champion (no model runs)."""
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def _versions(uri: str, name: str) -> list[str]:
 
 
 def test_a_retried_llm_register_adds_no_version(tmp_path):
-    from tuneline import tracking
+    from tuneline.tracking import runs as tracking
     from tuneline.llm.release import register
 
     config = registrable_dpo_project(tmp_path)
@@ -68,7 +68,7 @@ def _promote(config, uri, name, version, scores_by_version):
 
 
 def test_two_racing_llm_promotions_end_with_one_champion(tmp_path):
-    from tuneline import tracking
+    from tuneline.tracking import runs as tracking
     from tuneline.config import load_config
 
     config = load_config(None, ["task=preference", "promote.bootstrap_samples=200"])
@@ -96,7 +96,7 @@ def test_two_racing_llm_promotions_end_with_one_champion(tmp_path):
 
 
 def test_llm_promotion_waits_for_the_registry_lock_and_a_refused_version_is_challenger(tmp_path):
-    from tuneline import tracking
+    from tuneline.tracking import runs as tracking
     from tuneline.config import load_config
 
     config = load_config(None, ["task=preference", "promote.bootstrap_samples=200"])

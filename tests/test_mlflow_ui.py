@@ -12,7 +12,7 @@ from browser import dump_dom, screenshot
 from conftest import SMOKE_OVERRIDES, free_port, stop_process, venv_env, wait_http
 from services import require_chromium
 from tuneline.config import load_config
-from tuneline.stages import ORDER, run_stage
+from tuneline.pipeline.shell import ORDER, run_stage
 
 pytestmark = pytest.mark.integration
 

@@ -18,8 +18,8 @@ pytestmark = pytest.mark.unit
 @pytest.mark.parametrize("strategy", ["partial", "lora"])
 def test_training_resumed_from_a_checkpoint_ends_where_an_uninterrupted_run_ends(strategy, tmp_path):
     from tuneline.config import DEFAULT_MODEL, TrainConfig
-    from tuneline.finetune import build_model, train_model
-    from tuneline.models import resolve_model
+    from tuneline.engine.trainer import build_model, train_model
+    from tuneline.engine.models import resolve_model
 
     base = resolve_model(DEFAULT_MODEL)
     rng = np.random.default_rng(0)
@@ -47,8 +47,8 @@ def test_training_resumed_from_a_checkpoint_ends_where_an_uninterrupted_run_ends
 
 def test_a_checkpoint_from_another_config_is_refused(tmp_path):
     from tuneline.config import DEFAULT_MODEL, TrainConfig
-    from tuneline.finetune import build_model, train_model
-    from tuneline.models import resolve_model
+    from tuneline.engine.trainer import build_model, train_model
+    from tuneline.engine.models import resolve_model
 
     base = resolve_model(DEFAULT_MODEL)
     texts, y = ["good movie", "bad movie", "fine movie"] * 4, np.arange(12) % 3
@@ -70,7 +70,7 @@ def _project(root: Path):
 
 def test_step_key_follows_inputs_params_and_code_but_not_where_it_runs(tmp_path):
     from tuneline.config import load_config
-    from tuneline.fingerprint import stage_key
+    from tuneline.pipeline.fingerprint import stage_key
 
     config = _project(tmp_path)
     key = stage_key("validate", config, tmp_path)
@@ -88,7 +88,7 @@ def test_step_key_follows_inputs_params_and_code_but_not_where_it_runs(tmp_path)
 
 
 def test_a_cached_result_counts_only_while_its_outputs_are_on_disk_unchanged(tmp_path):
-    from tuneline import fingerprint
+    from tuneline.pipeline import fingerprint
 
     config = _project(tmp_path)
     out = tmp_path / "data/validation"
@@ -110,7 +110,7 @@ def test_step_inputs_are_dvc_yaml_deps_other_than_code():
     from test_pipeline_smoke import resolve
 
     from tuneline.config import Config
-    from tuneline.stages import inputs
+    from tuneline.pipeline.shell import inputs
 
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     for name, stage in stages.items():
@@ -119,7 +119,7 @@ def test_step_inputs_are_dvc_yaml_deps_other_than_code():
 
 
 def test_preflight_names_the_unreachable_server_without_its_credentials(tmp_path):
-    from tuneline.tracking import TrackingUnavailable, check_tracking, redact
+    from tuneline.tracking.runs import TrackingUnavailable, check_tracking, redact
 
     port = free_port()
     with pytest.raises(TrackingUnavailable, match=rf"http://127\.0\.0\.1:{port} is unreachable") as err:
@@ -165,7 +165,7 @@ def test_run_summaries_name_the_tracking_store_without_its_credentials():
 def test_registration_is_reused_for_the_same_inputs_and_half_registrations_are_retired(tmp_path):
     from mlflow import MlflowClient
 
-    from tuneline import tracking
+    from tuneline.tracking import runs as tracking
 
     uri, name, key = f"sqlite:///{tmp_path / 'mlflow.db'}", "m", "k1"
     client = MlflowClient(uri)

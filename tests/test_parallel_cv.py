@@ -7,7 +7,7 @@ import pytest
 
 from conftest import SMOKE_OVERRIDES
 from tuneline.config import load_config
-from tuneline.stages import run_stage
+from tuneline.pipeline.shell import run_stage
 
 pytestmark = pytest.mark.smoke
 

@@ -44,7 +44,7 @@ def smoke_run(prefect_server, tmp_path_factory):
 def test_flow_registers_a_champion_with_fold_runs(smoke_run):
     from mlflow import MlflowClient
 
-    from tuneline import hardware
+    from tuneline.engine import hardware
 
     root, results, _ = smoke_run
     client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
@@ -113,7 +113,7 @@ def test_prefect_flow_runs_the_dvc_stages_in_dvc_order(smoke_run):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    from tuneline.stages import ORDER
+    from tuneline.pipeline.shell import ORDER
 
     _, _, flow_run_id = smoke_run
 
@@ -129,7 +129,7 @@ def test_prefect_flow_runs_the_dvc_stages_in_dvc_order(smoke_run):
 
 def test_dvc_yaml_params_and_outs_match_the_steps():
     from tuneline.config import Config
-    from tuneline.stages import SECTIONS, outputs
+    from tuneline.pipeline.shell import SECTIONS, outputs
 
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     paths = Config().paths
@@ -144,7 +144,7 @@ def test_dvc_yaml_params_and_outs_match_the_steps():
 def test_run_outputs_are_complete(smoke_run):
     root, results, _ = smoke_run
     from tuneline.config import Config
-    from tuneline.stages import ORDER, outputs
+    from tuneline.pipeline.shell import ORDER, outputs
 
     for name in ORDER:
         for rel in outputs(name, Config().paths):
@@ -169,9 +169,9 @@ def test_the_auto_champion_is_a_fine_tuned_encoder(fine_tune_run):
     import torch
     from safetensors.torch import load_file
 
-    from tuneline import hardware
+    from tuneline.engine import hardware
     from tuneline.config import DEFAULT_MODEL
-    from tuneline.models import resolve_model
+    from tuneline.engine.models import resolve_model
 
     root, results, _ = fine_tune_run
     strategy = results["crossval"]["winner"]["strategy"]

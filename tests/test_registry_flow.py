@@ -11,14 +11,14 @@ import pytest
 
 from conftest import SMOKE_OVERRIDES, venv_env
 from tuneline.config import load_config
-from tuneline.stages import run_stage
+from tuneline.pipeline.shell import run_stage
 
 pytestmark = pytest.mark.smoke
 NAME = "tuneline-classifier"
 
 
 def set_head(model_dir: Path, weight: np.ndarray, bias: np.ndarray) -> None:
-    from tuneline.training import LinearHead
+    from tuneline.classification.head import LinearHead
 
     LinearHead(weight, bias).save(model_dir / "head.safetensors")
 
@@ -27,7 +27,7 @@ def set_head(model_dir: Path, weight: np.ndarray, bias: np.ndarray) -> None:
 def project(tmp_path_factory):
     """A project whose registry holds v1 (random head, champion), v2 (the trained head) and
     v3 (the trained head with class 'positive' switched off)."""
-    from tuneline.training import LinearHead
+    from tuneline.classification.head import LinearHead
 
     root = tmp_path_factory.mktemp("registry")
     config = load_config(None, SMOKE_OVERRIDES)

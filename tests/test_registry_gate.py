@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from tuneline.registry import GateConfig, gate
+from tuneline.tracking.gate import GateConfig, gate
 
 pytestmark = pytest.mark.unit
 
@@ -75,7 +75,7 @@ def test_champion_missing_artifacts():
 
 @pytest.mark.parametrize("metric", ["accuracy", "f1_macro", "precision_macro", "recall_macro"])
 def test_bootstrap_metric_equals_scikit_learn(metric):
-    from tuneline.registry import _confusion_metric, metric_value
+    from tuneline.tracking.gate import _confusion_metric, metric_value
 
     for seed in range(5):
         pred = predictions(0.5 + 0.1 * seed, seed)

@@ -40,7 +40,7 @@ def _logged_text(uri: str, run_id: str, name: str, version: str, tmp_path) -> st
     """Everything MLflow holds for a run and its model version: params, tags, description, artifacts."""
     from mlflow.artifacts import download_artifacts
 
-    from tuneline import tracking
+    from tuneline.tracking import runs as tracking
 
     c = tracking.client(uri)
     run, mv = c.get_run(run_id), c.get_model_version(name, version)
@@ -80,11 +80,11 @@ def test_llm_register_promote_and_summary_never_show_the_password(credentialed_u
 def test_classifier_register_promote_and_summary_never_show_the_password(credentialed_uri, tmp_path, caplog, capsys):
     import pandas as pd
 
-    from tuneline import tracking
+    from tuneline.tracking import runs as tracking
     from tuneline.cli import classifier_summary
     from tuneline.config import load_config
     from tuneline.metrics import summarize
-    from tuneline.promotion import promote_version
+    from tuneline.tracking.promotion import promote_version
 
     config = load_config(None, ["tracking.experiment=redaction-classifier"])
     (tmp_path / "model").mkdir()

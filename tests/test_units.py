@@ -4,10 +4,10 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 
 from tuneline.config import PreprocessConfig, TrainConfig
-from tuneline.preprocess import clean_frame, clean_text
-from tuneline.registry import decide
+from tuneline.classification.preprocess import clean_frame, clean_text
+from tuneline.tracking.gate import decide
 from tuneline.storage import atomic_path
-from tuneline.training import LinearHead
+from tuneline.classification.head import LinearHead
 
 pytestmark = pytest.mark.unit
 

@@ -8,8 +8,8 @@ import pytest
 
 from browser import dump_dom, screenshot
 from tuneline.config import load_config
-from tuneline.stages import run_stage
-from tuneline.validation import observed_text
+from tuneline.pipeline.shell import run_stage
+from tuneline.classification.validation import observed_text
 
 pytestmark = pytest.mark.data
 

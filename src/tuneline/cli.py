@@ -84,7 +84,7 @@ def cmd_run(args) -> int:
 
 def classifier_summary(config, results: dict, elapsed: float) -> list[str]:
     """What `tuneline run` prints at the end of a classification run (rich markup)."""
-    from tuneline.tracking import ui_hint
+    from tuneline.tracking.runs import ui_hint
 
     reg, decision, test = results["register"], results["promote"], results["refit"]
     cv = results["crossval"]["metrics"][config.promote.metric]
@@ -113,7 +113,7 @@ def classifier_summary(config, results: dict, elapsed: float) -> list[str]:
 
 
 def cmd_stage(args) -> int:
-    from tuneline.stages import run_stage
+    from tuneline.pipeline.shell import run_stage
 
     run_stage(args.name, _load(args), Path("."))
     return 0
@@ -123,7 +123,7 @@ def cmd_pin_labels(args) -> int:
     """Infer the label set from data.source and write it into params.yaml's validate.labels."""
     import re
 
-    from tuneline.data import read_table, resolve_source, to_canonical
+    from tuneline.classification.data import read_table, resolve_source, to_canonical
 
     config = _load(args)
     path = resolve_source(config.data)
@@ -141,7 +141,7 @@ def cmd_pin_labels(args) -> int:
 
 
 def _registry(args):
-    from tuneline import tracking
+    from tuneline.tracking import runs as tracking
 
     config = _load(args)
     return config, tracking.tracking_uri(Path(".")), args.name or config.tracking.registered_model_name
@@ -151,7 +151,7 @@ def cmd_models(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from tuneline import tracking
+    from tuneline.tracking import runs as tracking
 
     _, uri, name = _registry(args)
     versions = tracking.list_versions(uri, name)
@@ -174,7 +174,7 @@ def cmd_models(args) -> int:
 
 
 def cmd_promote(args) -> int:
-    from tuneline.promotion import load_test_split, promote_version
+    from tuneline.tracking.promotion import load_test_split, promote_version
 
     config, uri, name = _registry(args)
     test, label_map = load_test_split(Path(config.paths.processed_dir))
@@ -185,7 +185,7 @@ def cmd_promote(args) -> int:
 
 
 def cmd_rollback(args) -> int:
-    from tuneline.promotion import rollback
+    from tuneline.tracking.promotion import rollback
 
     config, uri, name = _registry(args)
     result = rollback(uri, name, config.promote.mirror_stages)
@@ -194,7 +194,7 @@ def cmd_rollback(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from tuneline.predict import predict_file
+    from tuneline.pipeline.predict import predict_file
 
     config, uri, name = _registry(args)
     model_uri = args.model or f"models:/{name}@champion"
@@ -223,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = with_params(sub.add_parser("run", help="run the whole pipeline as a Prefect flow"))
     p.set_defaults(func=cmd_run)
-    from tuneline.stages import ORDER
+    from tuneline.pipeline.shell import ORDER
 
     p = with_params(sub.add_parser("stage", help="run one pipeline step (what dvc.yaml calls)"))
     p.add_argument("name", choices=ORDER)
@@ -259,12 +259,12 @@ def main(argv: list[str] | None = None) -> int:
     _setup_environment(Path("."))
     _setup_logging(args.verbose)
     from tuneline.config import ConfigError
-    from tuneline.data import DataError
-    from tuneline.models import ModelLoadError
-    from tuneline.preprocess import LeakageError
-    from tuneline.stages import StageError
-    from tuneline.tracking import TrackingUnavailable
-    from tuneline.validation import DataValidationError
+    from tuneline.classification.data import DataError
+    from tuneline.engine.models import ModelLoadError
+    from tuneline.classification.preprocess import LeakageError
+    from tuneline.pipeline.shell import StageError
+    from tuneline.tracking.runs import TrackingUnavailable
+    from tuneline.classification.validation import DataValidationError
 
     try:
         return args.func(args)

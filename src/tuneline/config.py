@@ -122,9 +122,9 @@ class CVConfig(_Section):
 class TrainConfig(_Section):
     strategy: Strategy = Field("auto", description="auto = full on CUDA, partial over the frozen-prefix cache on CPU")
     precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto = bf16 on CUDA and on CPUs with "
-                                                        "avx512_bf16/AMX, else fp32 (tuneline.hardware)")
+                                                        "avx512_bf16/AMX, else fp32 (tuneline.engine.hardware)")
     max_length: int = Field(64, ge=8, le=4096)
-    batch_size: Optional[int] = Field(None, ge=1, description="null = the strategy's default (tuneline.hardware)")
+    batch_size: Optional[int] = Field(None, ge=1, description="null = the strategy's default (tuneline.engine.hardware)")
     learning_rate: Optional[float] = Field(None, gt=0, description="null = the strategy's default")
     epochs: Optional[int] = Field(None, ge=1, description="null = the strategy's default")
     max_steps: Optional[int] = Field(None, ge=1, description="stop after this many optimizer steps (overrides epochs)")

@@ -1,30 +1,3 @@
-"""The MLflow pyfunc flavour of a tuneline model folder: batch predictions with probabilities."""
-from __future__ import annotations
-
-import mlflow.pyfunc
-import pandas as pd
-
-
-class TunelineModel(mlflow.pyfunc.PythonModel):
-    # predict() validates its own input (DataFrame with `text`, or a list of strings); this tells
-    # MLflow not to wrap it with type-hint validation (and not to warn that hints are missing).
-    _skip_type_hint_validation = True
-
-    def load_context(self, context) -> None:
-        from tuneline.inference import TextClassifier
-
-        self.classifier = TextClassifier(context.artifacts["model_dir"])
-
-    def predict(self, context, model_input, params=None) -> pd.DataFrame:
-        if isinstance(model_input, pd.DataFrame):
-            if "text" not in model_input.columns:
-                raise ValueError(f"input needs a 'text' column; got {list(model_input.columns)}")
-            texts = model_input["text"].astype(str).tolist()
-        else:
-            texts = [str(t) for t in model_input]
-        proba = self.classifier.predict_proba(texts)
-        labels = self.classifier.labels
-        out = pd.DataFrame({"label": [labels[i] for i in proba.argmax(1)]})
-        for i, name in enumerate(labels):
-            out[f"p_{name}"] = proba[:, i]
-        return out
+"""Import shim: versions registered before the task-plugin layout load `tuneline.pyfunc.TunelineModel`
+from their models-from-code file (tests/test_legacy_versions.py loads one)."""
+from tuneline.classification.pyfunc import TunelineModel  # noqa: F401

@@ -90,7 +90,7 @@ def warm_up(root: Path, server) -> None:
     """While Prefect's server boots: the MLflow store's tables and the imports the steps need, in
     the order they are needed, stopping as soon as the server is up (what is left loads when, and
     only if, a step needs it: a fully cached rerun needs none of the training libraries)."""
-    from tuneline import tracking
+    from tuneline.tracking import runs as tracking
 
     def mlflow_store():
         uri = tracking.tracking_uri(root)

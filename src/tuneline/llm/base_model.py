@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Optional
 
 from tuneline.llm.config import PACKAGED_BASE
-from tuneline.models import ModelLoadError
+from tuneline.engine.models import ModelLoadError
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ def convert_gguf(gguf: Path, folder: Path, sha256: str) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tuneline.models import quiet_transformers
+    from tuneline.engine.models import quiet_transformers
 
     quiet_transformers()
     folder.parent.mkdir(parents=True, exist_ok=True)

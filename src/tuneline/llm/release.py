@@ -26,11 +26,11 @@ class PromotionError(RuntimeError):
 
 
 def register(c: Config, root: Path) -> dict:
-    from tuneline import tracking
-    from tuneline.fingerprint import stage_key
-    from tuneline.lineage import lineage_tags
+    from tuneline.tracking import runs as tracking
+    from tuneline.pipeline.fingerprint import stage_key
+    from tuneline.pipeline.lineage import lineage_tags
     from tuneline.llm import tracking as llm_tracking
-    from tuneline.stages import processed_files
+    from tuneline.pipeline.shell import processed_files
 
     p, method = c.paths, _method(c)
     metric, higher = TASK_METRICS[method]
@@ -101,7 +101,7 @@ def score(method: str, scores: dict) -> float:
 def decide(c: Config, method: str, candidate: float, champion: Optional[float], candidate_scores: Optional[dict] = None,
            champion_scores: Optional[dict] = None) -> dict:
     """The registry's score rule with a paired bootstrap over the held-out rows both models were scored on."""
-    from tuneline.registry import decide as score_rule, paired_bootstrap_stat
+    from tuneline.tracking.gate import decide as score_rule, paired_bootstrap_stat
 
     metric, higher = TASK_METRICS[method]
     p_value = test = None
@@ -120,9 +120,9 @@ def promote_scores(c: Config, uri: str, name: str, version: str, method: str, sc
                    rescore: Callable[[str], tuple[dict, list]]) -> dict:
     """Gate `version` (its per-row `scores` on the held-out rows `keys`) against the champion, which
     `rescore(champion version)` scores on the same rows, through the promotion every task shares
-    (tuneline.promotion.promote_with: registry lock, champion/previous/challenger aliases, stages)."""
-    from tuneline import tracking
-    from tuneline.promotion import promote_with
+    (tuneline.tracking.promotion.promote_with: registry lock, champion/previous/challenger aliases, stages)."""
+    from tuneline.tracking import runs as tracking
+    from tuneline.tracking.promotion import promote_with
 
     metric, higher = TASK_METRICS[method]
 
@@ -146,7 +146,7 @@ def promote_scores(c: Config, uri: str, name: str, version: str, method: str, sc
 
 
 def promote(c: Config, root: Path) -> dict:
-    from tuneline import tracking
+    from tuneline.tracking import runs as tracking
 
     reg = read_json(_p(root, c.paths.registration))
     uri, name, method = tracking.tracking_uri(root), reg["registered_model_name"], reg["method"]

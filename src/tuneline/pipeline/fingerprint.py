@@ -69,7 +69,7 @@ def code_digest() -> str:
 
 
 def config_sections(config, name: str) -> dict:
-    from tuneline.stages import SECTIONS
+    from tuneline.pipeline.shell import SECTIONS
 
     out = {}
     for section in SECTIONS[name]:
@@ -89,7 +89,7 @@ def resolved_training(train) -> dict:
     if train.work_pool:
         return {k: f"{getattr(train, k)}@pool:{train.work_pool}" for k in ("strategy", "precision")
                 if getattr(train, k) == "auto"}
-    from tuneline.hardware import resolve_precision, resolve_strategy
+    from tuneline.engine.hardware import resolve_precision, resolve_strategy
 
     return {"strategy": resolve_strategy(train.strategy), "precision": resolve_precision(train.precision)}
 
@@ -98,7 +98,7 @@ def source_files(config, name: str) -> list[Path]:
     """Files a step reads from outside the project: the user's data file(s) for ingest."""
     if name != "ingest":
         return []
-    from tuneline.data import DEFAULT_SOURCE, packaged_corpus_path
+    from tuneline.classification.data import DEFAULT_SOURCE, packaged_corpus_path
 
     files = []
     for source in (config.data.source, config.data.test_source):
@@ -115,7 +115,7 @@ def source_files(config, name: str) -> list[Path]:
 
 
 def input_digests(config, name: str, root: Path) -> dict[str, str]:
-    from tuneline.stages import inputs
+    from tuneline.pipeline.shell import inputs
 
     digests = {rel: path_digest(Path(root) / rel) for rel in inputs(name, config.paths)}
     digests |= {f"source:{p.name}": path_digest(p) for p in source_files(config, name)}
@@ -132,7 +132,7 @@ def stage_key(name: str, config, root: Path) -> str:
 def group_key(names: tuple[str, ...], config, root: Path) -> str:
     """The key of consecutive steps run as one unit (crossval + refit on a work pool): the files they
     read from outside the group, the config sections any of them reads, and the code."""
-    from tuneline.stages import inputs, outputs
+    from tuneline.pipeline.shell import inputs, outputs
 
     produced = {o for n in names for o in outputs(n, config.paths)}
     files = sorted({i for n in names for i in inputs(n, config.paths)} - produced)
@@ -145,7 +145,7 @@ def group_key(names: tuple[str, ...], config, root: Path) -> str:
 
 
 def output_digests(config, name: str, root: Path) -> dict[str, str]:
-    from tuneline.stages import outputs
+    from tuneline.pipeline.shell import outputs
 
     return {rel: path_digest(Path(root) / rel) for rel in outputs(name, config.paths)}
 

@@ -12,9 +12,9 @@ from typing import Callable, Optional
 import numpy as np
 import pandas as pd
 
-from tuneline import tracking
+from tuneline.tracking import runs as tracking
 from tuneline.config import PromoteConfig
-from tuneline.registry import CHALLENGER, CHAMPION, PREVIOUS, Decision, GateConfig, gate
+from tuneline.tracking.gate import CHALLENGER, CHAMPION, PREVIOUS, Decision, GateConfig, gate
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Optional
 
 from tuneline.config import SelectConfig, TrainConfig
-from tuneline.models import ModelLoadError, model_fingerprint, quiet_transformers, resolve_model
+from tuneline.engine.models import ModelLoadError, model_fingerprint, quiet_transformers, resolve_model
 from tuneline.storage import write_json
 
 log = logging.getLogger(__name__)

@@ -26,15 +26,15 @@ _CARDS = {
     "feature_extraction": "A frozen sentence encoder (`encoder/`, loads with `AutoModel`) whose {pooling}-pooled last hidden "
     "state feeds a logistic head (`head.safetensors`: `weight` [labels, hidden], `bias`). Plain transformers cannot express "
     "this model, so this folder has no top-level config.json. Load it with "
-    "`tuneline.inference.TextClassifier(folder)` or the registered MLflow pyfunc.",
+    "`tuneline.classification.inference.TextClassifier(folder)` or the registered MLflow pyfunc.",
     "baseline": "TF-IDF (word 1-2 grams, sublinear tf; `vocabulary.json`, `idf`) and multinomial logistic regression "
     "(`coef`, `intercept` in `tfidf_logreg.safetensors`). Not a transformer: load it with "
-    "`tuneline.inference.TextClassifier(folder)` or the registered MLflow pyfunc.",
+    "`tuneline.classification.inference.TextClassifier(folder)` or the registered MLflow pyfunc.",
 }
 
 
 def write_meta(model_dir: Path, strategy: str, labels: Sequence[str], cfg: TrainConfig, base_model: str, **extra) -> None:
-    from tuneline.hardware import resolve_precision
+    from tuneline.engine.hardware import resolve_precision
 
     meta = {"format": 2, "strategy": strategy, "base_model": base_model, "pooling": cfg.pooling,
             "max_length": cfg.max_length, "precision": resolve_precision(cfg.precision), "labels": list(labels), **extra}
@@ -79,7 +79,7 @@ def load_classifier(model_dir: Path):
     """(model, tokenizer, meta) for a fine-tuned folder; safetensors only."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from tuneline.models import quiet_transformers, resolve_model
+    from tuneline.engine.models import quiet_transformers, resolve_model
 
     quiet_transformers()
     model_dir = Path(model_dir)

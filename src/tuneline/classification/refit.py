@@ -1,7 +1,7 @@
 """Refit and test: the cross-validation winner fitted on all training rows, saved as a model
 folder, and evaluated once on the untouched test split.
 
-The winner trains exactly as it did in its folds (tuneline.crossval.candidate_config): a `partial`
+The winner trains exactly as it did in its folds (tuneline.classification.crossval.candidate_config): a `partial`
 winner trains on the same frozen-prefix cache (its key covers all training texts, so crossval
 already computed it), while the test predictions run the whole saved model, as `predict` will.
 """
@@ -12,22 +12,23 @@ from pathlib import Path
 
 import pandas as pd
 
-from tuneline import baseline, resume
+from tuneline.classification import baseline
+from tuneline.engine import resume
 from tuneline.config import TrainConfig
-from tuneline.crossval import Featurizer, FrozenPrefix, candidate_config, finetune
+from tuneline.classification.crossval import Featurizer, FrozenPrefix, candidate_config, finetune
 from tuneline.metrics import (classification_metrics, classification_report, majority_rate, per_class_metrics,
                               plot_confusion_matrix)
 from tuneline.storage import atomic_path, read_json, write_json
-from tuneline.training import LinearHead, save_feature_model
+from tuneline.classification.head import LinearHead, save_feature_model
 
 log = logging.getLogger(__name__)
 
 
 def refit_and_test(train_cfg: TrainConfig, processed_dir: Path, cv_dir: Path, cache_dir: Path, model_dir: Path, eval_dir: Path) -> dict:
     """Step: fit the winner on all training rows, save the model folder, evaluate once on test."""
-    from tuneline.finetune import predict_proba
+    from tuneline.engine.trainer import predict_proba
     from tuneline.metrics import plot_learning_curves
-    from tuneline.modelio import save_baseline, save_finetuned
+    from tuneline.classification.modelio import save_baseline, save_finetuned
 
     winner = read_json(cv_dir / "summary.json")["winner"]
     cfg = candidate_config(winner, train_cfg)

@@ -6,7 +6,7 @@ from pathlib import Path
 import pandas as pd
 
 from tuneline.config import DataConfig
-from tuneline.data import DataError, read_table
+from tuneline.classification.data import DataError, read_table
 from tuneline.storage import atomic_path
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,7 @@ def write_table(df: pd.DataFrame, path: Path) -> None:
 
 def predict_file(uri: str, model_uri: str, input_path: Path, output_path: Path, text_column: str, data_cfg: DataConfig) -> int:
     """Predict every row of `input_path`; the output is the input plus `predicted_label` and `p_<label>`."""
-    from tuneline import tracking
+    from tuneline.tracking import runs as tracking
 
     if output_path.suffix.lower() not in (".parquet", ".jsonl", ".ndjson", ".csv", ".tsv"):
         raise DataError(f"{output_path}: unknown output format; use .csv, .tsv, .jsonl or .parquet")

@@ -97,7 +97,7 @@ def compute(model, tokenizer, texts: Sequence[str], max_length: int, freeze: int
     """Run the embeddings and the bottom `freeze` layers once over `texts` (eval mode, no grad)."""
     from tqdm.auto import tqdm
 
-    from tuneline.hardware import autocast
+    from tuneline.engine.hardware import autocast
 
     base = model.base_model
     parent, name = embeddings_slot(base)
@@ -213,8 +213,8 @@ def pooled(encoder, states: "PrefixStates", freeze: int, pooling: str, precision
     the prefix run. Equal to embedding the texts from scratch up to bf16 rounding of the cached states."""
     from tqdm.auto import tqdm
 
-    from tuneline.features import pool
-    from tuneline.hardware import autocast
+    from tuneline.engine.features import pool
+    from tuneline.engine.hardware import autocast
 
     dev = next(encoder.parameters()).device
     order = np.argsort(states.lengths, kind="stable")

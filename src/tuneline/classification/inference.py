@@ -6,7 +6,7 @@ from typing import Sequence
 
 import numpy as np
 
-from tuneline.modelio import load_classifier, read_meta
+from tuneline.classification.modelio import load_classifier, read_meta
 
 
 class TextClassifier:
@@ -15,16 +15,16 @@ class TextClassifier:
         self.meta = read_meta(self.model_dir)
         self.labels: list[str] = self.meta["labels"]
         self.batch_size = batch_size
-        from tuneline.hardware import resolve_precision
+        from tuneline.engine.hardware import resolve_precision
 
         # a model trained in fp32 predicts in fp32; a bf16 one in bf16 where this machine runs it natively
         self.precision = "fp32" if self.meta.get("precision", "fp32") == "fp32" else resolve_precision("auto")
         if self.meta["strategy"] == "feature_extraction":
             from transformers import AutoModel, AutoTokenizer
 
-            from tuneline.modelio import ENCODER_DIR
-            from tuneline.models import quiet_transformers
-            from tuneline.training import HEAD_FILE, LinearHead
+            from tuneline.classification.modelio import ENCODER_DIR
+            from tuneline.engine.models import quiet_transformers
+            from tuneline.classification.head import HEAD_FILE, LinearHead
 
             quiet_transformers()
             # folders registered before format 2 keep the encoder at the top
@@ -33,7 +33,7 @@ class TextClassifier:
             self.encoder = AutoModel.from_pretrained(encoder_dir, use_safetensors=True).eval()
             self.head = LinearHead.load(self.model_dir / HEAD_FILE)
         elif self.meta["strategy"] == "baseline":
-            from tuneline.baseline import TfidfClassifier
+            from tuneline.classification.baseline import TfidfClassifier
 
             self.baseline = TfidfClassifier.load(self.model_dir)
         else:
@@ -42,14 +42,14 @@ class TextClassifier:
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         texts = list(texts)
         if self.meta["strategy"] == "feature_extraction":
-            from tuneline.features import embed
+            from tuneline.engine.features import embed
 
             feats = embed(texts, self.tokenizer, self.encoder, max_length=self.meta["max_length"], batch_size=self.batch_size,
                           pooling=self.meta["pooling"], precision=self.precision, desc="predicting")
             return self.head.predict_proba(feats)
         if self.meta["strategy"] == "baseline":
             return self.baseline.predict_proba(texts)
-        from tuneline.finetune import predict_proba
+        from tuneline.engine.trainer import predict_proba
 
         return predict_proba(self.model, self.tokenizer, texts, self.meta["max_length"], self.batch_size, precision=self.precision)
 

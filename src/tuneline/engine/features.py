@@ -32,11 +32,11 @@ def embed(
     desc: str = "embedding",
 ) -> np.ndarray:
     """Pooled embeddings in input order. Texts are sorted by length so each batch pads little;
-    precision bf16 runs the encoder under bf16 autocast (tuneline.hardware)."""
+    precision bf16 runs the encoder under bf16 autocast (tuneline.engine.hardware)."""
     import torch
     from tqdm.auto import tqdm
 
-    from tuneline.hardware import autocast
+    from tuneline.engine.hardware import autocast
 
     use_all_cores()
     lengths = [len(ids) for ids in tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]]

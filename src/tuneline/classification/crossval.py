@@ -2,8 +2,8 @@
 
 Work that does not depend on the fold is done once per dataset and cached on disk: the frozen
 encoder's features (feature extraction) and the frozen prefix's hidden states (`partial`); every
-fold and the refit (tuneline.refit) reuse them. `auto` strategies and precisions are resolved here,
-where the training runs (tuneline.hardware), and the resolved values name the candidates and key
+fold and the refit (tuneline.classification.refit) reuse them. `auto` strategies and precisions are resolved here,
+where the training runs (tuneline.engine.hardware), and the resolved values name the candidates and key
 every cache, so results from different hardware never share an entry.
 """
 from __future__ import annotations
@@ -18,14 +18,17 @@ import pandas as pd
 from sklearn.model_selection import StratifiedKFold, train_test_split
 from tqdm.auto import tqdm
 
-from tuneline import baseline, hardware, prefix, resume
+from tuneline.classification import baseline
+from tuneline.engine import hardware
+from tuneline.engine import prefix
+from tuneline.engine import resume
 from tuneline.config import CVConfig, SelectConfig, TrainConfig
-from tuneline.features import FeatureCache, cache_key, embed
+from tuneline.engine.features import FeatureCache, cache_key, embed
 from tuneline.metrics import classification_metrics, corrected_ttest, majority_rate, summarize
-from tuneline.models import load_encoder
-from tuneline.selection import candidate_name
+from tuneline.engine.models import load_encoder
+from tuneline.classification.selection import candidate_name
 from tuneline.storage import atomic_path, read_json, write_json
-from tuneline.training import LinearHead
+from tuneline.classification.head import LinearHead
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +78,7 @@ class FrozenPrefix:
 
     def __call__(self, texts: list[str], desc: str) -> prefix.PrefixStates:
         def make() -> prefix.PrefixStates:
-            from tuneline.finetune import build_model
+            from tuneline.engine.trainer import build_model
 
             model, tokenizer = build_model(self.candidate["resolved"], self.names, self.cfg, "partial")
             return prefix.compute(model, tokenizer, texts, self.cfg.max_length, self.cfg.freeze_layers, self.cfg.precision,
@@ -88,7 +91,7 @@ class FrozenPrefix:
 
     def usable(self, texts: list[str]) -> bool:
         """Within train.prefix_cache_max_mb, and the swap reproduces the plain forward on this model."""
-        from tuneline.finetune import build_model
+        from tuneline.engine.trainer import build_model
 
         model, tokenizer = build_model(self.candidate["resolved"], self.names, self.cfg, "partial")
         size = prefix.estimated_mb(tokenizer, texts, self.cfg.max_length, model.config.hidden_size, self.cfg.precision)
@@ -138,7 +141,7 @@ def finetune(candidate: dict, texts: list[str], y: np.ndarray, names: list[str],
     """Fine-tune a fresh copy of the candidate; early stopping carves its own validation rows.
     With `checkpoint_dir`, checkpoints go there and an interrupted run continues from them;
     with `states` (the frozen prefix of `texts`), `partial` trains on them."""
-    from tuneline.finetune import build_model, train_model
+    from tuneline.engine.trainer import build_model, train_model
 
     cfg = cfg.model_copy(update={"seed": seed})
     model, tokenizer = build_model(candidate["resolved"], names, cfg, candidate["strategy"])
@@ -162,7 +165,7 @@ def fold_jobs(candidates: list[dict], folds: list[dict], cv_cfg: CVConfig) -> li
 
 def run_fold_job(job: dict, folds: list[dict], cfg: TrainConfig, processed_dir: Path, cache_dir: Path) -> dict:
     """Score one candidate on one fold; returns its validation metrics and prediction timing."""
-    from tuneline.finetune import predict_proba
+    from tuneline.engine.trainer import predict_proba
 
     candidate, i, seed = job["candidate"], job["fold"], job["seed"]
     cfg = candidate_config(candidate, cfg)

@@ -70,7 +70,7 @@ def save_feature_model(
 ) -> None:
     """The encoder (and tokenizer) in `encoder/` for AutoModel, the head beside it, and a model card:
     no top-level config.json, so transformers refuses the folder rather than invent a head."""
-    from tuneline.modelio import ENCODER_DIR, write_meta
+    from tuneline.classification.modelio import ENCODER_DIR, write_meta
 
     encoder.save_pretrained(Path(model_dir) / ENCODER_DIR, safe_serialization=True)
     tokenizer.save_pretrained(Path(model_dir) / ENCODER_DIR)

@@ -16,11 +16,11 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from tuneline import prefix
-from tuneline.batching import EncodedDataset, LengthGroupedBatches, RowDataset, loader, make_collate
+from tuneline.engine import prefix
+from tuneline.engine.batching import EncodedDataset, LengthGroupedBatches, RowDataset, loader, make_collate
 from tuneline.config import TrainConfig
-from tuneline.hardware import autocast
-from tuneline.models import load_kwargs, quiet_transformers
+from tuneline.engine.hardware import autocast
+from tuneline.engine.models import load_kwargs, quiet_transformers
 
 log = logging.getLogger(__name__)
 
@@ -161,11 +161,11 @@ def train_model(
     from tqdm.auto import tqdm
     from transformers import get_scheduler
 
-    from tuneline import checkpoints
-    from tuneline.features import use_all_cores
+    from tuneline.engine import checkpoints
+    from tuneline.engine.features import use_all_cores
     from tuneline.metrics import classification_metrics
 
-    from tuneline.hardware import resolve
+    from tuneline.engine.hardware import resolve
 
     use_all_cores()
     cfg = resolve(cfg)  # a no-op for a resolved config; makes `auto` and null defaults concrete

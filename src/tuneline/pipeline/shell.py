@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from tuneline import crossval as cv_mod
+from tuneline.classification import crossval as cv_mod
 from tuneline.config import Config, PathsConfig
 from tuneline.storage import read_json, remove_outputs, write_json
 
@@ -73,7 +73,7 @@ def outputs(name: str, paths: PathsConfig) -> list[str]:
 
 def inputs(name: str, paths: PathsConfig) -> list[str]:
     """The files each stage reads, relative to the root: dvc.yaml's `deps:` other than code (a test
-    checks). Cache keys and registration keys hash these (tuneline.fingerprint)."""
+    checks). Cache keys and registration keys hash these (tuneline.pipeline.fingerprint)."""
     proc = processed_files(paths)
     return {
         "ingest": [],  # data.source lives outside the project; fingerprint.source_files adds it
@@ -90,7 +90,7 @@ def inputs(name: str, paths: PathsConfig) -> list[str]:
 def ingest(c: Config, root: Path) -> dict:
     if c.task != "classification":
         return _llm("ingest")(c, root)
-    from tuneline.data import ingest as step
+    from tuneline.classification.data import ingest as step
 
     return step(c.data, _p(root, c.paths.raw))
 
@@ -98,7 +98,7 @@ def ingest(c: Config, root: Path) -> dict:
 def validate(c: Config, root: Path) -> dict:
     if c.task != "classification":
         return _llm("validate")(c, root)
-    from tuneline.validation import validate as step
+    from tuneline.classification.validation import validate as step
 
     return step(c.validate_, _p(root, c.paths.raw), _p(root, c.paths.validation_dir))
 
@@ -106,7 +106,7 @@ def validate(c: Config, root: Path) -> dict:
 def preprocess(c: Config, root: Path) -> dict:
     if c.task != "classification":
         return _llm("preprocess")(c, root)
-    from tuneline.preprocess import preprocess as step
+    from tuneline.classification.preprocess import preprocess as step
 
     report = _p(root, c.paths.validation_dir) / "report.json"
     if not report.is_file() or not read_json(report).get("success"):
@@ -117,7 +117,7 @@ def preprocess(c: Config, root: Path) -> dict:
 def select(c: Config, root: Path) -> dict:
     if c.task != "classification":
         return _llm("select")(c, root)
-    from tuneline.selection import select as step
+    from tuneline.classification.selection import select as step
 
     return step(c.select, c.train, _p(root, c.paths.selection))
 
@@ -138,7 +138,7 @@ def refit(c: Config, root: Path) -> dict:
         return _llm("refit")(c, root)
     from tuneline.config import save_config
 
-    from tuneline.refit import refit_and_test
+    from tuneline.classification.refit import refit_and_test
 
     metrics = refit_and_test(
         c.train, _p(root, c.paths.processed_dir), _p(root, c.paths.cv_dir),
@@ -152,8 +152,8 @@ def refit(c: Config, root: Path) -> dict:
 def register(c: Config, root: Path) -> dict:
     if c.task != "classification":
         return _llm("register")(c, root)
-    from tuneline import tracking
-    from tuneline.lineage import lineage_tags
+    from tuneline.tracking import runs as tracking
+    from tuneline.pipeline.lineage import lineage_tags
 
     p = c.paths
     files = {"raw": _p(root, p.raw), **{k.split(".")[0]: _p(root, v) for k, v in processed_files(p).items()}}
@@ -177,7 +177,7 @@ def register(c: Config, root: Path) -> dict:
         eval_dir / "classification_report.txt",
         eval_dir / "history.json",
     ]
-    from tuneline.crossval import slug
+    from tuneline.classification.crossval import slug
 
     comparison = read_json(_p(root, p.cv_dir) / "comparison.json")
     fold_metrics = {r["name"]: read_json(_p(root, p.cv_dir) / "candidates" / slug(r["name"]) / "fold_metrics.json")
@@ -185,7 +185,7 @@ def register(c: Config, root: Path) -> dict:
     uri = tracking.tracking_uri(root)
     params = {s: c.to_dict()["validate" if s == "validate_" else s] for s in SECTIONS["register"]}
     # Idempotent: a retry, or a rerun with the same inputs, reuses the version registered for them.
-    from tuneline.fingerprint import stage_key
+    from tuneline.pipeline.fingerprint import stage_key
 
     key = stage_key("register", c, root)
     registration = tracking.find_registration(uri, c.tracking.experiment, c.tracking.registered_model_name, key)
@@ -206,8 +206,8 @@ def promote(c: Config, root: Path) -> dict:
         return _llm("promote")(c, root)
     import pandas as pd
 
-    from tuneline import tracking
-    from tuneline.promotion import load_test_split, promote_version
+    from tuneline.tracking import runs as tracking
+    from tuneline.tracking.promotion import load_test_split, promote_version
 
     reg = read_json(_p(root, c.paths.registration))
     test, label_map = load_test_split(_p(root, c.paths.processed_dir))

@@ -1,0 +1,1 @@
+"""The pipeline shell every task shares: stage table, steps, cache keys, lineage."""
