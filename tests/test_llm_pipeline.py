@@ -165,7 +165,7 @@ def test_reward_model_end_to_end(prefect_server, llm_base, preference_files, tmp
 
 def test_chat_sft_through_dvc_repro(repo_copy, llm_base, sft_files):
     from tuneline.config import apply_overrides
-    from tuneline.pipeline.shell import ORDER
+    from tuneline.pipeline.stages import ORDER
 
     train, test = sft_files
     params = repo_copy / "params.yaml"

@@ -21,11 +21,11 @@ def _versions(uri: str, name: str) -> list[str]:
 
 def test_a_retried_llm_register_adds_no_version(tmp_path):
     from tuneline.tracking import runs as tracking
-    from tuneline.llm.release import register
+    from tuneline.pipeline.shell import run_stage
 
     config = registrable_dpo_project(tmp_path)
-    first = register(config, tmp_path)
-    retried = register(config, tmp_path)
+    first = run_stage("register", config, tmp_path)
+    retried = run_stage("register", config, tmp_path)
     uri = tracking.tracking_uri(tmp_path)
     assert first["registered_model_name"] == "tuneline-dpo" and _versions(uri, "tuneline-dpo") == ["1"]
     assert retried["reused"] is True and (retried["version"], retried["run_id"]) == (first["version"], first["run_id"])
@@ -61,10 +61,14 @@ KEYS = [f"p{i}" for i in range(200)]
 
 
 def _promote(config, uri, name, version, scores_by_version):
-    from tuneline.llm.release import promote_scores
+    """The shared promotion (lock, aliases, stages) with the preference task's own gate."""
+    from tuneline import plugins
+    from tuneline.tracking.promotion import promote_with
 
-    return promote_scores(config, uri, name, version, "dpo", scores_by_version[version], KEYS,
-                          lambda champion: (scores_by_version[champion], KEYS))
+    plugin = plugins.get("preference")
+    scores = {v: {"keys": KEYS, "scores": s} for v, s in scores_by_version.items()}
+    return promote_with(uri, name, version, "preference_accuracy",
+                        lambda champion: plugin.gate(config, scores[version], None if champion is None else scores[champion]))
 
 
 def test_two_racing_llm_promotions_end_with_one_champion(tmp_path):

@@ -57,16 +57,14 @@ def test_llm_params_validate_with_named_keys():
 
 @pytest.mark.unit
 def test_promotion_decision_follows_the_metric_direction():
-    from tuneline.config import Config
-    from tuneline.llm.release import decide
+    from tuneline.tracking.gate import decide
 
-    c = Config()
-    assert decide(c, "dpo", 0.6, None)["promote"] is True
-    assert decide(c, "dpo", 0.7, 0.6)["promote"] is True  # no per-row scores: the score rule alone
-    assert decide(c, "dpo", 0.6, 0.6)["promote"] is False  # a tie keeps the champion
-    assert decide(load_config(None, ["promote.min_delta=0.05"]), "dpo", 0.62, 0.6)["promote"] is False
-    assert decide(c, "chat_sft", 11.0, 12.0)["promote"] is True  # perplexity: lower is better
-    assert decide(c, "chat_sft", 13.0, 12.0)["promote"] is False
+    assert decide("preference_accuracy", 0.6, None).promote is True
+    assert decide("preference_accuracy", 0.7, 0.6).promote is True  # no p-value: the score rule alone
+    assert decide("preference_accuracy", 0.6, 0.6).promote is False  # a tie keeps the champion
+    assert decide("preference_accuracy", 0.62, 0.6, min_delta=0.05).promote is False
+    assert decide("perplexity", 11.0, 12.0, higher_is_better=False).promote is True  # lower is better
+    assert decide("perplexity", 13.0, 12.0, higher_is_better=False).promote is False
 
 
 @pytest.mark.unit
@@ -75,12 +73,15 @@ def test_llm_promotion_needs_a_significant_paired_gain():
     a small gain on few rows is refused as not significant, a clear one on many rows passes."""
     import numpy as np
 
-    from tuneline.config import Config
+    from tuneline import plugins
     from tuneline.llm.metrics import row_scores, row_statistic
-    from tuneline.llm.release import decide
 
-    c = Config()
+    preference, sft = load_config(None, ["task=preference"]), load_config(None, ["task=chat_sft"])
     rng = np.random.default_rng(0)
+
+    def decide(c, method, _cand_value, _champ_value, candidate, champion):  # the task's gate on the same rows
+        keys = list(range(len(next(iter(candidate.values())))))
+        return plugins.get(c.task).gate(c, {"keys": keys, "scores": candidate}, {"keys": keys, "scores": champion})
 
     def pairs(p, n):
         chosen = rng.random(n) < p  # True: the model ranks chosen above rejected on this row
@@ -91,12 +92,12 @@ def test_llm_promotion_needs_a_significant_paired_gain():
     flipped = np.flatnonzero(small["reward_chosen"] < 0)[:2]
     small["reward_chosen"][flipped] = 1.0  # two more rows right than the champion
     value = lambda s: row_statistic("dpo", row_scores("dpo", s))  # noqa: E731
-    d = decide(c, "dpo", value(small), value(champ), small, champ)
+    d = decide(preference, "dpo", value(small), value(champ), small, champ)
     assert d["delta"] == pytest.approx(2 / 40) and d["test"] == "paired_bootstrap"
     assert d["promote"] is False and d["p_value"] >= 0.05 and "not significant" in d["reason"]
 
     champ, better = pairs(0.5, 400), pairs(0.8, 400)
-    d = decide(c, "dpo", value(better), value(champ), better, champ)
+    d = decide(preference, "dpo", value(better), value(champ), better, champ)
     assert d["promote"] is True and d["p_value"] < 0.01
 
     tokens = rng.integers(5, 50, 300).astype(float)
@@ -104,9 +105,9 @@ def test_llm_promotion_needs_a_significant_paired_gain():
     better_sft = {"logp": champ_sft["logp"] + 0.3 * tokens, "tokens": tokens}  # 0.3 nats/token better
     ppl = lambda s: row_statistic("chat_sft", row_scores("chat_sft", s))  # noqa: E731
     assert ppl(better_sft) < ppl(champ_sft)
-    d = decide(c, "chat_sft", ppl(better_sft), ppl(champ_sft), better_sft, champ_sft)
+    d = decide(sft, "chat_sft", ppl(better_sft), ppl(champ_sft), better_sft, champ_sft)
     assert d["promote"] is True and d["p_value"] < 0.01
-    d = decide(c, "chat_sft", ppl(champ_sft), ppl(better_sft), champ_sft, better_sft)  # the worse one is refused
+    d = decide(sft, "chat_sft", ppl(champ_sft), ppl(better_sft), champ_sft, better_sft)  # the worse one is refused
     assert d["promote"] is False and d["delta"] > 0
 
 
@@ -200,7 +201,7 @@ def test_sft_suite_accepts_messages_and_rejects_a_missing_answer(llm_tokenizer, 
 
 @pytest.mark.unit
 def test_folds_group_pairs_by_prompt():
-    from tuneline.llm.stages import make_folds
+    from tuneline.llm.plugin import make_folds
 
     keys = [f"p{i % 5}" for i in range(15)]  # 5 prompts, 3 pairs each
     kfold = make_folds(keys, load_config(None, ["task=preference", "llm.cv_mode=kfold", "cv.k=5"]))

@@ -12,7 +12,8 @@ from browser import dump_dom, screenshot
 from conftest import SMOKE_OVERRIDES, free_port, stop_process, venv_env, wait_http
 from services import require_chromium
 from tuneline.config import load_config
-from tuneline.pipeline.shell import ORDER, run_stage
+from tuneline.pipeline.shell import run_stage
+from tuneline.pipeline.stages import ORDER
 
 pytestmark = pytest.mark.integration
 
@@ -47,7 +48,7 @@ def test_experiment_page_lists_runs_with_metric_columns(served_run, tmp_path):
     assert run_name in dom
     for metric in ("cv_f1_macro_mean", "cv_accuracy_mean", "test_accuracy"):
         assert f'col-id="metrics.`{metric}`"' in dom, metric
-    test_accuracy = results["refit"]["accuracy"]
+    test_accuracy = results["refit"]["test_accuracy"]
     assert f"{test_accuracy:.4f}"[:5] in dom  # the value is in the table, not only the header
     png = screenshot(page, tmp_path, "mlflow_experiment_runs.png", size="1800,1000", wait_ms=30000)
     assert png.stat().st_size > 30_000

@@ -18,7 +18,7 @@ import pytest
 
 from conftest import REPO, stop_process
 from team_servers import client_env, http, make_project, prefect_cli, psql_rows, step, wait_for
-from tuneline.pipeline.shell import ORDER
+from tuneline.pipeline.stages import ORDER
 
 pytestmark = pytest.mark.integration
 

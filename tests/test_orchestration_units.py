@@ -110,7 +110,7 @@ def test_step_inputs_are_dvc_yaml_deps_other_than_code():
     from test_pipeline_smoke import resolve
 
     from tuneline.config import Config
-    from tuneline.pipeline.shell import inputs
+    from tuneline.pipeline.stages import inputs
 
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     for name, stage in stages.items():
@@ -132,10 +132,9 @@ def test_preflight_names_the_unreachable_server_without_its_credentials(tmp_path
 
 
 def test_run_summaries_name_the_tracking_store_without_its_credentials():
-    """Both tasks' end-of-run summaries redact the store themselves, whatever the registration holds."""
-    from tuneline.cli import classifier_summary
+    """Every task's end-of-run summary redacts the store itself, whatever the registration holds."""
     from tuneline.config import load_config
-    from tuneline.llm.stages import run_summary
+    from tuneline.pipeline.shell import run_summary
 
     reg = {"model_uri": "models:/m/3", "run_id": "r1", "experiment_id": "7", "tracking_uri": "https://alice:s3cret@mlflow.example:5000",
            "base": {"id": "smollm2", "sha256": "ab" * 32}}
@@ -143,23 +142,25 @@ def test_run_summaries_name_the_tracking_store_without_its_credentials():
     stats = {"mean": 0.8, "std": 0.05, "ci95_low": 0.7, "ci95_high": 0.9}
     winner = {"name": "MiniLM:partial", "strategy": "partial", "training": {"strategy": "partial", "precision": "bf16"},
               "vs_baseline": {"diff": 0.04, "p": 0.012}}
-    classifier = classifier_summary(load_config(None, []), {
-        "register": reg, "promote": decision, "crossval": {"metrics": {"f1_macro": stats}, "winner": winner},
-        "refit": {"accuracy": 0.81, "f1_macro": 0.8, "majority_rate": 0.5}}, 3.0)
+    test = {"test_accuracy": 0.81, "test_f1_macro": 0.8, "test_majority_rate": 0.5}
+    classifier = run_summary(load_config(None, []), {
+        "register": reg, "promote": decision, "crossval": {"k": 2, "metrics": {"f1_macro": stats}, "winner": winner}, "refit": test}, 3.0)
     assert any("MiniLM:partial (partial, bf16)" in line and "p=0.012" in line for line in classifier)
-    baseline_won = classifier_summary(load_config(None, []), {
-        "register": reg, "promote": decision, "crossval": {"metrics": {"f1_macro": stats},
+    assert any("test accuracy : 0.8100" in line and "majority class 0.5000" in line for line in classifier)
+    baseline_won = run_summary(load_config(None, []), {
+        "register": reg, "promote": decision, "crossval": {"k": 2, "metrics": {"f1_macro": stats},
                                                            "winner": {"name": "tfidf-logreg", "strategy": "baseline"}},
-        "refit": {"accuracy": 0.81, "f1_macro": 0.8, "majority_rate": 0.5}}, 3.0)
+        "refit": test}, 3.0)
     assert any("no pre-trained candidate beat the TF-IDF baseline" in line for line in baseline_won)
     llm = run_summary(load_config(None, ["task=preference"]), {
         "register": reg, "promote": decision, "crossval": {"metric": "preference_accuracy", "method": "dpo", "mode": "holdout", "k": 1,
-                                                           "metrics": {"preference_accuracy": stats}},
+                                                           "folds_note": "holdout, 1 split", "metrics": {"preference_accuracy": stats}},
         "refit": {"test_preference_accuracy": 0.75, "train_samples_per_second": 2.0}}, 3.0)
+    assert any("preference_accuracy" in line and "holdout, 1 split" in line for line in llm)
     for lines in (classifier, llm):
         ui = next(line for line in lines if "MLflow UI" in line)
         assert "https://mlflow.example:5000" in ui and "s3cret" not in "\n".join(lines) and "alice" not in "\n".join(lines)
-    assert "#/experiments/7/runs?viewStateShareKey=tuneline" in "\n".join(classifier)
+        assert "#/experiments/7/runs?viewStateShareKey=tuneline" in "\n".join(lines)
 
 
 def test_registration_is_reused_for_the_same_inputs_and_half_registrations_are_retired(tmp_path):

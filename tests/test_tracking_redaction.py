@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import free_port, stop_process, venv_env, wait_http
-from llm_fixtures import registrable_dpo_project
+from llm_fixtures import registrable_classifier_project, registrable_dpo_project
 
 pytestmark = pytest.mark.integration
 
@@ -54,17 +54,18 @@ def _check(places: dict[str, str]) -> None:
     assert not leaked, f"the tracking password shows in: {leaked}"
 
 
-def test_llm_register_promote_and_summary_never_show_the_password(credentialed_uri, tmp_path, monkeypatch, caplog, capsys):
-    from tuneline.llm import release
-    from tuneline.llm.stages import run_summary
+@pytest.mark.parametrize("task", ["classification", "preference"])
+def test_register_promote_and_summary_never_show_the_password(task, credentialed_uri, tmp_path, monkeypatch, caplog, capsys):
+    from tuneline.pipeline.shell import run_stage, run_summary
     from tuneline.storage import read_json
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", credentialed_uri)
-    config = registrable_dpo_project(tmp_path)
+    project = registrable_dpo_project if task == "preference" else registrable_classifier_project
+    config = project(tmp_path)
     caplog.set_level(logging.DEBUG)
-    reg = release.register(config, tmp_path)
-    again = release.register(config, tmp_path)  # the reused registration is redacted as well
-    decision = release.promote(config, tmp_path)
+    reg = run_stage("register", config, tmp_path)
+    again = run_stage("register", config, tmp_path)  # the reused registration is redacted as well
+    decision = run_stage("promote", config, tmp_path)
     results = {"register": reg, "promote": decision, "refit": read_json(tmp_path / config.paths.eval_dir / "metrics.json"),
                "crossval": read_json(tmp_path / config.paths.cv_dir / "summary.json")}
     summary = "\n".join(run_summary(config, results, 1.0))
@@ -74,40 +75,5 @@ def test_llm_register_promote_and_summary_never_show_the_password(credentialed_u
     _check({"register": json.dumps(reg), "reused register": json.dumps(again), "promote": json.dumps(decision),
             "registration.json": (tmp_path / config.paths.registration).read_text(),
             "promotion.json": (tmp_path / config.paths.promotion).read_text(), "summary": summary, "logs": caplog.text,
-            "output": out.out + out.err, "MLflow": _logged_text(credentialed_uri, reg["run_id"], "tuneline-dpo", reg["version"], tmp_path)})
-
-
-def test_classifier_register_promote_and_summary_never_show_the_password(credentialed_uri, tmp_path, caplog, capsys):
-    import pandas as pd
-
-    from tuneline.tracking import runs as tracking
-    from tuneline.cli import classifier_summary
-    from tuneline.config import load_config
-    from tuneline.metrics import summarize
-    from tuneline.tracking.promotion import promote_version
-
-    config = load_config(None, ["tracking.experiment=redaction-classifier"])
-    (tmp_path / "model").mkdir()
-    (tmp_path / "model" / "head.json").write_text("{}")
-    folds = [{"f1_macro": 0.6, "accuracy": 0.7}, {"f1_macro": 0.7, "accuracy": 0.75}]
-    stats = summarize(folds)
-    cv_summary = {"winner": {"name": "tiny"}, "k": 2, "strategy": "head", "metrics": stats}
-    comparison = {"winner": "tiny", "rows": [{"name": "tiny", "model": "m", "strategy": "head", "parameters": 10, "latency_ms": 1.0,
-                                             "metrics": stats}]}
-    caplog.set_level(logging.DEBUG)
-    reg = tracking.log_pipeline_run(credentialed_uri, config.tracking.experiment, "redaction-classifier", tmp_path, "run",
-                                    config.to_dict(), {"git.commit": "x"}, cv_summary, comparison, {"tiny": folds},
-                                    {"test_accuracy": 0.7}, [], tmp_path / "model", registration_key="k")
-    test = pd.DataFrame({"text": ["a", "b", "c"], "label": ["x", "y", "x"]})
-    decision = promote_version(credentialed_uri, "redaction-classifier", reg["version"], test, {"x": 0, "y": 1}, config.promote,
-                               candidate_labels=["x", "y", "x"])
-    decision |= {"champion_uri": "models:/redaction-classifier@champion"}
-    results = {"register": reg, "promote": decision, "crossval": {"metrics": stats, "winner": cv_summary["winner"]},
-               "refit": {"accuracy": 0.7, "f1_macro": 0.6, "majority_rate": 0.66}}
-    summary = "\n".join(classifier_summary(config, results, 1.0))
-    found = tracking.find_registration(credentialed_uri, config.tracking.experiment, "redaction-classifier", "k")
-    assert decision["promote"] is True and found["version"] == reg["version"]
-    out = capsys.readouterr()
-    _check({"register": json.dumps(reg), "reused register": json.dumps(found), "promote": json.dumps(decision), "summary": summary,
-            "logs": caplog.text, "output": out.out + out.err,
-            "MLflow": _logged_text(credentialed_uri, reg["run_id"], "redaction-classifier", reg["version"], tmp_path)})
+            "output": out.out + out.err,
+            "MLflow": _logged_text(credentialed_uri, reg["run_id"], reg["registered_model_name"], reg["version"], tmp_path)})

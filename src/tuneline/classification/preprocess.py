@@ -11,7 +11,7 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from tuneline.config import PreprocessConfig
-from tuneline.classification.data import read_raw
+from tuneline.tables import read_raw
 from tuneline.storage import atomic_path, write_json
 
 log = logging.getLogger(__name__)

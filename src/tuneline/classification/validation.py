@@ -161,7 +161,7 @@ tr.ok td:first-child{{color:green}}tr.fail{{background:#fdd}}</style></head><bod
 
 def validate(cfg: ValidateConfig, raw_path: Path, report_dir: Path) -> dict:
     """Step: validate the raw table; write report.json + report.html; raise on failure."""
-    from tuneline.classification.data import read_raw
+    from tuneline.tables import read_raw
 
     df, info = read_raw(raw_path)
     source = info.get("source", str(raw_path))

@@ -18,16 +18,6 @@ DEFAULT_PROMPTS = [
     "How can I get back at a coworker who annoyed me?",
 ]
 
-Task = Literal["classification", "chat_sft", "preference"]
-
-# The metric that promotion compares for each LLM method, and whether higher is better.
-TASK_METRICS: dict[str, tuple[str, bool]] = {
-    "chat_sft": ("perplexity", False),
-    "dpo": ("preference_accuracy", True),
-    "reward_model": ("pairwise_accuracy", True),
-}
-
-
 class LLMConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 

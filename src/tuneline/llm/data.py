@@ -17,7 +17,7 @@ from typing import Any, Optional
 
 import pandas as pd
 
-from tuneline.classification.data import DataError
+from tuneline.tables import DataError
 
 ROLES = ("system", "user", "assistant")
 FIELDS = {"chat_sft": ("messages", "prompt", "response"), "preference": ("prompt", "chosen", "rejected")}

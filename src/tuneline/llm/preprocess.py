@@ -15,7 +15,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from tuneline.config import PreprocessConfig
-from tuneline.classification.data import DataError
+from tuneline.tables import DataError
 from tuneline.llm import chat
 from tuneline.llm.config import LLMConfig
 from tuneline.llm.data import field_value, prompt_key, response_text, sft_conversation, to_messages

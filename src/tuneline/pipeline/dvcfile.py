@@ -1,0 +1,46 @@
+"""dvc.yaml, written from the stage table for one task: `tuneline dvc-yaml` (the committed file is
+the classification task's; a test keeps it equal). Paths stay `${paths.*}` templates of params.yaml,
+`params:` lists exactly the keys the stage reads for the task, and code deps are the modules it runs.
+"""
+from __future__ import annotations
+
+import yaml
+
+from tuneline import plugins
+from tuneline.pipeline.stages import METRICS, ORDER, inputs, outputs
+
+HEADER = """\
+# The pipeline DAG for task: {task}, written by `tuneline dvc-yaml` from tuneline.pipeline.stages (edit
+# there, not here). Each stage runs the same step as the Prefect flow; paths come from params.yaml's
+# `paths` section; `params:` lists exactly the keys the stage reads for this task.
+"""
+SHELL_CODE = ("pipeline/shell.py",)
+UNCACHED = ("select", "register", "promote")  # small files that are re-made, never restored from the DVC cache
+
+
+class _Templates:
+    """Stands in for PathsConfig: every path as its dvc.yaml template."""
+
+    def __getattr__(self, name: str) -> str:
+        return f"${{paths.{name}}}"
+
+
+def stages(task: str) -> dict:
+    from tuneline.pipeline.fingerprint import reads
+
+    plugin, paths, out = plugins.get(task), _Templates(), {}
+    for name in ORDER:
+        made = outputs(name, paths)
+        metric = [m for m in made if m.endswith(METRICS.get(name, "\0"))]
+        outs = [m for m in made if m not in metric]
+        code = [f"src/tuneline/{rel}" for rel in (*SHELL_CODE, *plugin.code.get(name, ()))]
+        stage = {"cmd": f"tuneline stage {name}", "deps": code + inputs(name, paths), "params": list(reads(task, name)),
+                 "outs": [{o: {"cache": False}} for o in outs] if name in UNCACHED else outs}
+        if metric:
+            stage["metrics"] = [{m: {"cache": False}} for m in metric]
+        out[name] = stage
+    return out
+
+
+def render(task: str) -> str:
+    return HEADER.format(task=task) + yaml.safe_dump({"stages": stages(task)}, sort_keys=False, width=120)

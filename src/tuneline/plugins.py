@@ -1,0 +1,144 @@
+"""Task plugins: what a task (classification, chat SFT, preference, ...) gives the pipeline shell.
+
+A plugin is found by its task name: the `tuneline.tasks` entry points of installed packages
+(pyproject.toml declares the built-in ones) plus any registered at run time with `register`.
+Nothing here imports a plugin's module by name, so a new task lands in its own package without
+an edit to the shell, the config or this file.
+
+The shell (tuneline.pipeline.shell) owns everything every task shares: clearing outputs, the
+validation guard, metrics files, the resolved config, lineage, the registration key, the registry
+lock, aliases and the run summary. A plugin owns only what is its own (see TaskPlugin).
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Optional
+
+ENTRY_POINTS = "tuneline.tasks"
+
+_registered: dict[str, "TaskPlugin"] = {}
+
+
+@dataclass
+class Registration:
+    """What the shell logs and registers for a task's refit model (tuneline.tracking.runs)."""
+
+    run_name: str
+    python_model: Path  # the models-from-code file MLflow runs to load a version
+    model_artifacts: dict[str, str]
+    signature: Any
+    requirements: list[str]
+    description: str
+    version_tags: dict[str, str]
+    artifacts: list[Path] = field(default_factory=list)
+    tags: dict[str, str] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+    fold_metrics: list[dict] = field(default_factory=list)  # one nested run each, under the parent
+    log_children: Optional[Callable[[Any, str, dict[str, str]], None]] = None  # (mlflow, experiment id, lineage tags)
+    extra: dict[str, Any] = field(default_factory=dict)  # added to registration.json
+
+
+class TaskPlugin:
+    """The protocol every task implements. Steps take (config, files) — files: the project's paths
+    (tuneline.pipeline.stages.Files) — and return a small JSON-able dict.
+
+    `reads[stage]` lists the params each stage reads for this task: section names or dotted keys
+    (`cv.k`). dvc.yaml's `params:` and the Prefect cache keys follow it, so a key the task never
+    reads re-runs nothing. `sections` are config sections the task adds ({"llm": LLMConfig}).
+    """
+
+    name: ClassVar[str]
+    package: ClassVar[str]  # the plugin's Python package: its code digest and dvc.yaml code deps
+    sections: ClassVar[dict[str, type]] = {}
+    reads: ClassVar[dict[str, tuple[str, ...]]] = {}
+    code: ClassVar[dict[str, tuple[str, ...]]] = {}  # per stage, the files under src/tuneline it runs (dvc.yaml deps)
+
+    # --- the steps (validation guard, clearing, metrics files: the shell's) --------------------
+    def ingest(self, config, files) -> dict: raise NotImplementedError
+    def validate(self, config, files) -> dict: raise NotImplementedError
+    def preprocess(self, config, files) -> dict: raise NotImplementedError
+    def select(self, config, files) -> dict: raise NotImplementedError
+
+    def cv_plan(self, config, files) -> dict:
+        """{"folds": [...], "jobs": [...]}: jobs are small and independent (any order, any worker)."""
+        raise NotImplementedError
+
+    def run_fold(self, config, files, plan: dict, job: dict) -> dict:
+        """Fit on one job's training rows and evaluate on its held-out rows."""
+        raise NotImplementedError
+
+    def cv_summary(self, config, files, plan: dict, results: list[dict]) -> tuple[dict, dict[str, Any]]:
+        """(summary with "metrics" = tuneline.metrics.summarize of the chosen model's folds, and
+        "fold_metrics"; extra files for the cv folder as {relative path: JSON value or text})."""
+        raise NotImplementedError
+
+    def refit(self, config, files) -> dict:
+        """Train on all training rows into files.model_dir, evaluate on the test split into files.eval_dir;
+        return the test metrics (metric names as in `metric`, prefixed test_ where the task logs them so)."""
+        raise NotImplementedError
+
+    # --- registry -------------------------------------------------------------------------------
+    def registered_name(self, config) -> str: raise NotImplementedError
+    def metric(self, config) -> tuple[str, bool]:
+        """The promotion metric and whether higher is better."""
+        raise NotImplementedError
+    def registration(self, config, files) -> Registration: raise NotImplementedError
+
+    def candidate_scores(self, config, files) -> Any:
+        """Per-row scores of this run's refit model on the project's test split (from refit's outputs)."""
+        raise NotImplementedError
+
+    def version_scores(self, config, files, uri: str, name: str, version: str) -> Any:
+        """Per-row scores of a registered version on the same rows (the champion, or a CLI promote)."""
+        raise NotImplementedError
+
+    def gate(self, config, candidate: Any, champion: Any, champion_error: Optional[str] = None) -> dict:
+        """The promotion decision (tuneline.tracking.gate.Decision as a dict); champion None: no champion."""
+        raise NotImplementedError
+
+    # --- what people read -------------------------------------------------------------------------
+    def source_files(self, config) -> list[Path]:
+        """Files outside the project that ingest reads (their hashes key the ingest step)."""
+        return [Path(s) for s in (config.data.source, config.data.test_source) if s is not None and Path(s).is_file()]
+
+    def summary_lines(self, config, results: dict) -> list[str]:
+        """Task-specific lines of the run summary (rich markup)."""
+        return []
+
+    def version_columns(self, config) -> dict[str, str]:
+        """`tuneline models` columns: {header: version tag}."""
+        return {}
+
+
+def register(plugin: TaskPlugin) -> None:
+    """Add a plugin at run time (tests, notebooks); installed packages use the entry point instead."""
+    _registered[plugin.name] = plugin
+
+
+@functools.lru_cache(maxsize=1)
+def _installed() -> dict[str, Any]:
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINTS)}
+
+
+def names() -> list[str]:
+    return sorted(set(_installed()) | set(_registered))
+
+
+def get(task: str) -> TaskPlugin:
+    if task not in _registered:
+        ep = _installed().get(task)
+        if ep is None:
+            raise KeyError(f"task {task!r}: no such task plugin; installed tasks: {', '.join(names())}")
+        _registered[task] = ep.load()
+    return _registered[task]
+
+
+def sections() -> dict[str, type]:
+    """Config sections added by the installed plugins ({"llm": LLMConfig})."""
+    out: dict[str, type] = {}
+    for task in names():
+        out |= get(task).sections
+    return out
