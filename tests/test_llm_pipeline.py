@@ -172,6 +172,7 @@ def test_chat_sft_through_dvc_repro(repo_copy, llm_base, sft_files):
     overrides = ["task=chat_sft", f"data.source={train}", f"data.test_source={test}", *LLM_SMOKE_OVERRIDES, "llm.max_steps=2"]
     params.write_text(yaml.safe_dump(apply_overrides(yaml.safe_load(params.read_text()), overrides), sort_keys=False))
     subprocess.run(["git", "init", "-q"], cwd=repo_copy, check=True)
+    subprocess.run(["tuneline", "dvc-yaml"], cwd=repo_copy, env=venv_env(), check=True, capture_output=True)  # the chat task's DAG
     proc = subprocess.run(["dvc", "repro"], cwd=repo_copy, env=venv_env(), capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     for name in ORDER:
@@ -185,11 +186,14 @@ def test_chat_sft_through_dvc_repro(repo_copy, llm_base, sft_files):
     assert json.loads((repo_copy / "data" / "registry" / "promotion.json").read_text())["promote"] is True
     dvc_lock = yaml.safe_load((repo_copy / "dvc.lock").read_text())["stages"]
     assert dvc_lock["ingest"]["params"]["params.yaml"]["task"] == "chat_sft"
+    # the chat task's stages record the keys it reads, never the classifier's sections
+    assert "llm" in dvc_lock["crossval"]["params"]["params.yaml"] and "train" not in dvc_lock["crossval"]["params"]["params.yaml"]
+    assert set(dvc_lock["crossval"]["params"]["params.yaml"]) == {"task", "llm", "cv.k", "cv.seed"}
 
 
 def test_run_summary_names_version_metric_and_decision(dpo_run):
     from tuneline.config import load_config
-    from tuneline.llm.stages import run_summary
+    from tuneline.pipeline.shell import run_summary
 
     root, overrides, results, _ = dpo_run
     text = "\n".join(run_summary(load_config(None, overrides), results, 12.0))
