@@ -199,3 +199,20 @@ def test_run_summary_names_version_metric_and_decision(dpo_run):
     text = "\n".join(run_summary(load_config(None, overrides), results, 12.0))
     assert "models:/tuneline-dpo/1" in text and "preference_accuracy" in text and "PROMOTED" in text
     assert f"{results['refit']['test_preference_accuracy']:.4f}" in text and "holdout" in text
+
+
+def test_registry_commands_work_for_the_llm_task(dpo_run):
+    """`tuneline models`, `promote` and `rollback` take the registered name and the gate from the task."""
+    root, overrides, _, _ = dpo_run
+    sets = [a for o in overrides for a in ("--set", o)]
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["tuneline", *args, *sets], cwd=root, env=venv_env(), capture_output=True, text=True, timeout=600)
+
+    models = cli("models")
+    assert models.returncode == 0, models.stderr[-2000:]
+    assert "tuneline-dpo" in models.stdout and "champion" in models.stdout and "preference_accuracy" in models.stdout
+    again = cli("promote", "1")
+    assert again.returncode == 3 and "already champion" in again.stdout
+    missing = cli("promote", "99")
+    assert missing.returncode == 2 and "no version '99'" in missing.stdout + missing.stderr
