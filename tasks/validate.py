@@ -5,7 +5,7 @@ from prefect.artifacts import create_markdown_artifact
 from tuneline.config import Config
 from tuneline.storage import read_json
 from tuneline.tasks._common import stage_task
-from tuneline.classification.validation import summary_markdown
+from tuneline.expectations import summary_markdown
 
 
 def validation_artifact(config: Config, root: Path) -> None:

@@ -6,6 +6,7 @@ import pytest
 
 from llm_fixtures import llm_base, llm_tokenizer  # noqa: F401  (fixtures)
 from tuneline.config import ConfigError, load_config
+from tuneline.expectations import DataValidationError
 from tuneline.llm.config import LLMConfig
 from tuneline.llm.data import conversation_problem, last_user_turn, prompt_key, transcript_to_messages
 
@@ -149,13 +150,13 @@ def _raw(rows: list[dict], name: str = "f.jsonl") -> pd.DataFrame:
 
 @pytest.mark.data
 def test_preference_suite_names_field_problem_and_line(llm_tokenizer, tmp_path):
-    from tuneline.llm.validation import LLMValidationError, validate
+    from tuneline.llm.validation import validate
 
     rows = [{"prompt": f"Human: q{i}\n\nAssistant:", "chosen": f"good {i}", "rejected": f"bad {i}"} for i in range(6)]
     rows[2]["rejected"] = rows[2]["chosen"]
     rows[4]["prompt"] = ""
     del rows[5]["chosen"]
-    with pytest.raises(LLMValidationError) as err:
+    with pytest.raises(DataValidationError) as err:
         validate("preference", LLMConfig(), _raw(rows, "pairs.jsonl"), "pairs.jsonl", llm_tokenizer, tmp_path / "v")
     msg = str(err.value)
     assert "pairs.jsonl (task preference)" in msg
@@ -172,30 +173,30 @@ def test_preference_suite_names_field_problem_and_line(llm_tokenizer, tmp_path):
 
 @pytest.mark.data
 def test_overlength_share_and_train_test_prompt_overlap(llm_tokenizer, tmp_path):
-    from tuneline.llm.validation import LLMValidationError, validate
+    from tuneline.llm.validation import validate
 
     rows = [{"prompt": f"Human: q{i}\n\nAssistant:", "chosen": f"good {i}", "rejected": f"bad {i}"} for i in range(6)]
     rows[0]["chosen"] = "long " * 200
     raw = _raw(rows)
     assert validate("preference", LLMConfig(max_length=64, max_prompt_length=32, max_overlength_fraction=0.2), raw, "f", llm_tokenizer,
                     tmp_path / "a")["rows"] == 6  # one of six too long: within the allowed 20 %
-    with pytest.raises(LLMValidationError, match=r"longer than llm.max_length=64 tokens[\s\S]*f.jsonl:1"):
+    with pytest.raises(DataValidationError, match=r"longer than llm.max_length=64 tokens[\s\S]*f.jsonl:1"):
         validate("preference", LLMConfig(max_length=64, max_prompt_length=32, max_overlength_fraction=0.1), raw, "f", llm_tokenizer,
                  tmp_path / "b")
     both = raw.assign(split=["train"] * 4 + ["test"] * 2)
     both.loc[5, "prompt"] = both.loc[1, "prompt"]
-    with pytest.raises(LLMValidationError, match=r"same prompt is in both[\s\S]*f.jsonl:6"):
+    with pytest.raises(DataValidationError, match=r"same prompt is in both[\s\S]*f.jsonl:6"):
         validate("preference", LLMConfig(), both, "f", llm_tokenizer, tmp_path / "c")
 
 
 @pytest.mark.data
 def test_sft_suite_accepts_messages_and_rejects_a_missing_answer(llm_tokenizer, tmp_path):
-    from tuneline.llm.validation import LLMValidationError, validate
+    from tuneline.llm.validation import validate
 
     rows = [{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]} for i in range(5)]
     assert validate("chat_sft", LLMConfig(), _raw(rows), "f", llm_tokenizer, tmp_path / "a")["rows"] == 5
     rows[3]["messages"] = rows[3]["messages"][:1]
-    with pytest.raises(LLMValidationError, match=r"conversation is not usable at f.jsonl:4[\s\S]*last message must be the assistant"):
+    with pytest.raises(DataValidationError, match=r"conversation is not usable at f.jsonl:4[\s\S]*last message must be the assistant"):
         validate("chat_sft", LLMConfig(), _raw(rows), "f", llm_tokenizer, tmp_path / "b")
 
 

@@ -9,7 +9,7 @@ import pytest
 from browser import dump_dom, screenshot
 from tuneline.config import load_config
 from tuneline.pipeline.shell import run_stage
-from tuneline.classification.validation import observed_text
+from tuneline.expectations import observed_text
 
 pytestmark = pytest.mark.data
 

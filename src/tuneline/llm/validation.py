@@ -4,12 +4,10 @@ base model's tokenizer (token lengths as the chat template renders them).
 Rows are checked strictly (every field present and non-empty, chosen != rejected, well-formed
 messages, no prompt in both train and test); token lengths may exceed `llm.max_length` for at most
 `llm.max_overlength_fraction` of the rows (preprocessing drops those). A failure raises one error
-naming the file, each failed field, the problem and the offending line numbers.
+naming the file, each failed field, the problem and the offending line numbers (tuneline.expectations).
 """
 from __future__ import annotations
 
-import html
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -20,15 +18,9 @@ from tuneline.llm.config import LLMConfig
 from tuneline.llm.data import (
     conversation_problem, field_value, last_user_turn, prompt_key, response_text, sft_conversation, to_messages,
 )
-from tuneline.storage import atomic_path, write_json
-from tuneline.classification.validation import DataValidationError, _gx, observed_text
+from tuneline.expectations import _gx, run_suite, write_report
 
-log = logging.getLogger(__name__)
 MIN_ROWS = 4
-
-
-class LLMValidationError(DataValidationError):
-    """An LLM data file broke its contract."""
 
 
 def _text(value: Any) -> Any:
@@ -114,76 +106,14 @@ def build_suite(frame: pd.DataFrame, task: str, cfg: LLMConfig) -> list[tuple[An
     return suite
 
 
-def run_suite(frame: pd.DataFrame, suite: list[tuple[Any, str]]) -> list[dict]:
-    gx = _gx()
-    from great_expectations.data_context.types.base import ProgressBarsConfig
-
-    context = gx.get_context(mode="ephemeral")
-    context.variables.progress_bars = ProgressBarsConfig(globally=False)
-    batch_def = context.data_sources.add_pandas(name="llm").add_dataframe_asset(name="rows").add_batch_definition_whole_dataframe("all")
-    gx_suite = context.suites.add(gx.ExpectationSuite(name="llm_rows", expectations=[e for e, _ in suite]))
-    result = batch_def.get_batch(batch_parameters={"dataframe": frame}).validate(gx_suite, result_format={"result_format": "SUMMARY"})
-    meaning = {(e.expectation_type, getattr(e, "column", None)): what for e, what in suite}
-    out = []
-    for r in result.results:
-        cfg = r.expectation_config
-        kwargs = {k: v for k, v in cfg.kwargs.items() if k != "batch_id"}
-        observed = r.result.get("observed_value")
-        if observed is None and "unexpected_count" in r.result:
-            count, total = r.result["unexpected_count"] or 0, r.result.get("element_count") or 0
-            observed = f"{count} of {total} rows"
-        out.append({
-            "expectation": cfg.type, "kwargs": kwargs, "success": bool(r.success), "observed": observed,
-            "problem": meaning.get((cfg.type, kwargs.get("column"))),
-            "lines": [_where(i) for i in (r.result.get("partial_unexpected_index_list") or [])[:10]],
-            "unexpected_sample": [str(v)[:80] for v in (r.result.get("partial_unexpected_list") or [])[:5]],
-            "exception": (r.exception_info or {}).get("exception_message") if not r.success else None,
-        })
-    return out
-
-
-def _where(index) -> str:
-    """GX reports an unexpected row by its index value, or as {column: value, index name: value}."""
-    return str(index.get("where", index)) if isinstance(index, dict) else str(index)
-
-
-def describe_failure(report: dict) -> str:
-    failed = [r for r in report["results"] if not r["success"]]
-    lines = [f"data validation failed for {report['source']} (task {report['task']}): "
-             f"{len(failed)} of {len(report['results'])} checks failed"]
-    for r in failed:
-        where = f" at {', '.join(r['lines'])}" if r["lines"] else ""
-        why = f" ({'; '.join(dict.fromkeys(r['unexpected_sample']))})" if r["expectation"] == "expect_column_values_to_be_null" else ""
-        lines.append(f"  - {r['problem']}{where}{why}: observed {observed_text(r)} [{r['expectation']} {r['kwargs']}]")
-    return "\n".join(lines)
-
-
-def render_html(report: dict) -> str:
-    rows = "".join(
-        f"<tr class='{'ok' if r['success'] else 'fail'}'><td>{'✔' if r['success'] else '✘'}</td><td>{html.escape(str(r['problem']))}</td>"
-        f"<td>{html.escape(r['expectation'])}</td><td>{html.escape(observed_text(r))}</td><td>{html.escape(str(r['lines'] or ''))}</td></tr>"
-        for r in report["results"]
-    )
-    status = "PASSED" if report["success"] else "FAILED"
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>tuneline LLM data validation</title>
-<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px}}tr.fail{{background:#fdd}}</style>
-</head><body><h1>Data validation ({html.escape(report['task'])}): {status}</h1><p>Source: {html.escape(report['source'])} — {report['rows']} rows</p>
-<table><thead><tr><th></th><th>check</th><th>expectation</th><th>observed</th><th>lines</th></tr></thead><tbody>{rows}</tbody></table></body></html>
-"""
-
-
 def validate(task: str, cfg: LLMConfig, raw: pd.DataFrame, source: str, tokenizer, report_dir: Path) -> dict:
     """Step: check the raw LLM rows; write report.json + report.html; raise on failure."""
     frame = derived_frame(raw, task, tokenizer)
     results = run_suite(frame, build_suite(frame, task, cfg))
+    fields = [c for c in raw.columns if c not in ("line", "split", "where")]
+    overlength = int((frame["min_tokens"] > cfg.max_length).sum())
     report = {"success": all(r["success"] for r in results), "task": task, "source": source, "rows": int(len(raw)),
-              "labels": [], "fields": [c for c in raw.columns if c not in ("line", "split", "where")], "results": results,
-              "overlength_rows": int((frame["min_tokens"] > cfg.max_length).sum())}
-    with atomic_path(report_dir) as tmp:
-        tmp.mkdir()
-        write_json(tmp / "report.json", report)
-        (tmp / "report.html").write_text(render_html(report), encoding="utf-8")
-    if not report["success"]:
-        raise LLMValidationError(describe_failure(report))
-    log.info("LLM data validation passed: %d checks on %d rows", len(results), report["rows"])
+              "labels": [], "fields": fields, "results": results, "overlength_rows": overlength,
+              "summary": f"fields: {', '.join(fields)}; {overlength} rows over llm.max_length={cfg.max_length} tokens"}
+    write_report(report, report_dir)
     return {"expectations": len(results), "rows": report["rows"], "task": task}
