@@ -51,10 +51,9 @@ class TaskPlugin:
     """
 
     name: ClassVar[str]
-    package: ClassVar[str]  # the plugin's Python package: its code digest and dvc.yaml code deps
+    package: ClassVar[str]  # the plugin's Python package: its code digest and dvc.yaml's code deps
     sections: ClassVar[dict[str, type]] = {}
     reads: ClassVar[dict[str, tuple[str, ...]]] = {}
-    code: ClassVar[dict[str, tuple[str, ...]]] = {}  # per stage, the files under src/tuneline it runs (dvc.yaml deps)
 
     # --- the steps (validation guard, clearing, metrics files: the shell's) --------------------
     def ingest(self, config, files) -> dict: raise NotImplementedError

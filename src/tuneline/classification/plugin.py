@@ -16,18 +16,6 @@ MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
 class Classification(TaskPlugin):
     name = "classification"
     package = "tuneline.classification"
-    _train = ("classification/crossval.py", "engine/features.py", "classification/head.py", "engine/trainer.py",
-              "engine/prefix.py", "engine/hardware.py", "classification/baseline.py", "engine/checkpoints.py", "engine/resume.py")
-    code = {
-        "ingest": ("classification/data.py", "tables.py"),
-        "validate": ("classification/validation.py",),
-        "preprocess": ("classification/preprocess.py",),
-        "select": ("classification/selection.py", "engine/models.py", "engine/hardware.py"),
-        "crossval": _train,
-        "refit": ("classification/refit.py", *_train, "classification/modelio.py"),
-        "register": ("classification/plugin.py", "tracking/runs.py"),
-        "promote": ("classification/plugin.py", "tracking/gate.py", "tracking/promotion.py"),
-    }
     reads = {
         "ingest": ("data",),
         "validate": ("validate",),

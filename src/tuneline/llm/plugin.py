@@ -78,17 +78,6 @@ def make_folds(keys: list[str], c) -> list[dict[str, list[int]]]:
 
 class LLMTask(TaskPlugin):
     package = "tuneline.llm"
-    _train = ("llm/plugin.py", "llm/training.py", "llm/metrics.py", "llm/evaluation.py")
-    code = {
-        "ingest": ("llm/plugin.py", "llm/data.py"),
-        "validate": ("llm/validation.py", "llm/chat.py"),
-        "preprocess": ("llm/preprocess.py",),
-        "select": ("llm/plugin.py", "llm/base_model.py"),
-        "crossval": _train,
-        "refit": (*_train, "llm/generation.py"),
-        "register": ("llm/plugin.py", "tracking/runs.py"),
-        "promote": ("llm/plugin.py", "tracking/gate.py", "tracking/promotion.py"),
-    }
     sections = {"llm": LLMConfig}
     reads = {
         "ingest": ("data.source", "data.test_source", "data.format"),

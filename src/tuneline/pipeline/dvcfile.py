@@ -1,8 +1,11 @@
 """dvc.yaml, written from the stage table for one task: `tuneline dvc-yaml` (the committed file is
 the classification task's; a test keeps it equal). Paths stay `${paths.*}` templates of params.yaml,
-`params:` lists exactly the keys the stage reads for the task, and code deps are the modules it runs.
+`params:` lists exactly the keys the stage reads for the task, and the code deps are what the Prefect
+cache's code digest hashes: the shared packages and the task's own (never another task's).
 """
 from __future__ import annotations
+
+from pathlib import Path
 
 import yaml
 
@@ -14,7 +17,7 @@ HEADER = """\
 # there, not here). Each stage runs the same step as the Prefect flow; paths come from params.yaml's
 # `paths` section; `params:` lists exactly the keys the stage reads for this task.
 """
-SHELL_CODE = ("pipeline/shell.py",)
+SHARED_PACKAGES = ("pipeline", "engine", "tracking")
 UNCACHED = ("select", "register", "promote")  # small files that are re-made, never restored from the DVC cache
 
 
@@ -25,6 +28,13 @@ class _Templates:
         return f"${{paths.{name}}}"
 
 
+def _modules() -> list[str]:
+    """The top-level modules (config, storage, tables, ...): shared by every task."""
+    import tuneline
+
+    return sorted(p.name for p in Path(tuneline.__file__).parent.glob("*.py") if p.name != "__init__.py")
+
+
 def stages(task: str) -> dict:
     from tuneline.pipeline.fingerprint import reads
 
@@ -33,7 +43,7 @@ def stages(task: str) -> dict:
         made = outputs(name, paths)
         metric = [m for m in made if m.endswith(METRICS.get(name, "\0"))]
         outs = [m for m in made if m not in metric]
-        code = [f"src/tuneline/{rel}" for rel in (*SHELL_CODE, *plugin.code.get(name, ()))]
+        code = [f"src/tuneline/{p}" for p in (*SHARED_PACKAGES, *_modules())] + ["src/" + plugin.package.replace(".", "/")]
         stage = {"cmd": f"tuneline stage {name}", "deps": code + inputs(name, paths), "params": list(reads(task, name)),
                  "outs": [{o: {"cache": False}} for o in outs] if name in UNCACHED else outs}
         if metric:
