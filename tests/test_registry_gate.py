@@ -74,10 +74,20 @@ def test_champion_missing_artifacts():
 
 
 @pytest.mark.parametrize("metric", ["accuracy", "f1_macro", "precision_macro", "recall_macro"])
-def test_bootstrap_metric_equals_scikit_learn(metric):
-    from tuneline.tracking.gate import _confusion_metric, metric_value
+def test_gate_metrics_equal_scikit_learn(metric):
+    from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
+
+    from tuneline.tracking.gate import _per_class, metric_value
 
     for seed in range(5):
         pred = predictions(0.5 + 0.1 * seed, seed)
         pred[:7] = 2  # skew predictions so some precision/recall terms differ
-        assert _confusion_metric(metric, Y, pred, 3) == pytest.approx(metric_value(metric, Y, pred, 3), abs=1e-12)
+        pred[7:10] = -1  # a label outside the label map: always wrong
+        if metric == "accuracy":
+            expected = accuracy_score(Y, pred)
+        else:
+            fn = {"f1_macro": f1_score, "precision_macro": precision_score, "recall_macro": recall_score}[metric]
+            expected = fn(Y, pred, labels=[0, 1, 2], average="macro", zero_division=0)
+        assert metric_value(metric, Y, pred, 3) == pytest.approx(expected, abs=1e-12)
+        recalls = recall_score(Y, pred, labels=[0, 1, 2], average=None, zero_division=0)
+        assert _per_class(Y, pred, 3)[1] == pytest.approx(recalls, abs=1e-12)

@@ -7,7 +7,7 @@ bootstrap otherwise), and no class's recall drops by more than `max_class_regres
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Optional, Sequence
 
 import numpy as np
@@ -41,13 +41,29 @@ class Decision:
         return asdict(self)
 
 
-def metric_value(metric: str, y: np.ndarray, pred: np.ndarray, n_classes: int) -> float:
-    from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
+def _per_class(y: np.ndarray, pred: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-class precision and recall as scikit-learn computes them (zero_division=0; a prediction
+    outside the labels, -1, is simply wrong), from one bincount: thousands of bootstrap resamples
+    call this, where sklearn's per-call overhead would dominate."""
+    valid = pred >= 0
+    cm = np.bincount(y[valid] * n_classes + pred[valid], minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+    tp = np.diag(cm).astype(float)
+    support, predicted = np.bincount(y, minlength=n_classes).astype(float), cm.sum(0).astype(float)
+    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+    return precision, np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
 
+
+def metric_value(metric: str, y: np.ndarray, pred: np.ndarray, n_classes: int) -> float:
+    """accuracy, or the macro average of f1, precision or recall over the `n_classes` labels."""
     if metric == "accuracy":
-        return float(accuracy_score(y, pred))
-    fn = {"f1_macro": f1_score, "precision_macro": precision_score, "recall_macro": recall_score}[metric]
-    return float(fn(y, pred, labels=list(range(n_classes)), average="macro", zero_division=0))
+        return float((pred == y).mean())
+    precision, recall = _per_class(y, pred, n_classes)
+    if metric == "precision_macro":
+        return float(precision.mean())
+    if metric == "recall_macro":
+        return float(recall.mean())
+    denom = precision + recall
+    return float(np.divide(2 * precision * recall, denom, out=np.zeros_like(denom), where=denom > 0).mean())
 
 
 def mcnemar_p(y: np.ndarray, cand: np.ndarray, champ: np.ndarray) -> float:
@@ -62,85 +78,45 @@ def mcnemar_p(y: np.ndarray, cand: np.ndarray, champ: np.ndarray) -> float:
     return float(binomtest(cand_only, cand_only + champ_only, 0.5, alternative="greater").pvalue)
 
 
-def _confusion_metric(metric: str, y: np.ndarray, pred: np.ndarray, n_classes: int) -> float:
-    """The same macro metric as scikit-learn (zero_division=0), from one bincount: thousands of
-    bootstrap resamples call this, where sklearn's per-call overhead would dominate."""
-    valid = pred >= 0
-    cm = np.bincount(y[valid] * n_classes + pred[valid], minlength=n_classes * n_classes).reshape(n_classes, n_classes)
-    tp = np.diag(cm).astype(float)
-    support, predicted = np.bincount(y, minlength=n_classes).astype(float), cm.sum(0).astype(float)
-    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
-    recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
-    if metric == "accuracy":
-        return float(tp.sum() / len(y))
-    if metric == "precision_macro":
-        return float(precision.mean())
-    if metric == "recall_macro":
-        return float(recall.mean())
-    denom = precision + recall
-    return float(np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0).mean())
-
-
-def bootstrap_p(metric: str, y: np.ndarray, cand: np.ndarray, champ: np.ndarray, n_classes: int, samples: int, seed: int) -> float:
-    """One-sided paired bootstrap: the share of resamples where the challenger is not better."""
-    rng = np.random.default_rng(seed)
-    n = len(y)
-    not_better = 0
-    for _ in range(samples):
-        idx = rng.integers(0, n, n)
-        yb = y[idx]
-        if _confusion_metric(metric, yb, cand[idx], n_classes) - _confusion_metric(metric, yb, champ[idx], n_classes) <= 0:
-            not_better += 1
-    return (not_better + 1) / (samples + 1)
-
-
-def class_recalls(y: np.ndarray, pred: np.ndarray, n_classes: int) -> np.ndarray:
-    from sklearn.metrics import recall_score
-
-    return recall_score(y, pred, labels=list(range(n_classes)), average=None, zero_division=0)
-
-
 def gate(
     cfg: GateConfig, y: np.ndarray, candidate_pred: np.ndarray, champion_pred: Optional[np.ndarray],
     labels: Sequence[str], champion_error: Optional[str] = None,
 ) -> Decision:
+    """`decide` on the label metric with a paired test on the same rows, then no class's recall may
+    drop by more than `max_class_regression`."""
     n = len(labels)
     cand = metric_value(cfg.metric, y, candidate_pred, n)
-    if champion_pred is None:
-        if champion_error is None:
-            return Decision(True, "first model: no current champion", cfg.metric, cand, None)
+    if champion_pred is None and champion_error is not None:
         # The registered champion cannot serve; a challenger that beats the majority class replaces it.
         majority = float(np.bincount(y, minlength=n).max() / len(y))
         acc = float((candidate_pred == y).mean())
         ok = acc > majority
         return Decision(ok, f"champion cannot be re-scored ({champion_error}); challenger accuracy {acc:.4f} "
                         f"{'beats' if ok else 'does not beat'} the majority rate {majority:.4f}", cfg.metric, cand, None)
-    champ = metric_value(cfg.metric, y, champion_pred, n)
-    delta = cand - champ
-    change = class_recalls(y, candidate_pred, n) - class_recalls(y, champion_pred, n)
-    recall_change = {labels[i]: round(float(c), 6) for i, c in enumerate(change)}
+    if champion_pred is None:
+        return decide(cfg.metric, cand, None)
     if cfg.metric == "accuracy":
         test, p = "mcnemar_exact", mcnemar_p(y, candidate_pred, champion_pred)
     else:
-        test, p = "paired_bootstrap", bootstrap_p(cfg.metric, y, candidate_pred, champion_pred, n, cfg.bootstrap_samples, cfg.seed)
-    common = dict(metric=cfg.metric, candidate=cand, champion=champ, delta=delta, p_value=p, test=test, class_recall_change=recall_change)
-    if delta <= 0 or delta < cfg.min_delta:
-        verdict = "ties" if delta == 0 else ("is worse than" if delta < 0 else f"beats by less than min_delta={cfg.min_delta}")
-        return Decision(False, f"{cfg.metric} {cand:.4f} {verdict} champion {champ:.4f} (Δ {delta:+.4f})", **common)
+        stat = lambda rows: metric_value(cfg.metric, rows["y"], rows["pred"], n)  # noqa: E731
+        test, p = "paired_bootstrap", paired_bootstrap_stat(stat, {"y": y, "pred": candidate_pred}, {"y": y, "pred": champion_pred},
+                                                            True, cfg.bootstrap_samples, cfg.seed)
+    change = _per_class(y, candidate_pred, n)[1] - _per_class(y, champion_pred, n)[1]
+    recall_change = {labels[i]: round(float(c), 6) for i, c in enumerate(change)}
+    d = replace(decide(cfg.metric, cand, metric_value(cfg.metric, y, champion_pred, n), cfg.min_delta, p_value=p,
+                       alpha=cfg.alpha, test=test), class_recall_change=recall_change)
     worst = min(recall_change, key=recall_change.get)
-    if -recall_change[worst] > cfg.max_class_regression:
-        return Decision(False, f"recall of class {worst!r} drops by {-recall_change[worst]:.4f} "
-                        f"(> max_class_regression {cfg.max_class_regression})", **common)
-    if p >= cfg.alpha:
-        return Decision(False, f"{cfg.metric} {cand:.4f} vs {champ:.4f} (Δ {delta:+.4f}) is not significant: "
-                        f"{test} p={p:.4f} ≥ alpha {cfg.alpha}", **common)
-    return Decision(True, f"{cfg.metric} {cand:.4f} beats champion {champ:.4f} (Δ {delta:+.4f}, {test} p={p:.4f})", **common)
+    if d.promote and -recall_change[worst] > cfg.max_class_regression:
+        return replace(d, promote=False, reason=f"recall of class {worst!r} drops by {-recall_change[worst]:.4f} "
+                                                f"(> max_class_regression {cfg.max_class_regression})")
+    return d
 
 
 def paired_bootstrap_stat(stat: Callable[[dict[str, np.ndarray]], float], candidate: dict[str, np.ndarray],
                           champion: dict[str, np.ndarray], higher_is_better: bool, samples: int, seed: int) -> float:
-    """One-sided paired bootstrap for any statistic of row-aligned per-row arrays (a mean win rate, a
-    token-weighted perplexity): the share of row resamples where the challenger is not better."""
+    """One-sided paired bootstrap for any statistic of row-aligned per-row arrays (a macro-F1 of labels
+    and predictions, a mean win rate, a token-weighted perplexity): the share of row resamples where the
+    challenger is not better."""
     n = len(next(iter(candidate.values())))
     if n == 0 or any(len(v) != n for v in (*candidate.values(), *champion.values())):
         raise ValueError(f"paired test needs the same non-empty rows for both models, got {n} and "
@@ -157,9 +133,9 @@ def paired_bootstrap_stat(stat: Callable[[dict[str, np.ndarray]], float], candid
 
 def decide(metric: str, candidate: float, champion: Optional[float], min_delta: float = 0.0, *, higher_is_better: bool = True,
            p_value: Optional[float] = None, alpha: float = 0.05, test: Optional[str] = None) -> Decision:
-    """Score rule for tasks whose metric is not a per-row label match (LLM metrics re-scored on the same
-    held-out rows): promote when there is no champion, or the candidate is better by more than 0 and at
-    least `min_delta` and — when a paired test's `p_value` is given — significantly so at `alpha`."""
+    """The score rule every task's gate shares: promote when there is no champion, or the candidate is
+    better by more than 0 and at least `min_delta` and — when a paired test's `p_value` is given —
+    significantly so at `alpha`."""
     if champion is None:
         return Decision(True, "first model: no current champion", metric, candidate, None)
     delta = candidate - champion
@@ -167,8 +143,9 @@ def decide(metric: str, candidate: float, champion: Optional[float], min_delta: 
     better = "higher" if higher_is_better else "lower"
     common = dict(metric=metric, candidate=candidate, champion=champion, delta=delta, p_value=p_value, test=test)
     if gain <= 0 or gain < min_delta:
-        return Decision(False, f"{metric} {candidate:.4f} does not beat champion {champion:.4f} ({better} is better, "
-                        f"min_delta={min_delta})", **common)
+        verdict = "ties" if gain == 0 else ("is worse than" if gain < 0 else f"beats by less than min_delta={min_delta}")
+        return Decision(False, f"{metric} {candidate:.4f} {verdict} champion {champion:.4f} (Δ {delta:+.4f}, {better} is better)",
+                        **common)
     if p_value is not None and p_value >= alpha:
         return Decision(False, f"{metric} {candidate:.4f} vs {champion:.4f} (Δ {delta:+.4f}, {better} is better) is not "
                         f"significant: {test} p={p_value:.4f} ≥ alpha {alpha}", **common)
