@@ -126,9 +126,45 @@ def test_preflight_names_the_unreachable_server_without_its_credentials(tmp_path
         check_tracking(f"http://alice:s3cret@127.0.0.1:{port}", timeout=0.5)
     assert "s3cret" not in str(err.value)
     assert redact("https://u:p@host:5000/x") == "https://host:5000/x" and redact("sqlite:///a.db") == "sqlite:///a.db"
+    assert redact("connection to postgresql://u:p@db:5432/m failed") == "connection to postgresql://db:5432/m failed"
     with pytest.raises(TrackingUnavailable, match="does not exist"):
         check_tracking(f"sqlite:///{tmp_path}/missing/mlflow.db")
     check_tracking(f"sqlite:///{tmp_path}/mlflow.db")
+
+
+def test_preflight_sends_the_credentials_of_the_uri_or_of_the_environment(monkeypatch):
+    """A server that wants basic auth (a local one, no MLflow): the URI's own user:password@ part is
+    sent, though urllib drops it; without credentials the server's refusal is named."""
+    import base64
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from tuneline.tracking.runs import TrackingUnavailable, check_tracking
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200 if self.headers.get("Authorization") == "Basic " + base64.b64encode(b"bot:s3cret").decode()
+                               else 401)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    for var in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    host = f"127.0.0.1:{server.server_address[1]}"
+    try:
+        check_tracking(f"http://bot:s3cret@{host}", timeout=0.5)
+        with pytest.raises(TrackingUnavailable, match="refused a client without credentials"):
+            check_tracking(f"http://{host}", timeout=0.5)
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "bot")
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "s3cret")
+        check_tracking(f"http://{host}", timeout=0.5)
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_run_summaries_name_the_tracking_store_without_its_credentials():

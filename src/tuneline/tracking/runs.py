@@ -8,6 +8,7 @@ import contextlib
 import logging
 import os
 import platform
+import re
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -84,13 +85,13 @@ def ensure_experiment(uri: str, name: str, root: Path) -> str:
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """Nested params as MLflow param names (`a.b.c`); lists and tuples as one flow-style YAML value."""
     out: dict[str, Any] = {}
     for k, v in d.items():
-        key = f"{prefix}{k}"
         if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
+            out.update(flatten(v, f"{prefix}{k}."))
         else:
-            out[key] = v if not isinstance(v, (list, tuple)) else yaml.safe_dump(v, default_flow_style=True).strip()
+            out[f"{prefix}{k}"] = yaml.safe_dump(v, default_flow_style=True).strip() if isinstance(v, (list, tuple)) else v
     return out
 
 
@@ -103,10 +104,8 @@ def environment_tags() -> dict[str, str]:
             "env.device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
             "env.cuda": torch.version.cuda or "none"}
     for pkg in ("torch", "transformers", "peft", "scikit-learn", "mlflow", "prefect", "dvc", "great-expectations"):
-        try:
+        with contextlib.suppress(PackageNotFoundError):
             tags[f"env.{pkg}"] = version(pkg)
-        except PackageNotFoundError:
-            pass
     return tags
 
 
@@ -163,15 +162,14 @@ def log_registered_model(
         version = str(info.registered_model_version)
         client(uri).update_model_version(registered_model_name, version, description=description)
         set_version_tags(uri, registered_model_name, version, {**version_tags, **lineage, **key_tag})  # the key last: complete
-    return {
-        "run_id": parent.info.run_id,
-        "experiment_id": exp_id,
-        "registered_model_name": registered_model_name,
-        "version": version,
-        "model_uri": f"models:/{registered_model_name}/{version}",
-        "cv_metrics": {n: s["mean"] for n, s in cv_summary["metrics"].items()},
-        "tracking_uri": redact(uri),
-    }
+    return _registration(uri, parent.info.run_id, exp_id, registered_model_name, version,
+                         {n: s["mean"] for n, s in cv_summary["metrics"].items()})
+
+
+def _registration(uri: str, run_id: str, exp_id: str, name: str, version: str, cv_means: dict[str, float]) -> dict:
+    """What the register step returns, for a new registration and for a reused one alike."""
+    return {"run_id": run_id, "experiment_id": exp_id, "registered_model_name": name, "version": version,
+            "model_uri": f"models:/{name}/{version}", "cv_metrics": cv_means, "tracking_uri": redact(uri)}
 
 
 def register_once(uri: str, experiment: str, name: str, key: str, log_run: Callable[[str], dict]) -> dict:
@@ -205,9 +203,6 @@ def log_decision(uri: str, run_id: str, decision: dict) -> None:
 
 # ---- registry: aliases, stages, listing, and a lock that serialises promotions -----------------
 
-STAGE_OF_ALIAS = {"challenger": "Staging", "champion": "Production"}
-
-
 def alias_version(uri: str, name: str, alias: str) -> Optional[str]:
     from mlflow.exceptions import MlflowException
 
@@ -224,10 +219,8 @@ def set_alias(uri: str, name: str, alias: str, version: str) -> None:
 def delete_alias(uri: str, name: str, alias: str) -> None:
     from mlflow.exceptions import MlflowException
 
-    try:
+    with contextlib.suppress(MlflowException):
         client(uri).delete_registered_model_alias(name, alias)
-    except MlflowException:
-        pass
 
 
 def mirror_stage(uri: str, name: str, version: str, stage: str) -> bool:
@@ -254,10 +247,8 @@ def list_versions(uri: str, name: str) -> list[tuple[object, list[str]]]:
         aliases = c.get_registered_model(name).aliases  # search results do not carry aliases
     except MlflowException:
         return []
-    by_version: dict[str, list[str]] = {}
-    for alias, v in aliases.items():
-        by_version.setdefault(str(v), []).append(alias)
-    return [(v, sorted(by_version.get(str(v.version), []))) for v in sorted(versions, key=lambda v: int(v.version))]
+    return [(v, sorted(a for a, of in aliases.items() if str(of) == str(v.version)))
+            for v in sorted(versions, key=lambda v: int(v.version))]
 
 
 def set_version_tags(uri: str, name: str, version: str, tags: dict[str, str]) -> None:
@@ -296,17 +287,10 @@ class TrackingUnavailable(RuntimeError):
     """The tracking store cannot be used; the message names the URI (without credentials)."""
 
 
-def redact(uri: str) -> str:
-    """The URI without any user:password@ part, for messages and logged values."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(uri)
-    if parts.username is None and parts.password is None:
-        return uri
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+def redact(text: str) -> str:
+    """`text` (a URI, or an error message that holds URIs) without any user:password@ part, for
+    messages and logged values."""
+    return re.sub(r"(?<=//)[^/?#\s]*@", "", text)
 
 
 def ui_hint(uri: str, view: str = "") -> str:
@@ -321,11 +305,14 @@ def ui_hint(uri: str, view: str = "") -> str:
 def _http_check(uri: str, timeout: float) -> None:
     import base64
     import time
-    import urllib.error
     import urllib.request
+    from urllib.parse import unquote, urlsplit
 
-    request = urllib.request.Request(uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1")
-    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    # urllib does not send a URI's own user:password@ part (MLflow's client does): take it, unless the environment has one
+    parts = urlsplit(uri)
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME") or unquote(parts.username or "")
+    password = os.environ.get("MLFLOW_TRACKING_PASSWORD") or unquote(parts.password or "")
+    request = urllib.request.Request(redact(uri).rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1")
     if user and password:
         request.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
     elif os.environ.get("MLFLOW_TRACKING_TOKEN"):
@@ -335,15 +322,14 @@ def _http_check(uri: str, timeout: float) -> None:
         try:
             with urllib.request.urlopen(request, timeout=5):
                 return
-        except urllib.error.HTTPError as exc:
-            if exc.code in (401, 403):
+        except OSError as exc:  # an HTTPError carries the status; a URLError or a timeout has none
+            code = getattr(exc, "code", None)
+            if code in (401, 403):
                 who = f"user {user!r}" if user else "a client without credentials"
                 raise TrackingUnavailable(
-                    f"MLflow tracking server {redact(uri)} refused {who} (HTTP {exc.code}); set MLFLOW_TRACKING_USERNAME "
+                    f"MLflow tracking server {redact(uri)} refused {who} (HTTP {code}); set MLFLOW_TRACKING_USERNAME "
                     "and MLFLOW_TRACKING_PASSWORD in the environment to an account with access") from None
-            reason = f"HTTP {exc.code}"
-        except (urllib.error.URLError, OSError) as exc:
-            reason = str(getattr(exc, "reason", exc))
+            reason = f"HTTP {code}" if code else str(getattr(exc, "reason", exc))
         if time.monotonic() >= deadline:
             raise TrackingUnavailable(
                 f"MLflow tracking server {redact(uri)} is unreachable ({reason}); start it or point MLFLOW_TRACKING_URI "
@@ -395,12 +381,10 @@ def find_registration(uri: str, experiment: str, name: str, key: str) -> Optiona
     found = None
     for run in runs:
         versions = [v for v in c.search_model_versions(f"run_id = '{run.info.run_id}'") if v.name == name]
-        complete = run.info.status == "FINISHED" and any(v.tags.get(REGISTRATION_KEY) == key for v in versions)
-        if complete and found is None:
-            found = (run, next(v for v in versions if v.tags.get(REGISTRATION_KEY) == key))
+        keyed = next((v for v in versions if v.tags.get(REGISTRATION_KEY) == key), None)
+        if run.info.status == "FINISHED" and keyed is not None:
+            found = found or (run, keyed)  # a later one is a duplicate from a race: left alone, the first is reused
             continue
-        if complete:
-            continue  # a duplicate from a race: leave it; the first one is reused
         for v in versions:
             log.warning("deleting half-registered %s version %s (run %s ended %s)", name, v.version, run.info.run_id, run.info.status)
             c.delete_model_version(name, v.version)
@@ -411,13 +395,5 @@ def find_registration(uri: str, experiment: str, name: str, key: str) -> Optiona
         return None
     run, version = found
     log.info("inputs unchanged since %s version %s (run %s): reusing that registration", name, version.version, run.info.run_id)
-    return {
-        "run_id": run.info.run_id,
-        "experiment_id": exp.experiment_id,
-        "registered_model_name": name,
-        "version": str(version.version),
-        "model_uri": f"models:/{name}/{version.version}",
-        "cv_metrics": {k[len("cv_"):-len("_mean")]: v for k, v in run.data.metrics.items() if k.startswith("cv_") and k.endswith("_mean")},
-        "tracking_uri": redact(uri),
-        "reused": True,
-    }
+    cv_means = {k[len("cv_"):-len("_mean")]: v for k, v in run.data.metrics.items() if k.startswith("cv_") and k.endswith("_mean")}
+    return _registration(uri, run.info.run_id, exp.experiment_id, name, str(version.version), cv_means) | {"reused": True}
