@@ -99,8 +99,8 @@ def gate(
         test, p = "mcnemar_exact", mcnemar_p(y, candidate_pred, champion_pred)
     else:
         stat = lambda rows: metric_value(cfg.metric, rows["y"], rows["pred"], n)  # noqa: E731
-        test, p = "paired_bootstrap", paired_bootstrap_stat(stat, {"y": y, "pred": candidate_pred}, {"y": y, "pred": champion_pred},
-                                                            True, cfg.bootstrap_samples, cfg.seed)
+        test, p = "paired_bootstrap", paired_bootstrap_stat(
+            stat, {"y": y, "pred": candidate_pred}, {"y": y, "pred": champion_pred}, True, cfg.bootstrap_samples, cfg.seed)
     change = _per_class(y, candidate_pred, n)[1] - _per_class(y, champion_pred, n)[1]
     recall_change = {labels[i]: round(float(c), 6) for i, c in enumerate(change)}
     d = replace(decide(cfg.metric, cand, metric_value(cfg.metric, y, champion_pred, n), cfg.min_delta, p_value=p,
@@ -140,14 +140,13 @@ def decide(metric: str, candidate: float, champion: Optional[float], min_delta: 
         return Decision(True, "first model: no current champion", metric, candidate, None)
     delta = candidate - champion
     gain = delta if higher_is_better else -delta
-    better = "higher" if higher_is_better else "lower"
     common = dict(metric=metric, candidate=candidate, champion=champion, delta=delta, p_value=p_value, test=test)
+    change = f"Δ {delta:+.4f}, {'higher' if higher_is_better else 'lower'} is better"
     if gain <= 0 or gain < min_delta:
         verdict = "ties" if gain == 0 else ("is worse than" if gain < 0 else f"beats by less than min_delta={min_delta}")
-        return Decision(False, f"{metric} {candidate:.4f} {verdict} champion {champion:.4f} (Δ {delta:+.4f}, {better} is better)",
-                        **common)
+        return Decision(False, f"{metric} {candidate:.4f} {verdict} champion {champion:.4f} ({change})", **common)
     if p_value is not None and p_value >= alpha:
-        return Decision(False, f"{metric} {candidate:.4f} vs {champion:.4f} (Δ {delta:+.4f}, {better} is better) is not "
-                        f"significant: {test} p={p_value:.4f} ≥ alpha {alpha}", **common)
+        return Decision(False, f"{metric} {candidate:.4f} vs {champion:.4f} ({change}) is not significant: "
+                        f"{test} p={p_value:.4f} ≥ alpha {alpha}", **common)
     significance = "" if p_value is None else f", {test} p={p_value:.4f}"
-    return Decision(True, f"{metric} {candidate:.4f} beats champion {champion:.4f} (Δ {delta:+.4f}, {better} is better{significance})", **common)
+    return Decision(True, f"{metric} {candidate:.4f} beats champion {champion:.4f} ({change}{significance})", **common)
