@@ -143,8 +143,8 @@ def test_preflight_sends_the_credentials_of_the_uri_or_of_the_environment(monkey
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):
-            self.send_response(200 if self.headers.get("Authorization") == "Basic " + base64.b64encode(b"bot:s3cret").decode()
-                               else 401)
+            expected = "Basic " + base64.b64encode(b"bot:s3cret").decode()
+            self.send_response(200 if self.headers.get("Authorization") == expected else 401)
             self.end_headers()
 
         def log_message(self, *args):
@@ -223,6 +223,13 @@ def test_registration_is_reused_for_the_same_inputs_and_half_registrations_are_r
     assert found["cv_metrics"] == {"f1_macro": 0.7}
     assert [v.version for v in client.search_model_versions(f"name = '{name}'")] == [full.version]  # v{half} deleted
     assert client.get_run(killed.info.run_id).info.lifecycle_stage == "deleted"
+
+    tracking.check_version(uri, name, str(full.version))  # what promotion may touch: a complete registration
+    with pytest.raises(LookupError, match=rf"m: no version '9' in sqlite:///\S+; versions: {full.version}$"):
+        tracking.check_version(uri, name, "9")
+    bare = client.create_model_version(name, source=(tmp_path / "art").as_uri(), run_id=done.info.run_id)
+    with pytest.raises(LookupError, match=rf"m version {bare.version} is not a complete tuneline registration"):
+        tracking.check_version(uri, name, str(bare.version))
     assert tracking.find_registration(uri, "e", name, "other inputs") is None
     assert str(half.version) != found["version"]
 

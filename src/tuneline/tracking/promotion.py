@@ -45,9 +45,13 @@ def promote_with(uri: str, name: str, version: str, metric: str, decide: Callabl
                 decision |= {"promote": True, "forced": True, "forced_by": getpass.getuser(), "force_reason": reason,
                              "reason": f"FORCED by {getpass.getuser()}: {reason} (gate said: {decision['reason']})"}
             if decision["promote"]:
-                _apply(uri, name, version, current, mirror_stages)
+                if current is not None:
+                    tracking.client(uri).set_registered_model_alias(name, PREVIOUS, current)
+                if tracking.alias_version(uri, name, CHALLENGER) == version:
+                    tracking.delete_alias(uri, name, CHALLENGER)
+                _crown(uri, name, version, current, mirror_stages)
             else:
-                tracking.set_alias(uri, name, CHALLENGER, version)
+                tracking.client(uri).set_registered_model_alias(name, CHALLENGER, version)
                 if mirror_stages:
                     tracking.mirror_stage(uri, name, version, "Staging")
         decision |= {"version": version, "previous_champion": current,
@@ -60,16 +64,13 @@ def promote_with(uri: str, name: str, version: str, metric: str, decide: Callabl
     return decision
 
 
-def _apply(uri: str, name: str, version: str, current: Optional[str], mirror: bool) -> None:
-    if current is not None:
-        tracking.set_alias(uri, name, PREVIOUS, current)
-    tracking.set_alias(uri, name, CHAMPION, version)
-    if tracking.alias_version(uri, name, CHALLENGER) == version:
-        tracking.delete_alias(uri, name, CHALLENGER)
+def _crown(uri: str, name: str, version: str, demoted: Optional[str], mirror: bool) -> None:
+    """`version` becomes the champion; with `mirror`, it is Production and the `demoted` one Archived."""
+    tracking.client(uri).set_registered_model_alias(name, CHAMPION, version)
     if mirror:
         tracking.mirror_stage(uri, name, version, "Production")
-        if current is not None:
-            tracking.mirror_stage(uri, name, current, "Archived")
+        if demoted is not None:
+            tracking.mirror_stage(uri, name, demoted, "Archived")
 
 
 def rollback(uri: str, name: str, mirror: bool = True) -> dict:
@@ -79,12 +80,8 @@ def rollback(uri: str, name: str, mirror: bool = True) -> dict:
         previous = tracking.alias_version(uri, name, PREVIOUS)
         if previous is None:
             raise ValueError(f"{name}: no 'previous' alias to roll back to (champion is {current})")
-        tracking.set_alias(uri, name, CHAMPION, previous)
+        _crown(uri, name, previous, current, mirror)
         tracking.delete_alias(uri, name, PREVIOUS)
-        if mirror:
-            tracking.mirror_stage(uri, name, previous, "Production")
-            if current is not None:
-                tracking.mirror_stage(uri, name, current, "Archived")
         if current is not None:
             tracking.set_version_tags(uri, name, current, {"rolled_back_by": getpass.getuser()})
     log.info("rolled back %s: champion %s -> %s", name, current, previous)

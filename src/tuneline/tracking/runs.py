@@ -88,10 +88,11 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     """Nested params as MLflow param names (`a.b.c`); lists and tuples as one flow-style YAML value."""
     out: dict[str, Any] = {}
     for k, v in d.items():
+        key = f"{prefix}{k}"
         if isinstance(v, dict):
-            out.update(flatten(v, f"{prefix}{k}."))
+            out.update(flatten(v, key + "."))
         else:
-            out[f"{prefix}{k}"] = yaml.safe_dump(v, default_flow_style=True).strip() if isinstance(v, (list, tuple)) else v
+            out[key] = yaml.safe_dump(v, default_flow_style=True).strip() if isinstance(v, (list, tuple)) else v
     return out
 
 
@@ -144,10 +145,11 @@ def log_registered_model(
     exp_id = ensure_experiment(uri, experiment, root)
     lineage = {k: v for k, v in tags.items() if k.startswith(("git.", "dvc."))}
     key_tag = {REGISTRATION_KEY: registration_key} if registration_key else {}
+    cv = cv_metrics(cv_summary["metrics"])
     with scoped(uri) as mlflow, mlflow.start_run(experiment_id=exp_id, run_name=run_name) as parent:
         mlflow.set_tags({**tags, **environment_tags(), "tuneline.run_kind": "pipeline", **key_tag})
         mlflow.log_params(flatten(params))
-        mlflow.log_metrics({**cv_metrics(cv_summary["metrics"]), **test_metrics})
+        mlflow.log_metrics({**cv, **test_metrics})
         for path in artifacts:
             if Path(path).is_file():
                 mlflow.log_artifact(str(path))
@@ -162,12 +164,13 @@ def log_registered_model(
         version = str(info.registered_model_version)
         client(uri).update_model_version(registered_model_name, version, description=description)
         set_version_tags(uri, registered_model_name, version, {**version_tags, **lineage, **key_tag})  # the key last: complete
-    return _registration(uri, parent.info.run_id, exp_id, registered_model_name, version,
-                         {n: s["mean"] for n, s in cv_summary["metrics"].items()})
+    return _registration(uri, parent.info.run_id, exp_id, registered_model_name, version, cv)
 
 
-def _registration(uri: str, run_id: str, exp_id: str, name: str, version: str, cv_means: dict[str, float]) -> dict:
-    """What the register step returns, for a new registration and for a reused one alike."""
+def _registration(uri: str, run_id: str, exp_id: str, name: str, version: str, metrics: dict[str, float]) -> dict:
+    """What the register step returns, for a new registration and for a reused one alike; its
+    `cv_metrics` are the CV means among the run's `metrics`."""
+    cv_means = {k[len("cv_"):-len("_mean")]: v for k, v in metrics.items() if k.startswith("cv_") and k.endswith("_mean")}
     return {"run_id": run_id, "experiment_id": exp_id, "registered_model_name": name, "version": version,
             "model_uri": f"models:/{name}/{version}", "cv_metrics": cv_means, "tracking_uri": redact(uri)}
 
@@ -180,14 +183,10 @@ def register_once(uri: str, experiment: str, name: str, key: str, log_run: Calla
 
 def check_version(uri: str, name: str, version: str) -> None:
     """A version that promotion may touch: it exists and its registration completed (tagged last)."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        v = client(uri).get_model_version(name, str(version))
-    except MlflowException:
-        known = [str(v.version) for v, _ in list_versions(uri, name)]
-        raise LookupError(f"{name}: no version {version!r} in {redact(uri)}; versions: {', '.join(known) or 'none'}") from None
-    if REGISTRATION_KEY not in v.tags:
+    versions = {str(v.version): v for v, _ in list_versions(uri, name)}
+    if str(version) not in versions:
+        raise LookupError(f"{name}: no version {version!r} in {redact(uri)}; versions: {', '.join(versions) or 'none'}")
+    if REGISTRATION_KEY not in versions[str(version)].tags:
         raise LookupError(f"{name} version {version} is not a complete tuneline registration (no {REGISTRATION_KEY} tag); "
                           "re-run the register stage")
 
@@ -212,10 +211,6 @@ def alias_version(uri: str, name: str, alias: str) -> Optional[str]:
         return None
 
 
-def set_alias(uri: str, name: str, alias: str, version: str) -> None:
-    client(uri).set_registered_model_alias(name, alias, version)
-
-
 def delete_alias(uri: str, name: str, alias: str) -> None:
     from mlflow.exceptions import MlflowException
 
@@ -223,18 +218,15 @@ def delete_alias(uri: str, name: str, alias: str) -> None:
         client(uri).delete_registered_model_alias(name, alias)
 
 
-def mirror_stage(uri: str, name: str, version: str, stage: str) -> bool:
+def mirror_stage(uri: str, name: str, version: str, stage: str) -> None:
     """Set a classic stage; stages are deprecated in MLflow, so their warning is kept from users and
     a later MLflow without them is tolerated (aliases remain the source of truth)."""
-    c = client(uri)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            c.transition_model_version_stage(name, version, stage, archive_existing_versions=False)
-        return True
+            client(uri).transition_model_version_stage(name, version, stage, archive_existing_versions=False)
     except (AttributeError, NotImplementedError) as exc:
         log.info("model stages unavailable in this MLflow (%s); aliases only", exc)
-        return False
 
 
 def list_versions(uri: str, name: str) -> list[tuple[object, list[str]]]:
@@ -257,9 +249,8 @@ def set_version_tags(uri: str, name: str, version: str, tags: dict[str, str]) ->
         c.set_model_version_tag(name, version, k, str(v))
 
 
-@contextlib.contextmanager
 def registry_lock(uri: str, name: str, timeout: float = 600.0):
-    """Serialise read-decide-write on one registered model across processes.
+    """A lock (use it in `with`) that serialises read-decide-write on one registered model across processes.
 
     SQLite stores lock a file beside the database; other stores lock a file in TUNELINE_LOCK_DIR
     (default: the system temp dir), which serialises promotions started on the same host.
@@ -274,8 +265,7 @@ def registry_lock(uri: str, name: str, timeout: float = 600.0):
     else:
         key = hashlib.sha256(f"{uri}|{name}".encode()).hexdigest()[:16]
         path = Path(os.environ.get("TUNELINE_LOCK_DIR", tempfile.gettempdir())) / f"tuneline-registry-{key}.lock"
-    with FileLock(str(path), timeout=timeout):
-        yield
+    return FileLock(str(path), timeout=timeout)
 
 
 # ---- team servers: fail fast before training, and register once per set of inputs ---------------
@@ -308,7 +298,7 @@ def _http_check(uri: str, timeout: float) -> None:
     import urllib.request
     from urllib.parse import unquote, urlsplit
 
-    # urllib does not send a URI's own user:password@ part (MLflow's client does): take it, unless the environment has one
+    # urllib would not send the URI's own user:password@ (MLflow's client does); the environment's win
     parts = urlsplit(uri)
     user = os.environ.get("MLFLOW_TRACKING_USERNAME") or unquote(parts.username or "")
     password = os.environ.get("MLFLOW_TRACKING_PASSWORD") or unquote(parts.password or "")
@@ -395,5 +385,5 @@ def find_registration(uri: str, experiment: str, name: str, key: str) -> Optiona
         return None
     run, version = found
     log.info("inputs unchanged since %s version %s (run %s): reusing that registration", name, version.version, run.info.run_id)
-    cv_means = {k[len("cv_"):-len("_mean")]: v for k, v in run.data.metrics.items() if k.startswith("cv_") and k.endswith("_mean")}
-    return _registration(uri, run.info.run_id, exp.experiment_id, name, str(version.version), cv_means) | {"reused": True}
+    return _registration(uri, run.info.run_id, exp.experiment_id, name, str(version.version),
+                         run.data.metrics) | {"reused": True}
