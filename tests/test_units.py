@@ -81,3 +81,20 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path):
             raise RuntimeError("boom")
     assert not target.exists()
     assert list((tmp_path / "out").iterdir()) == []
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv", ".jsonl", ".ndjson", ".parquet", ".xlsx"])
+def test_predictions_are_written_in_the_format_of_the_output_suffix(suffix, tmp_path):
+    from tuneline.config import DataConfig
+    from tuneline.pipeline.predict import WRITERS, predict_file
+    from tuneline.tables import DataError, read_table
+
+    out = tmp_path / f"out{suffix}"
+    if suffix not in WRITERS:  # refused before any input is read or model loaded
+        with pytest.raises(DataError, match=rf"out\{suffix}: unknown output format '\{suffix}'; use .csv, .tsv, .jsonl"):
+            predict_file("sqlite:///unused.db", "models:/m/1", tmp_path / "missing.csv", out, "text", DataConfig())
+        return
+    df = pd.DataFrame({"text": ["a, b", "c\td \"e\""], "predicted_label": ["pos", "neg"], "p_pos": [0.25, 0.75]})
+    WRITERS[suffix](df, out)
+    back, _ = read_table(DataConfig(), out)
+    pd.testing.assert_frame_equal(back.reset_index(drop=True).astype(str), df.astype(str))

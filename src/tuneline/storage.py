@@ -24,8 +24,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         if final.is_dir() and not final.is_symlink():
-            old = final.with_name(f".{final.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
+            old = final.with_name(f".{final.name}.old")  # a stale one was cleared above
             final.rename(old)
             tmp.rename(final)
             shutil.rmtree(old, ignore_errors=True)
@@ -52,9 +51,7 @@ def read_json(path: str | os.PathLike) -> Any:
 def _jsonable(obj: Any) -> Any:
     import numpy as np
 
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
+    if isinstance(obj, (np.generic, np.ndarray)):  # a numpy scalar's tolist() is the Python scalar
         return obj.tolist()
     if isinstance(obj, Path):
         return str(obj)

@@ -16,18 +16,10 @@ def _git(root: Path, *args: str) -> str | None:
     return out.stdout.strip()
 
 
-def git_info(root: Path) -> dict[str, str]:
+def lineage_tags(root: Path, files: dict[str, Path]) -> dict[str, str]:
+    """tuneline's version, the git commit and whether tracked files differ from it, and the MD5 of each file."""
     commit = _git(root, "rev-parse", "HEAD")
     status = _git(root, "status", "--porcelain", "--untracked-files=no")
-    return {
-        "git.commit": commit or "unknown",
-        "git.dirty": "unknown" if status is None else str(bool(status)).lower(),
-    }
-
-
-def data_hashes(files: dict[str, Path]) -> dict[str, str]:
-    return {f"dvc.md5.{name}": file_md5(path) for name, path in files.items() if Path(path).is_file()}
-
-
-def lineage_tags(root: Path, files: dict[str, Path]) -> dict[str, str]:
-    return {"tuneline.version": __version__, **git_info(root), **data_hashes(files)}
+    return {"tuneline.version": __version__, "git.commit": commit or "unknown",
+            "git.dirty": "unknown" if status is None else str(bool(status)).lower(),
+            **{f"dvc.md5.{name}": file_md5(path) for name, path in files.items() if Path(path).is_file()}}
