@@ -88,7 +88,8 @@ def _register(p, c, f: Files) -> dict:
             read_json(f.cv_summary), read_json(f.eval_metrics), artifacts, reg.python_model, reg.model_artifacts,
             reg.signature, reg.requirements, reg.description, {"task": c.task, "metric": metric} | reg.version_tags, key, children)
 
-    registration = tracking.register_once(uri, c.tracking.experiment, name, stage_key("register", c, f.root), log_run)
+    key = stage_key("register", c, f.root)
+    registration = tracking.find_registration(uri, c.tracking.experiment, name, key) or log_run(key)
     registration |= {"task": c.task, "metric": metric, "higher_is_better": higher} | reg.extra
     write_json(f.registration, registration)
     log.info("registered %s (run %s)", registration["model_uri"], registration["run_id"])

@@ -175,12 +175,6 @@ def _registration(uri: str, run_id: str, exp_id: str, name: str, version: str, m
             "model_uri": f"models:/{name}/{version}", "cv_metrics": cv_means, "tracking_uri": redact(uri)}
 
 
-def register_once(uri: str, experiment: str, name: str, key: str, log_run: Callable[[str], dict]) -> dict:
-    """Register at most once per set of inputs (`key`): a retried or repeated register step reuses the
-    version registered for them (find_registration); otherwise `log_run(key)` registers a new one."""
-    return find_registration(uri, experiment, name, key) or log_run(key)
-
-
 def check_version(uri: str, name: str, version: str) -> None:
     """A version that promotion may touch: it exists and its registration completed (tagged last)."""
     versions = {str(v.version): v for v, _ in list_versions(uri, name)}
