@@ -8,6 +8,7 @@ every cache, so results from different hardware never share an entry.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import time
@@ -22,7 +23,7 @@ from tuneline.engine import hardware
 from tuneline.engine import prefix
 from tuneline.engine import resume
 from tuneline.config import CVConfig, SelectConfig, TrainConfig
-from tuneline.engine.features import FeatureCache, cache_key, embed
+from tuneline.engine.features import DiskCache, cache_key, embed
 from tuneline.metrics import classification_metrics, corrected_ttest, majority_rate, summarize
 from tuneline.engine.models import load_encoder
 from tuneline.classification.selection import candidate_name
@@ -37,17 +38,17 @@ class Featurizer:
 
     def __init__(self, candidate: dict, train_cfg: TrainConfig, cache_dir: Path):
         self.candidate, self.cfg = candidate, train_cfg
-        self.cache = FeatureCache(cache_dir)
-        self._loaded = None
+        self.cache = DiskCache(cache_dir)
 
-    @property
+    @functools.cached_property
     def loaded(self):
-        if self._loaded is None:
-            self._loaded = load_encoder(self.candidate["resolved"], self.cfg.trust_remote_code, self.cfg.allow_pickle_weights)
-        return self._loaded
+        return load_encoder(self.candidate["resolved"], self.cfg.trust_remote_code, self.cfg.allow_pickle_weights)
 
     def key(self, texts: list[str]) -> str:
         return cache_key(self.candidate["fingerprint"], texts, self.cfg.max_length, self.cfg.pooling, self.cfg.precision)
+
+    def seconds_per_text(self, texts: list[str]) -> float:
+        return self.cache.seconds_per_text(self.key(texts))
 
     def __call__(self, texts: list[str], desc: str, states: prefix.PrefixStates | None = None, freeze: int = 0) -> np.ndarray:
         """Features of `texts`; with `states` (their frozen prefix, same model and precision, already
@@ -65,11 +66,18 @@ class Featurizer:
 
 
 class FrozenPrefix:
-    """The frozen prefix's hidden states of a `partial` candidate's texts, computed once."""
+    """The frozen prefix's hidden states of a `partial` candidate's texts, computed once; the model
+    is built lazily, once for both the checks and the computation."""
 
     def __init__(self, candidate: dict, cfg: TrainConfig, cache_dir: Path, names: list[str]):
         self.candidate, self.cfg, self.names = candidate, cfg, names
-        self.cache = prefix.Cache(cache_dir)
+        self.cache = prefix.cache(cache_dir)
+
+    @functools.cached_property
+    def loaded(self):
+        from tuneline.engine.trainer import build_model
+
+        return build_model(self.candidate["resolved"], self.names, self.cfg, "partial")
 
     def key(self, texts: list[str]) -> str:
         return cache_key(self.candidate["fingerprint"], texts, self.cfg.max_length, f"prefix{self.cfg.freeze_layers}",
@@ -77,9 +85,7 @@ class FrozenPrefix:
 
     def __call__(self, texts: list[str], desc: str) -> prefix.PrefixStates:
         def make() -> prefix.PrefixStates:
-            from tuneline.engine.trainer import build_model
-
-            model, tokenizer = build_model(self.candidate["resolved"], self.names, self.cfg, "partial")
+            model, tokenizer = self.loaded
             return prefix.compute(model, tokenizer, texts, self.cfg.max_length, self.cfg.freeze_layers, self.cfg.precision,
                                   desc=desc)
 
@@ -90,9 +96,7 @@ class FrozenPrefix:
 
     def usable(self, texts: list[str]) -> bool:
         """Within train.prefix_cache_max_mb, and the swap reproduces the plain forward on this model."""
-        from tuneline.engine.trainer import build_model
-
-        model, tokenizer = build_model(self.candidate["resolved"], self.names, self.cfg, "partial")
+        model, tokenizer = self.loaded
         size = prefix.estimated_mb(tokenizer, texts, self.cfg.max_length, model.config.hidden_size, self.cfg.precision)
         if size > self.cfg.prefix_cache_max_mb:
             n, k = model.config.num_hidden_layers, self.cfg.freeze_layers
@@ -125,6 +129,13 @@ def candidate_config(candidate: dict, train_cfg: TrainConfig) -> TrainConfig:
     """The training config one candidate runs with (strategy, precision, defaults resolved)."""
     cfg = hardware.resolve(train_cfg, candidate["strategy"] if candidate["strategy"] != "baseline" else "feature_extraction")
     return cfg.model_copy(update={"prefix_cache": bool(candidate.get("prefix_cache", False))}) if cfg.strategy == "partial" else cfg
+
+
+def training_rows(processed_dir: Path) -> tuple[list[str], np.ndarray, list[str]]:
+    """The training texts, their label ids, and the label names in id order."""
+    train = pd.read_parquet(Path(processed_dir) / "train.parquet")
+    label_map = read_json(Path(processed_dir) / "label_map.json")
+    return train["text"].tolist(), train["label_id"].to_numpy(), sorted(label_map, key=label_map.get)
 
 
 def make_folds(y: np.ndarray, cfg: CVConfig) -> list[dict[str, list[int]]]:
@@ -168,10 +179,7 @@ def run_fold_job(job: dict, folds: list[dict], cfg: TrainConfig, processed_dir: 
 
     candidate, i, seed = job["candidate"], job["fold"], job["seed"]
     cfg = candidate_config(candidate, cfg)
-    train = pd.read_parquet(Path(processed_dir) / "train.parquet")
-    label_map = read_json(Path(processed_dir) / "label_map.json")
-    names = sorted(label_map, key=label_map.get)
-    texts, y = train["text"].tolist(), train["label_id"].to_numpy()
+    texts, y, names = training_rows(processed_dir)
     tr, va = np.array(folds[i]["train"]), np.array(folds[i]["val"])
     strategy, predict_s, work = candidate["strategy"], 0.0, None
     if strategy == "feature_extraction":
@@ -219,10 +227,7 @@ def plan(cv_cfg: CVConfig, train_cfg: TrainConfig, processed_dir: Path, selectio
     dataset before any job reads it: each candidate's features or frozen prefix, encoded once —
     frozen prefixes first, so that features of the same model and precision run only the layers above."""
     candidates = resolve_candidates(read_json(selection_path)["candidates"], train_cfg)
-    texts = pd.read_parquet(processed_dir / "train.parquet")["text"].tolist()
-    y = pd.read_parquet(processed_dir / "train.parquet", columns=["label_id"])["label_id"].to_numpy()
-    label_map = read_json(processed_dir / "label_map.json")
-    names = sorted(label_map, key=label_map.get)
+    texts, y, names = training_rows(processed_dir)
     folds = make_folds(y, cv_cfg)
     passes, prefixes, prefix_cost = {}, {}, {}
     for cand in sorted(candidates, key=lambda c: c["strategy"] != "partial"):
@@ -248,9 +253,7 @@ def summarize_candidates(plan: dict, results: list[dict], train_cfg: TrainConfig
     """Each candidate's CV summary, its test against the baseline on the same folds, and the winner;
     with the cv folder's comparison files."""
     candidates = plan["candidates"]
-    texts = pd.read_parquet(processed_dir / "train.parquet")["text"].tolist()
-    label_map = read_json(processed_dir / "label_map.json")
-    names = sorted(label_map, key=label_map.get)
+    texts, _, names = training_rows(processed_dir)
     results = sorted(results, key=lambda r: ([c["name"] for c in candidates].index(r["name"]), r["fold"]))
     rows, per_candidate = [], {}
     for cand in candidates:
@@ -260,7 +263,7 @@ def summarize_candidates(plan: dict, results: list[dict], train_cfg: TrainConfig
         cfg = candidate_config(cand, train_cfg)
         latency = 1000.0 * sum(r["predict_s"] for r in mine) / max(sum(r["rows"] for r in mine), 1)
         if cand["strategy"] == "feature_extraction":  # features made from a prefix also cost the prefix
-            latency = 1000.0 * (FeatureCache(cache_dir).seconds_per_text(Featurizer(cand, cfg, cache_dir).key(texts))
+            latency = 1000.0 * (Featurizer(cand, cfg, cache_dir).seconds_per_text(texts)
                                 + plan["prefix_cost"].get(f"{cand['fingerprint']}|{cfg.precision}", 0.0))
         elif cfg.prefix_cache:  # the cached bottom's cost is part of a prediction's
             latency += 1000.0 * FrozenPrefix(cand, cfg, cache_dir, names).seconds_per_text(texts)

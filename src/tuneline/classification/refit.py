@@ -15,7 +15,7 @@ import pandas as pd
 from tuneline.classification import baseline
 from tuneline.engine import resume
 from tuneline.config import TrainConfig
-from tuneline.classification.crossval import Featurizer, FrozenPrefix, candidate_config, finetune
+from tuneline.classification.crossval import Featurizer, FrozenPrefix, candidate_config, finetune, training_rows
 from tuneline.metrics import (classification_metrics, classification_report, majority_rate, per_class_metrics,
                               plot_confusion_matrix)
 from tuneline.storage import atomic_path, read_json, write_json
@@ -32,12 +32,9 @@ def refit_and_test(train_cfg: TrainConfig, processed_dir: Path, cv_dir: Path, ca
 
     winner = read_json(cv_dir / "summary.json")["winner"]
     cfg = candidate_config(winner, train_cfg)
-    train = pd.read_parquet(processed_dir / "train.parquet")
+    texts, y_train, names = training_rows(processed_dir)
     test = pd.read_parquet(processed_dir / "test.parquet")
-    label_map = read_json(processed_dir / "label_map.json")
-    names = sorted(label_map, key=label_map.get)
-    texts, test_texts = train["text"].tolist(), test["text"].tolist()
-    y_train, y_test = train["label_id"].to_numpy(), test["label_id"].to_numpy()
+    test_texts, y_test = test["text"].tolist(), test["label_id"].to_numpy()
     history = []
     with atomic_path(model_dir) as tmp_model:
         tmp_model.mkdir()

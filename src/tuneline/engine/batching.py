@@ -40,18 +40,34 @@ class LengthGroupedBatches:
         return -(-len(self.lengths) // self.batch_size)
 
 
-class EncodedDataset(torch.utils.data.Dataset):
-    """Token ids tokenised once up front; labels optional (inference)."""
+def encode(tokenizer, texts: Sequence[str], max_length: int) -> list[list[int]]:
+    """Token ids of `texts`, truncated and unpadded (each batch pads on its own)."""
+    return tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
 
-    def __init__(self, input_ids: list[list[int]], labels: Sequence[int] | None = None):
-        self.input_ids = input_ids
+
+def in_length_order(lengths: Sequence[int], batch_size: int, desc: str) -> Iterator[list[int]]:
+    """Positions in batches of similar length (each pads little), counted on a progress bar of texts."""
+    from tqdm.auto import tqdm
+
+    with tqdm(total=len(lengths), desc=desc, unit="text", leave=False) as bar:
+        for idx in LengthGroupedBatches(lengths, batch_size, 0, shuffle=False):
+            yield idx
+            bar.update(len(idx))
+
+
+class LabelledRows(torch.utils.data.Dataset):
+    """Items {field: values[i]} (token ids tokenised once up front, or row positions that a collate
+    looks up), with "labels" when labels are given: none at inference."""
+
+    def __init__(self, field: str, values: Sequence, labels: Sequence[int] | None = None):
+        self.field, self.values = field, values
         self.labels = None if labels is None else list(map(int, labels))
 
     def __len__(self) -> int:
-        return len(self.input_ids)
+        return len(self.values)
 
     def __getitem__(self, i: int) -> dict:
-        item = {"input_ids": self.input_ids[i]}
+        item = {self.field: self.values[i]}
         if self.labels is not None:
             item["labels"] = self.labels[i]
         return item
@@ -71,20 +87,6 @@ def make_collate(pad_token_id: int):
         return batch
 
     return collate
-
-
-class RowDataset(torch.utils.data.Dataset):
-    """Row positions (and labels): the batch is built by a collate that looks the rows up."""
-
-    def __init__(self, n: int, labels: Sequence[int] | None = None):
-        self.n = n
-        self.labels = None if labels is None else list(map(int, labels))
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int) -> dict:
-        return {"row": i} if self.labels is None else {"row": i, "labels": self.labels[i]}
 
 
 def loader(dataset: torch.utils.data.Dataset, sampler: LengthGroupedBatches, collate, pin: bool) -> torch.utils.data.DataLoader:

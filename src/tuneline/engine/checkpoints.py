@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import shutil
 from pathlib import Path
 from typing import Optional
 
@@ -72,8 +71,3 @@ def save(folder: Path, step: int, state: dict) -> Path:
 def load(path: Path) -> dict:
     # weights_only: a checkpoint holds tensors, numbers, lists and dicts only — never code.
     return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def clear(folder: Optional[Path]) -> None:
-    if folder is not None:
-        shutil.rmtree(folder, ignore_errors=True)

@@ -34,22 +34,19 @@ def embed(
     """Pooled embeddings in input order. Texts are sorted by length so each batch pads little;
     precision bf16 runs the encoder under bf16 autocast (tuneline.engine.hardware)."""
     import torch
-    from tqdm.auto import tqdm
 
+    from tuneline.engine.batching import encode, in_length_order
     from tuneline.engine.hardware import autocast
 
     use_all_cores()
-    lengths = [len(ids) for ids in tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]]
-    order = np.argsort(lengths, kind="stable")
+    lengths = [len(ids) for ids in encode(tokenizer, texts, max_length)]
     out = np.empty((len(texts), encoder.config.hidden_size), dtype=np.float32)
     dev = next(encoder.parameters()).device
-    with torch.inference_mode(), autocast(precision, dev.type), tqdm(total=len(texts), desc=desc, unit="text", leave=False) as bar:
-        for start in range(0, len(texts), batch_size):
-            idx = order[start : start + batch_size]
+    with torch.inference_mode(), autocast(precision, dev.type):
+        for idx in in_length_order(lengths, batch_size, desc):
             batch = tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=max_length, return_tensors="pt").to(dev)
             hidden = encoder(**batch).last_hidden_state
             out[idx] = pool(hidden.float(), batch["attention_mask"], pooling).cpu().numpy()
-            bar.update(len(idx))
     return out
 
 
@@ -63,33 +60,45 @@ def cache_key(model_id: str, texts: Sequence[str], *parts) -> str:
     return h.hexdigest()[:24]
 
 
-class FeatureCache:
-    """Content-addressed .npy files; `get` reports whether the encoder had to run."""
+class DiskCache:
+    """Content-addressed files of work on texts, written atomically by `save(path, value)`. `get`
+    computes on a miss and counts the encoder passes; the cost it measured is kept beside the file
+    for the latency tie-break when later runs hit the cache. With `memo`, the newest value stays in
+    memory, shared by every fold job of the process."""
 
-    def __init__(self, cache_dir: Path):
-        self.cache_dir = Path(cache_dir)
-        self.encoder_passes = 0
+    _memo: dict[str, tuple[str, object]] = {}  # suffix -> (file path, value): another project's cache never answers
 
-    def get(self, key: str, compute) -> np.ndarray:
-        path = self.cache_dir / f"{key}.npy"
+    def __init__(self, cache_dir: Path, suffix: str = ".npy", save=np.save, load=np.load, what: str = "feature",
+                 memo: bool = False):
+        self.cache_dir, self.suffix, self.save, self.load, self.what = Path(cache_dir), suffix, save, load, what
+        self.memo, self.encoder_passes = memo, 0
+
+    def path(self, key: str) -> Path:
+        return self.cache_dir / f"{key}{self.suffix}"
+
+    def get(self, key: str, compute):
+        path = self.path(key)
+        held = DiskCache._memo.get(self.suffix)
+        if held is not None and held[0] == str(path) and path.is_file():  # this project's file, already loaded
+            return held[1]
         if path.is_file():
-            log.info("feature cache hit %s", path.name)
-            return np.load(path)
-        start = time.perf_counter()
-        feats = compute()
-        seconds = time.perf_counter() - start
-        self.encoder_passes += 1
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
-        np.save(tmp, feats)
-        os.replace(tmp, path)
-        # the encoder's measured cost, kept for the latency tie-break when later runs hit the cache
-        path.with_suffix(".json").write_text(json.dumps({"seconds": seconds, "texts": len(feats)}))
-        return feats
+            log.info("%s cache hit %s", self.what, path.name)
+            value = self.load(path)
+        else:
+            start = time.perf_counter()
+            value = compute()
+            seconds = time.perf_counter() - start
+            self.encoder_passes += 1
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{os.getpid()}.tmp.{path.name}")  # same suffix: np.save appends none
+            self.save(tmp, value)
+            os.replace(tmp, path)
+            path.with_suffix(".json").write_text(json.dumps({"seconds": seconds, "texts": len(value)}))
+        if self.memo:
+            DiskCache._memo[self.suffix] = (str(path), value)  # one dataset at a time
+        return value
 
     def seconds_per_text(self, key: str) -> float:
-        meta = self.cache_dir / f"{key}.json"
-        if not meta.is_file():
-            return 0.0
-        data = json.loads(meta.read_text())
+        meta = self.path(key).with_suffix(".json")
+        data = json.loads(meta.read_text()) if meta.is_file() else {"seconds": 0.0, "texts": 1}
         return data["seconds"] / max(data["texts"], 1)

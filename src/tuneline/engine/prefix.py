@@ -15,15 +15,16 @@ not reproduce the plain forward is detected on a few texts and trained plainly i
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import os
-import time
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
+
+from tuneline.engine.batching import encode, in_length_order, make_collate
+from tuneline.engine.features import DiskCache, pool
+from tuneline.engine.hardware import autocast
 
 log = logging.getLogger(__name__)
 
@@ -95,10 +96,6 @@ class _Stop(Exception):
 def compute(model, tokenizer, texts: Sequence[str], max_length: int, freeze: int, precision: str,
             batch_size: int = 128, desc: str = "frozen prefix") -> "PrefixStates":
     """Run the embeddings and the bottom `freeze` layers once over `texts` (eval mode, no grad)."""
-    from tqdm.auto import tqdm
-
-    from tuneline.engine.hardware import autocast
-
     base = model.base_model
     parent, name = embeddings_slot(base)
     last = layers(base)[freeze - 1] if freeze > 0 else getattr(parent, name)
@@ -108,34 +105,27 @@ def compute(model, tokenizer, texts: Sequence[str], max_length: int, freeze: int
         captured["h"] = output[0] if isinstance(output, tuple) else output
         raise _Stop
 
-    ids = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+    ids = encode(tokenizer, texts, max_length)
     lengths = np.array([len(i) for i in ids], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     hidden = torch.empty((int(offsets[-1]), model.config.hidden_size), dtype=dtype)
-    order = np.argsort(lengths, kind="stable")
     dev = next(model.parameters()).device
+    pad = make_collate(tokenizer.pad_token_id)
     was_training = model.training
     model.eval()
     handle = last.register_forward_hook(hook)
     try:
-        with torch.inference_mode(), autocast(precision, dev.type), tqdm(total=len(ids), desc=desc, unit="text", leave=False) as bar:
-            for start in range(0, len(ids), batch_size):
-                idx = order[start : start + batch_size]
-                width = int(lengths[idx].max())
-                input_ids = torch.full((len(idx), width), tokenizer.pad_token_id, dtype=torch.long)
-                mask = torch.zeros((len(idx), width), dtype=torch.long)
-                for r, i in enumerate(idx):
-                    input_ids[r, : lengths[i]] = torch.tensor(ids[i])
-                    mask[r, : lengths[i]] = 1
+        with torch.inference_mode(), autocast(precision, dev.type):
+            for idx in in_length_order(lengths, batch_size, desc):
+                batch = pad([{"input_ids": ids[i]} for i in idx])
                 try:
-                    model(input_ids=input_ids.to(dev), attention_mask=mask.to(dev))
+                    model(**{k: v.to(dev) for k, v in batch.items()})
                 except _Stop:
                     pass
                 h = captured.pop("h").to("cpu", dtype)
                 for r, i in enumerate(idx):
                     hidden[offsets[i] : offsets[i + 1]] = h[r, : lengths[i]]
-                bar.update(len(idx))
     finally:
         handle.remove()
         model.train(was_training)
@@ -143,7 +133,7 @@ def compute(model, tokenizer, texts: Sequence[str], max_length: int, freeze: int
 
 
 def collate(states: "PrefixStates"):
-    """Batches of cached states for RowDataset items; the model reads them as `inputs_embeds`."""
+    """Batches of cached states for LabelledRows("row", ...) items; the model reads them as `inputs_embeds`."""
 
     def gather(items: list[dict]) -> dict[str, torch.Tensor]:
         h, mask = states.batch([it["row"] for it in items], torch.float32)
@@ -186,53 +176,37 @@ class PrefixStates:
             mask[b, :n] = 1
         return states, mask
 
-    @property
-    def nbytes(self) -> int:
-        return self.hidden.numel() * self.hidden.element_size()
 
-    def save(self, path: Path) -> None:
-        from safetensors.torch import save_file
+def save(path: Path, states: PrefixStates) -> None:
+    from safetensors.torch import save_file
 
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        save_file({"hidden": self.hidden.contiguous(), "offsets": self.offsets.contiguous()}, str(tmp))
-        os.replace(tmp, path)
+    save_file({"hidden": states.hidden.contiguous(), "offsets": states.offsets.contiguous()}, str(path))
 
-    @classmethod
-    def load(cls, path: Path) -> "PrefixStates":
-        from safetensors.torch import load_file
 
-        t = load_file(str(path))
-        return cls(t["hidden"], t["offsets"])
+def load(path: Path) -> PrefixStates:
+    from safetensors.torch import load_file
+
+    t = load_file(str(path))
+    return PrefixStates(t["hidden"], t["offsets"])
 
 
 def pooled(encoder, states: "PrefixStates", freeze: int, pooling: str, precision: str, batch_size: int = 128,
            desc: str = "embedding from the frozen prefix") -> np.ndarray:
     """Pooled last hidden states of `encoder` (an AutoModel) for cached texts: only the layers above
     the prefix run. Equal to embedding the texts from scratch up to bf16 rounding of the cached states."""
-    from tqdm.auto import tqdm
-
-    from tuneline.engine.features import pool
-    from tuneline.engine.hardware import autocast
-
     dev = next(encoder.parameters()).device
-    order = np.argsort(states.lengths, kind="stable")
     out = np.empty((len(states), encoder.config.hidden_size), dtype=np.float32)
     encoder.eval()
-    with torch.inference_mode(), autocast(precision, dev.type), swapped(encoder, freeze), \
-            tqdm(total=len(states), desc=desc, unit="text", leave=False) as bar:
-        for start in range(0, len(states), batch_size):
-            idx = order[start : start + batch_size]
+    with torch.inference_mode(), autocast(precision, dev.type), swapped(encoder, freeze):
+        for idx in in_length_order(states.lengths, batch_size, desc):
             h, mask = states.batch(idx, torch.float32)
             hidden = encoder(inputs_embeds=h.to(dev), attention_mask=mask.to(dev)).last_hidden_state
             out[idx] = pool(hidden.float(), mask.to(dev), pooling).cpu().numpy()
-            bar.update(len(idx))
     return out
 
 
 def estimated_mb(tokenizer, texts: Sequence[str], max_length: int, hidden_size: int, precision: str) -> float:
-    tokens = sum(len(i) for i in tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"])
+    tokens = sum(map(len, encode(tokenizer, texts, max_length)))
     return tokens * hidden_size * (2 if precision == "bf16" else 4) / 2**20
 
 
@@ -257,38 +231,6 @@ def agrees(model, tokenizer, texts: Sequence[str], max_length: int, freeze: int,
         return False
 
 
-class Cache:
-    """Content-addressed prefix files beside the feature cache; counts encoder passes and keeps
-    what the bottom cost to run (the latency tie-break). The newest set stays in memory, shared
-    by every fold job of the process."""
-
-    _memo: dict[str, PrefixStates] = {}  # keyed by file path: another project's cache never answers for this one
-
-    def __init__(self, cache_dir: Path):
-        self.cache_dir = Path(cache_dir)
-        self.encoder_passes = 0
-
-    def path(self, key: str) -> Path:
-        return self.cache_dir / f"{key}{FILE_SUFFIX}"
-
-    def get(self, key: str, make) -> PrefixStates:
-        path = self.path(key)
-        if str(path) in Cache._memo and path.is_file():  # this project's file, already loaded in this process
-            return Cache._memo[str(path)]
-        if path.is_file():
-            log.info("frozen-prefix cache hit %s", path.name)
-            states = PrefixStates.load(path)
-        else:
-            start = time.perf_counter()
-            states = make()
-            seconds = time.perf_counter() - start
-            self.encoder_passes += 1
-            states.save(path)
-            path.with_name(f"{key}.prefix.json").write_text(json.dumps({"seconds": seconds, "texts": len(states)}))
-        Cache._memo = {str(path): states}  # one dataset at a time
-        return states
-
-    def seconds_per_text(self, key: str) -> float:
-        meta = self.cache_dir / f"{key}.prefix.json"
-        data = json.loads(meta.read_text()) if meta.is_file() else {"seconds": 0.0, "texts": 1}
-        return data["seconds"] / max(data["texts"], 1)
+def cache(cache_dir: Path) -> DiskCache:
+    """Prefix files beside the feature cache; the newest set stays in memory for every fold job."""
+    return DiskCache(cache_dir, FILE_SUFFIX, save, load, "frozen-prefix", memo=True)

@@ -5,6 +5,7 @@ fused AdamW on CUDA; the loss stays on the device until an epoch ends (no per-st
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 
 from tuneline.engine import prefix
-from tuneline.engine.batching import EncodedDataset, LengthGroupedBatches, RowDataset, loader, make_collate
+from tuneline.engine.batching import LabelledRows, LengthGroupedBatches, encode, loader, make_collate
 from tuneline.config import TrainConfig
 from tuneline.engine.hardware import autocast
 from tuneline.engine.models import load_kwargs, quiet_transformers
@@ -33,18 +34,10 @@ LORA_TARGETS = {
 }
 
 
-def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def lora_targets(model_type: str, override: Optional[list[str]]) -> Optional[list[str]]:
-    if override:
-        return list(override)
-    if model_type in LORA_TARGETS:
-        return LORA_TARGETS[model_type]
     from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_TABLE
 
-    return PEFT_TABLE.get(model_type)
+    return list(override) if override else LORA_TARGETS.get(model_type) or PEFT_TABLE.get(model_type)
 
 
 def build_model(resolved: str, labels: Sequence[str], cfg: TrainConfig, strategy: str):
@@ -97,10 +90,6 @@ class FitResult:
     step_losses: list[float] = field(default_factory=list)  # per optimizer step (of this process)
 
 
-def encode(tokenizer, texts: Sequence[str], max_length: int) -> list[list[int]]:
-    return tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
-
-
 def _optimizer(model, cfg: TrainConfig, dev: torch.device) -> torch.optim.Optimizer:
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -115,18 +104,18 @@ def _batches(tokenizer, texts, y, max_length: int, batch_size: int, seed: int, s
     """(sampler, loader): token batches, or the frozen prefix's cached states for the same rows."""
     if states is not None:
         sampler = LengthGroupedBatches(states.lengths, batch_size, seed, shuffle=shuffle)
-        return sampler, loader(RowDataset(len(states), y), sampler, prefix.collate(states), dev.type == "cuda")
+        rows = LabelledRows("row", range(len(states)), y)
+        return sampler, loader(rows, sampler, prefix.collate(states), dev.type == "cuda")
     ids = encode(tokenizer, texts, max_length)
     sampler = LengthGroupedBatches([len(i) for i in ids], batch_size, seed, shuffle=shuffle)
-    return sampler, loader(EncodedDataset(ids, y), sampler, make_collate(tokenizer.pad_token_id), dev.type == "cuda")
+    rows = LabelledRows("input_ids", ids, y)
+    return sampler, loader(rows, sampler, make_collate(tokenizer.pad_token_id), dev.type == "cuda")
 
 
 def _logits(model, batch: dict, dev: torch.device, freeze: int):
     batch = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
-    if "inputs_embeds" in batch:
-        with prefix.swapped(model, freeze):
-            return model(**batch).logits
-    return model(**batch).logits
+    with prefix.swapped(model, freeze) if "inputs_embeds" in batch else contextlib.nullcontext():
+        return model(**batch).logits
 
 
 def predict_proba(model, tokenizer, texts: Sequence[str], max_length: int, batch_size: int, desc: str = "predicting",
@@ -170,7 +159,7 @@ def train_model(
     use_all_cores()
     cfg = resolve(cfg)  # a no-op for a resolved config; makes `auto` and null defaults concrete
     torch.manual_seed(cfg.seed)
-    dev = device()
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(dev)
     n_classes = model.config.num_labels
     freeze = frozen_layers or 0
@@ -223,7 +212,7 @@ def train_model(
             if resumed and i < done_in_epoch:
                 continue  # done before the checkpoint; the order is the same (seed, epoch)
             labels = batch.pop("labels").to(dev, non_blocking=True)
-            with autocast(cfg.precision, dev.type, training=True):
+            with autocast(cfg.precision, dev.type):
                 logits = _logits(model, batch, dev, freeze)
             loss = loss_fn(logits.float(), labels) / cfg.grad_accum
             loss.backward()
