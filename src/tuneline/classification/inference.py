@@ -37,7 +37,7 @@ class TextClassifier:
 
             self.baseline = TfidfClassifier.load(self.model_dir)
         else:
-            self.model, self.tokenizer, _ = load_classifier(self.model_dir)
+            self.model, self.tokenizer = load_classifier(self.model_dir, self.meta)
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         texts = list(texts)

@@ -75,15 +75,14 @@ def save_finetuned(model_dir: Path, model, tokenizer, labels: Sequence[str], cfg
     write_meta(model_dir, strategy, labels, cfg, base_model, merged=merged)
 
 
-def load_classifier(model_dir: Path):
-    """(model, tokenizer, meta) for a fine-tuned folder; safetensors only."""
+def load_classifier(model_dir: Path, meta: dict):
+    """(model, tokenizer) of a fine-tuned folder whose `read_meta` is `meta`; safetensors only."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from tuneline.engine.models import quiet_transformers, resolve_model
 
     quiet_transformers()
     model_dir = Path(model_dir)
-    meta = read_meta(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     labels = meta["labels"]
     if meta["strategy"] == "lora" and not meta.get("merged"):
@@ -98,4 +97,4 @@ def load_classifier(model_dir: Path):
         model = PeftModel.from_pretrained(base, model_dir / ADAPTER_DIR)
     else:
         model = AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True)
-    return model.eval(), tokenizer, meta
+    return model.eval(), tokenizer
