@@ -10,6 +10,9 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from scipy.special import softmax
+
+from tuneline.classification.head import all_label_weights
 
 VOCAB_FILE = "vocabulary.json"
 WEIGHTS_FILE = "tfidf_logreg.safetensors"
@@ -40,20 +43,10 @@ class TfidfClassifier:
     @classmethod
     def from_pipeline(cls, pipe, n_classes: int) -> "TfidfClassifier":
         vec, clf = pipe.steps[0][1], pipe.steps[-1][1]
-        coef = np.zeros((n_classes, clf.coef_.shape[1]))
-        intercept = np.full(n_classes, -1e4)  # a class absent from training is never predicted
-        if clf.coef_.shape[0] == 1:  # binary: one logit; softmax over [0, z] gives the same probabilities
-            coef[clf.classes_[0]], intercept[clf.classes_[0]] = 0.0, 0.0
-            coef[clf.classes_[1]], intercept[clf.classes_[1]] = clf.coef_[0], clf.intercept_[0]
-        else:
-            coef[clf.classes_], intercept[clf.classes_] = clf.coef_, clf.intercept_
-        return cls({t: int(i) for t, i in vec.vocabulary_.items()}, vec.idf_, coef, intercept)
+        return cls({t: int(i) for t, i in vec.vocabulary_.items()}, vec.idf_, *all_label_weights(clf, n_classes))
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
-        z = self.vectorizer.transform(list(texts)) @ self.coef.T + self.intercept
-        z = np.asarray(z) - np.max(z, axis=1, keepdims=True)
-        e = np.exp(z)
-        return e / e.sum(1, keepdims=True)
+        return softmax(np.asarray(self.vectorizer.transform(list(texts)) @ self.coef.T + self.intercept), axis=1)
 
     def save(self, model_dir: Path) -> None:
         import torch

@@ -38,31 +38,21 @@ def resolve_source(cfg: DataConfig) -> Path:
 
 def to_canonical(df: pd.DataFrame, cfg: DataConfig, path: Path) -> pd.DataFrame:
     """Select and rename the configured columns; a missing column is named with what is there."""
-    wanted = {"text": cfg.text_column, "label": cfg.label_column}
-    optional = {"confidence": cfg.confidence_column, "group": cfg.group_column}
+    wanted = {"text": cfg.text_column, "label": cfg.label_column, "group": cfg.group_column}
     columns = [str(c) for c in df.columns]
     for role, col in wanted.items():
-        if col not in columns:
+        if col is not None and col not in columns:
             hint = ""
             if len(columns) == 1 and any(d in columns[0] for d in SNIFF_DELIMITERS):
                 hint = " — the whole header is one column: is data.delimiter right?"
             raise DataError(
                 f"{path}: column {col!r} (data.{role}_column) not found; columns present: {columns}{hint}"
             )
-    out = pd.DataFrame(
-        {
-            "text": df[cfg.text_column].astype("string"),
-            "label": df[cfg.label_column].astype("string"),
-        }
-    )
-    for role, col in optional.items():
-        if col is None:
-            continue
-        if col in columns:
-            series = df[col]
-            out[role] = pd.to_numeric(series, errors="coerce") if role == "confidence" else series.astype("string")
-        elif role == "group":
-            raise DataError(f"{path}: column {col!r} (data.group_column) not found; columns present: {columns}")
+    out = pd.DataFrame({"text": df[cfg.text_column].astype("string"), "label": df[cfg.label_column].astype("string")})
+    if cfg.confidence_column in columns:  # optional: a table without it keeps all its rows
+        out["confidence"] = pd.to_numeric(df[cfg.confidence_column], errors="coerce")
+    if cfg.group_column is not None:
+        out["group"] = df[cfg.group_column].astype("string")
     return out.reset_index(drop=True)
 
 

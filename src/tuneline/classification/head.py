@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from scipy.special import softmax
 from sklearn.linear_model import LogisticRegression
 
 from tuneline.config import TrainConfig
@@ -16,6 +17,18 @@ from tuneline.config import TrainConfig
 log = logging.getLogger(__name__)
 
 HEAD_FILE = "head.safetensors"
+
+
+def all_label_weights(clf, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(weight [n_classes, features], bias) of a fitted LogisticRegression over every label id."""
+    weight = np.zeros((n_classes, clf.coef_.shape[1]))
+    bias = np.full(n_classes, -1e4)  # a class absent from training is never predicted
+    if clf.coef_.shape[0] == 1:  # binary: one logit; softmax over [0, z] gives the same probabilities
+        bias[clf.classes_[0]] = 0.0
+        weight[clf.classes_[1]], bias[clf.classes_[1]] = clf.coef_[0], clf.intercept_[0]
+    else:
+        weight[clf.classes_], bias[clf.classes_] = clf.coef_, clf.intercept_
+    return weight, bias
 
 
 class LinearHead:
@@ -33,23 +46,10 @@ class LinearHead:
             class_weight="balanced" if cfg.class_weight == "balanced" else None,
             random_state=cfg.seed,
         )
-        clf.fit(X, y)
-        weight = np.zeros((n_classes, X.shape[1]), dtype=np.float64)
-        bias = np.zeros(n_classes, dtype=np.float64)
-        if n_classes == 2 and clf.coef_.shape[0] == 1:
-            # Binary sklearn stores one logit; softmax over [0, z] gives the same probabilities.
-            weight[1], bias[1] = clf.coef_[0], clf.intercept_[0]
-        else:
-            weight[clf.classes_], bias[clf.classes_] = clf.coef_, clf.intercept_
-            missing = np.setdiff1d(np.arange(n_classes), clf.classes_)
-            bias[missing] = -1e4  # a class absent from this fold's training rows is never predicted
-        return cls(weight, bias)
+        return cls(*all_label_weights(clf.fit(X, y), n_classes))
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        z = X.astype(np.float64) @ self.weight.T.astype(np.float64) + self.bias.astype(np.float64)
-        z -= z.max(1, keepdims=True)
-        e = np.exp(z)
-        return (e / e.sum(1, keepdims=True)).astype(np.float64)
+        return softmax(X.astype(np.float64) @ self.weight.T.astype(np.float64) + self.bias.astype(np.float64), axis=1)
 
     def save(self, path: Path) -> None:
         import torch

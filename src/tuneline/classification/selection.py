@@ -6,6 +6,7 @@ candidates on shared folds and choosing the winner happens in the crossval stage
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Optional
 
@@ -42,11 +43,7 @@ def count_parameters(resolved: str) -> Optional[int]:
     total = 0
     for f in files:
         with safe_open(str(f), "np") as st:
-            for key in st.keys():
-                n = 1
-                for dim in st.get_slice(key).get_shape():
-                    n *= dim
-                total += n
+            total += sum(math.prod(st.get_slice(key).get_shape()) for key in st.keys())
     return total
 
 
