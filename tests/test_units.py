@@ -64,6 +64,17 @@ def test_linear_head_matches_sklearn_probabilities(n_classes, tmp_path):
     np.testing.assert_array_equal(LinearHead.load(tmp_path / "h.safetensors").predict_proba(X), head.predict_proba(X))
 
 
+def test_linear_head_with_two_of_three_labels_in_training_never_predicts_the_third():
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(200, 6))
+    y = 2 * rng.integers(0, 2, size=200)  # label ids 0 and 2 only: sklearn fits one binary logit
+    cfg = TrainConfig(class_weight="none")
+    proba = LinearHead.fit(X, y, 3, cfg).predict_proba(X)
+    ref = LogisticRegression(C=cfg.head_c, max_iter=cfg.head_max_iter, random_state=cfg.seed).fit(X, y)
+    np.testing.assert_allclose(proba[:, [0, 2]], ref.predict_proba(X), atol=1e-5)
+    assert proba[:, 1].max() < 1e-6
+
+
 def test_decide_branches():
     assert decide("f1_macro", 0.7, None).promote
     assert decide("f1_macro", 0.71, 0.70).promote
