@@ -20,17 +20,13 @@ class TextClassifier:
         # a model trained in fp32 predicts in fp32; a bf16 one in bf16 where this machine runs it natively
         self.precision = "fp32" if self.meta.get("precision", "fp32") == "fp32" else resolve_precision("auto")
         if self.meta["strategy"] == "feature_extraction":
-            from transformers import AutoModel, AutoTokenizer
-
             from tuneline.classification.modelio import ENCODER_DIR
-            from tuneline.engine.models import quiet_transformers
+            from tuneline.engine.models import load_encoder
             from tuneline.classification.head import HEAD_FILE, LinearHead
 
-            quiet_transformers()
             # folders registered before format 2 keep the encoder at the top
             encoder_dir = self.model_dir / ENCODER_DIR if (self.model_dir / ENCODER_DIR).is_dir() else self.model_dir
-            self.tokenizer = AutoTokenizer.from_pretrained(encoder_dir)
-            self.encoder = AutoModel.from_pretrained(encoder_dir, use_safetensors=True).eval()
+            self.tokenizer, self.encoder = load_encoder(str(encoder_dir))  # safetensors only, no remote code
             self.head = LinearHead.load(self.model_dir / HEAD_FILE)
         elif self.meta["strategy"] == "baseline":
             from tuneline.classification.baseline import TfidfClassifier

@@ -30,9 +30,7 @@ def _steps(folder: Path) -> list[tuple[int, Path]]:
 
 def latest(folder: Optional[Path]) -> Optional[Path]:
     """The newest complete checkpoint in `folder`, or None."""
-    if folder is None:
-        return None
-    steps = _steps(Path(folder))
+    steps = _steps(Path(folder)) if folder is not None else []
     return steps[-1][1] if steps else None
 
 
