@@ -19,36 +19,6 @@ from tqdm.auto import tqdm
 from tuneline.llm import chat
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
-def completion_ids(tokenizer, prompt: list[dict], response: str) -> tuple[list[int], list[int]]:
-    p = tokenizer.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True, return_dict=True)["input_ids"]
-    full = tokenizer.apply_chat_template(prompt + [{"role": "assistant", "content": response}], tokenize=True, return_dict=True)["input_ids"]
-    cut = _common_prefix(p, full)
-    return full[:cut], full[cut:]
-
-
-def _pad(seqs: list[list[int]], masks: list[list[int]], pad_id: int):
-    import torch
-
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(seqs), width), dtype=torch.long)
-    loss_mask = torch.zeros((len(seqs), width), dtype=torch.bool)
-    for i, (s, m) in enumerate(zip(seqs, masks)):
-        ids[i, : len(s)] = torch.tensor(s)
-        attn[i, : len(s)] = 1
-        loss_mask[i, : len(m)] = torch.tensor(m, dtype=torch.bool)
-    return ids, attn, loss_mask
-
-
 def token_logps(model, seqs: list[list[int]], masks: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
     """Per sequence: sum of log p(token | earlier) over masked tokens, and how many there were.
 
@@ -58,20 +28,18 @@ def token_logps(model, seqs: list[list[int]], masks: list[list[int]], pad_id: in
     """
     import torch
 
-    dev = next(model.parameters()).device
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(seqs), width), dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.bool)
-    keep = 2
-    for i, (s, m) in enumerate(zip(seqs, masks)):
-        ids[i, width - len(s):] = torch.tensor(s)
-        attn[i, width - len(s):] = 1
-        mask[i, width - len(s):] = torch.tensor(m, dtype=torch.bool)
-        first = next((j for j, v in enumerate(m) if v), len(m))
-        keep = max(keep, len(s) - first + 1)
-    keep = min(keep, width)
+    from torch.nn.utils.rnn import pad_sequence
+
+    def left_pad(rows: list[list[int]], value: int = 0, dtype=torch.long):
+        rows = [torch.tensor(r, dtype=dtype) for r in rows]
+        return pad_sequence(rows, batch_first=True, padding_value=value, padding_side="left")
+
+    ids, attn, mask = left_pad(seqs, pad_id), left_pad([[1] * len(s) for s in seqs]), left_pad(masks, dtype=torch.bool)
+    width = ids.shape[1]
+    first = int(mask.any(0).int().argmax()) if mask.any() else width  # the earliest column holding a masked token
+    keep = min(max(2, width - first + 1), width)
     positions = (attn.cumsum(-1) - 1).clamp(min=0)
+    dev = next(model.parameters()).device
     ids, attn, mask, positions = ids.to(dev), attn.to(dev), mask.to(dev), positions.to(dev)
     with torch.inference_mode():
         logits = model(input_ids=ids, attention_mask=attn, position_ids=positions, logits_to_keep=keep).logits[:, :-1].float()
@@ -81,26 +49,31 @@ def token_logps(model, seqs: list[list[int]], masks: list[list[int]], pad_id: in
         return (logp * m).sum(-1).cpu().numpy(), m.sum(-1).cpu().numpy()
 
 
-def _batches(items: list, size: int, desc: str):
-    for start in tqdm(range(0, len(items), size), desc=desc, unit="batch", leave=False):
-        yield items[start:start + size]
+def _length_batches(seqs: list[list[int]], size: int, desc: str):
+    """Index batches of similar length (little padding), shortest first, with a progress bar."""
+    from tuneline.engine.batching import LengthGroupedBatches
+
+    batches = LengthGroupedBatches([len(s) for s in seqs], size, seed=0, shuffle=False)
+    return tqdm(batches, desc=desc, unit="batch", leave=False)
 
 
 def _by_length(seqs: list[list[int]], masks: list[list[int]], model, pad_id: int, size: int, desc: str):
-    """token_logps over batches of similar length (little padding), returned in the original order."""
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    """token_logps over batches of similar length, returned in the original order."""
     lp, n = np.zeros(len(seqs)), np.zeros(len(seqs))
-    for batch in _batches(order, size, desc):
+    for batch in _length_batches(seqs, size, desc):
         lp[batch], n[batch] = token_logps(model, [seqs[i] for i in batch], [masks[i] for i in batch], pad_id)
     return lp, n
 
 
 def response_logps(model, tokenizer, prompts: list, responses: list[str], batch_size: int, desc: str) -> np.ndarray:
+    """Summed log-prob of each response after its prompt (the tokens past the rendered prompt, as trl cuts them)."""
     seqs, masks = [], []
     for p, r in zip(prompts, responses):
-        head, tail = completion_ids(tokenizer, p, r)
-        seqs.append(head + tail)
-        masks.append([0] * len(head) + [1] * len(tail))
+        head = tokenizer.apply_chat_template(p, tokenize=True, add_generation_prompt=True, return_dict=True)["input_ids"]
+        full = tokenizer.apply_chat_template(p + [{"role": "assistant", "content": r}], tokenize=True, return_dict=True)["input_ids"]
+        cut = next((i for i, (x, y) in enumerate(zip(head, full)) if x != y), min(len(head), len(full)))
+        seqs.append(full)
+        masks.append([0] * cut + [1] * (len(full) - cut))
     return _by_length(seqs, masks, model, tokenizer.pad_token_id, batch_size, desc)[0]
 
 
@@ -117,44 +90,57 @@ def dpo_scores(model, tokenizer, pairs: list[dict], beta: float, batch_size: int
     return out
 
 
-def _wins(a: np.ndarray, b: np.ndarray) -> float:
-    """Share of a > b, ties counting half."""
-    return float(np.mean((a > b) + 0.5 * (a == b))) if len(a) else float("nan")
+def _wins(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per row: 1 where a > b, 0.5 on a tie, else 0."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    return (a > b) + 0.5 * (a == b)
+
+
+def _mean(x: np.ndarray) -> float:
+    return float(np.mean(x)) if len(x) else float("nan")
+
+
+def _reward_metrics(scores: dict[str, np.ndarray], accuracy: str) -> dict[str, float]:
+    """The share of pairs whose chosen reply has the higher reward (`accuracy`), the mean margin, the count."""
+    chosen, rejected = scores["reward_chosen"], scores["reward_rejected"]
+    return {accuracy: _mean(_wins(chosen, rejected)), "mean_margin": _mean(chosen - rejected),
+            "pairs": float(len(chosen))}
 
 
 def preference_metrics(scores: dict[str, np.ndarray]) -> dict[str, float]:
-    margin = scores["reward_chosen"] - scores["reward_rejected"]
-    return {
-        "preference_accuracy": _wins(scores["reward_chosen"], scores["reward_rejected"]),
-        "mean_margin": float(np.mean(margin)) if len(margin) else float("nan"),
-        "policy_logp_accuracy": _wins(scores["policy_chosen"], scores["policy_rejected"]),
-        "reference_logp_accuracy": _wins(scores["reference_chosen"], scores["reference_rejected"]),
-        "pairs": float(len(margin)),
+    return _reward_metrics(scores, "preference_accuracy") | {
+        "policy_logp_accuracy": _mean(_wins(scores["policy_chosen"], scores["policy_rejected"])),
+        "reference_logp_accuracy": _mean(_wins(scores["reference_chosen"], scores["reference_rejected"])),
     }
 
 
-def reward_scores(model, tokenizer, pairs: list[dict], batch_size: int) -> dict[str, np.ndarray]:
-    """The reward head's score of prompt+chosen and prompt+rejected, rendered as the RewardTrainer does."""
+def rewards(model, tokenizer, prompts: list, responses: list[str], batch_size: int,
+            desc: str = "scoring rewards") -> np.ndarray:
+    """The reward head's score of each prompt + response, rendered as the RewardTrainer does."""
     import torch
 
-    dev = next(model.parameters()).device
-    out = {}
-    for side in ("chosen", "rejected"):
-        seqs = [tokenizer.apply_chat_template(p["prompt"] + [{"role": "assistant", "content": p[side]}], tokenize=True,
-                                              return_dict=True)["input_ids"] for p in pairs]
-        values = np.zeros(len(seqs))
-        for batch in _batches(sorted(range(len(seqs)), key=lambda i: len(seqs[i])), batch_size, f"scoring rewards {side}"):
-            ids, attn, _ = _pad([seqs[i] for i in batch], [[] for _ in batch], tokenizer.pad_token_id)
-            with torch.no_grad():
-                values[batch] = model(input_ids=ids.to(dev), attention_mask=attn.to(dev)).logits[:, 0].float().cpu().numpy()
-        out[f"reward_{side}"] = values
-    return out
+    from tuneline.engine.batching import make_collate
+
+    dev, collate = next(model.parameters()).device, make_collate(tokenizer.pad_token_id)
+    seqs = [tokenizer.apply_chat_template(p + [{"role": "assistant", "content": r}], tokenize=True,
+                                          return_dict=True)["input_ids"] for p, r in zip(prompts, responses)]
+    values = np.zeros(len(seqs))
+    for batch in _length_batches(seqs, batch_size, desc):
+        enc = {k: v.to(dev) for k, v in collate([{"input_ids": seqs[i]} for i in batch]).items()}
+        with torch.no_grad():
+            values[batch] = model(**enc).logits[:, 0].float().cpu().numpy()
+    return values
+
+
+def reward_scores(model, tokenizer, pairs: list[dict], batch_size: int) -> dict[str, np.ndarray]:
+    """The rewards of prompt+chosen and prompt+rejected."""
+    prompts = [p["prompt"] for p in pairs]
+    return {f"reward_{side}": rewards(model, tokenizer, prompts, [p[side] for p in pairs], batch_size,
+                                      f"scoring rewards {side}") for side in ("chosen", "rejected")}
 
 
 def reward_metrics(scores: dict[str, np.ndarray]) -> dict[str, float]:
-    margin = scores["reward_chosen"] - scores["reward_rejected"]
-    return {"pairwise_accuracy": _wins(scores["reward_chosen"], scores["reward_rejected"]),
-            "mean_margin": float(np.mean(margin)) if len(margin) else float("nan"), "pairs": float(len(margin))}
+    return _reward_metrics(scores, "pairwise_accuracy")
 
 
 def sft_scores(model, tokenizer, conversations: list[list[dict]], batch_size: int) -> dict[str, np.ndarray]:
@@ -181,8 +167,7 @@ def row_scores(method: str, scores: dict[str, np.ndarray]) -> dict[str, np.ndarr
     """The per-row arrays the task's promotion metric is a statistic of (see `row_statistic`)."""
     if method == "chat_sft":
         return {"logp": np.asarray(scores["logp"], float), "tokens": np.asarray(scores["tokens"], float)}
-    a, b = np.asarray(scores["reward_chosen"], float), np.asarray(scores["reward_rejected"], float)
-    return {"wins": (a > b) + 0.5 * (a == b)}
+    return {"wins": _wins(scores["reward_chosen"], scores["reward_rejected"])}
 
 
 def row_statistic(method: str, rows: dict[str, np.ndarray]) -> float:

@@ -44,12 +44,12 @@ class ChatAdapterModel(mlflow.pyfunc.PythonModel):
         prompts = [_prompt(p) for p in model_input[column]]
         if self.meta["method"] == "reward_model":
             from tuneline.llm.data import to_messages
-            from tuneline.llm.metrics import reward_scores
+            from tuneline.llm.metrics import rewards
 
             if "response" not in model_input.columns:
                 raise ValueError("a reward model scores (prompt, response) rows: add a 'response' column")
-            pairs = [{"prompt": to_messages(p), "chosen": r, "rejected": r} for p, r in zip(prompts, model_input["response"])]
-            return pd.DataFrame({"reward": reward_scores(self.model, self.tokenizer, pairs, 8)["reward_chosen"]})
+            messages, responses = [to_messages(p) for p in prompts], list(model_input["response"])
+            return pd.DataFrame({"reward": rewards(self.model, self.tokenizer, messages, responses, 8)})
         from tuneline.llm.generation import answer
 
         max_new_tokens = int((params or {}).get("max_new_tokens", 64))
