@@ -23,31 +23,16 @@ def read_meta(adapter_dir: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def device():
-    import torch
-
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def load_adapter(adapter_dir: Path, base_folder: str):
     """(model, tokenizer, meta): the base with the adapter attached, in eval mode, unquantized."""
+    import torch
     from peft import PeftModel
     from transformers import AutoTokenizer
 
     quiet()
     meta = read_meta(adapter_dir)
-    method = meta["method"]
     tokenizer = AutoTokenizer.from_pretrained(str(adapter_dir))
-    base = load_base(base_folder, LLMConfig(), method, tokenizer, quantized=False)
-    model = PeftModel.from_pretrained(base, str(adapter_dir)).to(device()).eval()
+    base = load_base(base_folder, LLMConfig(), meta["method"], tokenizer, quantized=False)
+    model = PeftModel.from_pretrained(base, str(adapter_dir)).to("cuda" if torch.cuda.is_available() else "cpu").eval()
     return model, tokenizer, meta
 
-
-def load_plain(base_folder: str, method: str):
-    """The base model alone (the 'before' of a fine-tune), with the same tokenizer handling."""
-    from tuneline.llm.training import load_tokenizer
-
-    quiet()
-    tokenizer = load_tokenizer(base_folder, LLMConfig(), method)
-    model = load_base(base_folder, LLMConfig(), method, tokenizer, quantized=False).to(device()).eval()
-    return model, tokenizer

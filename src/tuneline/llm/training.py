@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import tempfile
 import time
 from pathlib import Path
 from typing import Optional
 
+from tuneline.engine.models import quiet_transformers as quiet  # noqa: F401  (modelio and the plugin use it)
 from tuneline.llm import chat
 from tuneline.llm.config import LLMConfig
 
@@ -23,13 +23,6 @@ ADAPTER_META = "tuneline_llm.json"
 
 class QuantizationUnavailable(RuntimeError):
     pass
-
-
-def quiet() -> None:
-    import transformers
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
 
 
 def quantization_config(cfg: LLMConfig):
@@ -68,7 +61,7 @@ def load_tokenizer(base_folder: str, cfg: LLMConfig, method: str):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if method == "chat_sft":
-        chat.use_training_template(tokenizer)
+        tokenizer.chat_template = chat.training_chat_template(tokenizer) or tokenizer.chat_template
     return tokenizer
 
 
@@ -109,7 +102,7 @@ def _dataset(method: str, rows: list):
     ])
 
 
-def _args(method: str, cfg: LLMConfig, output_dir: str, quantized: bool) -> dict:
+def _args(cfg: LLMConfig, output_dir: str, quantized: bool) -> dict:
     import torch
 
     cuda = torch.cuda.is_available()
@@ -140,19 +133,14 @@ def _quiet_progress(trainer) -> None:
 def make_trainer(method: str, model, tokenizer, rows: list, cfg: LLMConfig, output_dir: str, quantized: bool):
     from trl import DPOConfig, DPOTrainer, RewardConfig, RewardTrainer, SFTConfig, SFTTrainer
 
-    args = _args(method, cfg, output_dir, quantized)
-    dataset, peft = _dataset(method, rows), lora_config(cfg, method)
-    if method == "chat_sft":
-        trainer = SFTTrainer(model=model, args=SFTConfig(assistant_only_loss=True, **args), train_dataset=dataset,
-                             processing_class=tokenizer, peft_config=peft)
-    elif method == "dpo":
-        trainer = DPOTrainer(model=model, args=DPOConfig(beta=cfg.beta, **args), train_dataset=dataset,
-                             processing_class=tokenizer, peft_config=peft)
-    elif method == "reward_model":
-        trainer = RewardTrainer(model=model, args=RewardConfig(**args), train_dataset=dataset, processing_class=tokenizer,
-                                peft_config=peft)
-    else:
+    trainers = {"chat_sft": (SFTTrainer, SFTConfig, {"assistant_only_loss": True}),
+                "dpo": (DPOTrainer, DPOConfig, {"beta": cfg.beta}), "reward_model": (RewardTrainer, RewardConfig, {})}
+    if method not in trainers:
         raise ValueError(f"unknown LLM method {method!r}")
+    trainer_cls, config_cls, extra = trainers[method]
+    trainer = trainer_cls(model=model, args=config_cls(**extra, **_args(cfg, output_dir, quantized)),
+                          train_dataset=_dataset(method, rows), processing_class=tokenizer,
+                          peft_config=lora_config(cfg, method))
     _quiet_progress(trainer)
     return trainer
 
@@ -166,9 +154,8 @@ def train_adapter(method: str, base_folder: str, rows: list, cfg: LLMConfig, ada
     tokenizer = load_tokenizer(base_folder, cfg, method)
     quantized = quantization_config(cfg) is not None
     model = load_base(base_folder, cfg, method, tokenizer)
-    work = Path(tempfile.mkdtemp(prefix="tuneline-llm-train-"))
-    try:
-        trainer = make_trainer(method, model, tokenizer, rows, cfg, str(work), quantized)
+    with tempfile.TemporaryDirectory(prefix="tuneline-llm-train-", ignore_cleanup_errors=True) as work:
+        trainer = make_trainer(method, model, tokenizer, rows, cfg, work, quantized)
         log.info("training %s LoRA (r=%d) on %d examples%s", method, cfg.lora_r, len(trainer.train_dataset),
                  " with a 4-bit base (QLoRA)" if quantized else "")
         start = time.perf_counter()
@@ -176,8 +163,6 @@ def train_adapter(method: str, base_folder: str, rows: list, cfg: LLMConfig, ada
         seconds = time.perf_counter() - start
         trainer.model.save_pretrained(str(adapter_dir))
         tokenizer.save_pretrained(str(adapter_dir))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     history = [h for h in trainer.state.log_history if "loss" in h]
     stats = {
         "examples": len(trainer.train_dataset), "steps": int(trainer.state.global_step), "epochs": float(out.metrics.get("epoch", 0.0)),
