@@ -28,6 +28,7 @@ from typing import Optional
 
 from tuneline.llm.config import PACKAGED_BASE
 from tuneline.engine.models import ModelLoadError
+from tuneline.storage import user_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +56,7 @@ class BaseModel:
 def cache_root() -> Path:
     """TUNELINE_CACHE_DIR, else <user cache dir>/tuneline/llm (outside any repository)."""
     env = os.environ.get("TUNELINE_CACHE_DIR")
-    if env:
-        return Path(env).expanduser()
-    from tuneline.storage import user_cache_dir
-
-    return user_cache_dir("llm")
+    return Path(env).expanduser() if env else user_cache_dir("llm")
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
@@ -117,15 +114,9 @@ def download_gguf(root: Path) -> Path:
         with zipfile.ZipFile(wheels[0]) as zf:
             if member not in zf.namelist():
                 raise BaseModelError(f"{wheels[0].name} has no {member}")
-            part = Path(tmp) / GGUF_NAME
-            with zf.open(member) as src, open(part, "wb") as out:
-                shutil.copyfileobj(src, out, 1 << 22)
-        os.replace(part, dest)
+            zf.extract(member, tmp)
+        os.replace(Path(tmp) / member, dest)
     return dest
-
-
-def find_gguf(root: Path) -> Path:
-    return installed_gguf() or download_gguf(root)
 
 
 def convert_gguf(gguf: Path, folder: Path, sha256: str) -> None:
@@ -167,16 +158,15 @@ def convert_gguf(gguf: Path, folder: Path, sha256: str) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def packaged_base(root: Optional[Path] = None) -> BaseModel:
-    root = Path(root) if root is not None else cache_root()
-    gguf = find_gguf(root)
+def packaged_base() -> BaseModel:
+    root = cache_root()
+    gguf = installed_gguf() or download_gguf(root)
     sha = _cached_sha256(gguf, root)
     folder = root / sha[:16]
-    converted = False
-    if not (folder / MARKER).is_file():
+    converted = not (folder / MARKER).is_file()
+    if converted:
         shutil.rmtree(folder, ignore_errors=True)  # a folder without its marker is a partial write
         convert_gguf(gguf, folder, sha)
-        converted = True
     ref = {"kind": "gguf-package", "id": PACKAGED_BASE, "package": f"{PACKAGE}=={PACKAGE_VERSION}",
            "file": GGUF_NAME, "sha256": sha}
     return BaseModel(str(folder), ref, converted)
@@ -201,10 +191,10 @@ def hub_snapshot(repo_id: str, revision: Optional[str] = None) -> Path:
         raise BaseModelError(f"llm.base_model {repo_id!r}: not a local folder and not obtainable from the hub cache/hub: {exc}") from None
 
 
-def resolve_base(name: str, root: Optional[Path] = None) -> BaseModel:
+def resolve_base(name: str) -> BaseModel:
     """llm.base_model -> a loadable folder plus the reference a registered adapter keeps."""
     if name == PACKAGED_BASE:
-        return packaged_base(root)
+        return packaged_base()
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
@@ -214,12 +204,12 @@ def resolve_base(name: str, root: Optional[Path] = None) -> BaseModel:
     return BaseModel(str(snapshot), {"kind": "hub", "id": name, "sha256": snapshot.name})
 
 
-def base_from_reference(ref: dict, root: Optional[Path] = None) -> BaseModel:
+def base_from_reference(ref: dict) -> BaseModel:
     """The base a registered adapter was trained on, checked against the hash it recorded."""
     if ref["kind"] == "hub":
         snapshot = hub_snapshot(ref["id"], revision=ref["sha256"])
         return BaseModel(str(snapshot), ref)
-    base = packaged_base(root) if ref["kind"] == "gguf-package" else resolve_base(ref["id"], root)
+    base = packaged_base() if ref["kind"] == "gguf-package" else resolve_base(ref["id"])
     if base.ref["sha256"] != ref["sha256"]:
         raise BaseModelError(
             f"base model {ref['id']!r} has sha256 {base.ref['sha256'][:16]}… here, but the adapter was trained on "
