@@ -4,10 +4,7 @@ Imports transformers (tokenizers) only.
 """
 from __future__ import annotations
 
-import logging
 from typing import Optional
-
-log = logging.getLogger(__name__)
 
 # ChatML as written by SmolLM2 (and many others): one expression renders every message.
 _CHATML_MESSAGE = "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
@@ -43,18 +40,9 @@ def training_chat_template(tokenizer) -> Optional[str]:
         raise ChatTemplateError(f"cannot mark assistant tokens in this chat template for loss masking: {exc}") from None
 
 
-def use_training_template(tokenizer) -> None:
-    patched = training_chat_template(tokenizer)
-    if patched is not None:
-        tokenizer.chat_template = patched
-
-
-def render(tokenizer, messages: list[dict], generation_prompt: bool = False) -> str:
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
-
-
 def n_tokens(tokenizer, messages: list[dict], generation_prompt: bool = False) -> int:
-    return len(tokenizer(render(tokenizer, messages, generation_prompt), add_special_tokens=False)["input_ids"])
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def cut_prompt(tokenizer, messages: list[dict], max_tokens: int) -> list[dict]:

@@ -21,6 +21,8 @@ from tuneline.tables import DataError
 
 ROLES = ("system", "user", "assistant")
 FIELDS = {"chat_sft": ("messages", "prompt", "response"), "preference": ("prompt", "chosen", "rejected")}
+EXPECTED = {"chat_sft": "'messages' (a list of {role, content}) or 'prompt' and 'response'",
+            "preference": "'prompt', 'chosen' and 'rejected'"}
 _TURN = re.compile(r"\n\n(?=(?:Human|Assistant):)")
 _SPACE = re.compile(r"\s+")
 
@@ -44,17 +46,11 @@ def read_jsonl(path: Path, task: str) -> pd.DataFrame:
             except json.JSONDecodeError as exc:
                 raise LLMDataError(f"{path}: line {line_no} is not valid JSON: {exc.msg} (column {exc.colno})") from None
             if not isinstance(obj, dict):
-                raise LLMDataError(f"{path}: line {line_no} is a JSON {type(obj).__name__}, expected an object with {_expected(task)}")
+                raise LLMDataError(f"{path}: line {line_no} is a JSON {type(obj).__name__}, expected an object with {EXPECTED[task]}")
             rows.append({"line": line_no, **{k: json.dumps(obj[k], ensure_ascii=False) for k in FIELDS[task] if k in obj}})
     if not rows:
-        raise LLMDataError(f"{path}: no JSON lines; expected objects with {_expected(task)}")
+        raise LLMDataError(f"{path}: no JSON lines; expected objects with {EXPECTED[task]}")
     return pd.DataFrame(rows)
-
-
-def _expected(task: str) -> str:
-    if task == "chat_sft":
-        return "'messages' (a list of {role, content}) or 'prompt' and 'response'"
-    return "'prompt', 'chosen' and 'rejected'"
 
 
 def field_value(text: Optional[str]) -> Any:
@@ -115,18 +111,15 @@ def sft_conversation(row: dict) -> Any:
     if messages is not None:
         return messages
     prompt, response = field_value(row.get("prompt")), response_text(field_value(row.get("response")))
-    if prompt is None or response is None or not isinstance(response, str):
+    if prompt is None or not isinstance(response, str):
         return None
     return to_messages(prompt) + [{"role": "assistant", "content": response}]
 
 
-def prompt_text(messages: list[dict]) -> str:
-    """The prompt as one normalised string: what 'the same prompt' means for leakage and grouping."""
-    return _SPACE.sub(" ", " ".join(f"{m['role']}: {m['content']}" for m in messages)).strip().casefold()
-
-
 def prompt_key(messages: list[dict]) -> str:
-    return hashlib.sha256(prompt_text(messages).encode()).hexdigest()[:16]
+    """Hash of the prompt with spacing and case normalised: what 'the same prompt' means for leakage and grouping."""
+    text = _SPACE.sub(" ", " ".join(f"{m['role']}: {m['content']}" for m in messages)).strip().casefold()
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def last_user_turn(messages: list[dict]) -> list[dict]:

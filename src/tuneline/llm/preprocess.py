@@ -34,15 +34,13 @@ def examples(raw: pd.DataFrame, task: str) -> list[dict]:
     """Decoded rows: prompt messages plus the response(s), with the full prompt's key."""
     out = []
     for r in raw.to_dict("records"):
-        split = r.get("split", "train")
         if task == "preference":
             prompt = to_messages(field_value(r["prompt"]))
-            ex = {"prompt": prompt, "chosen": response_text(field_value(r["chosen"])).strip(),
-                  "rejected": response_text(field_value(r["rejected"])).strip()}
+            ex = {"prompt": prompt} | {k: response_text(field_value(r[k])).strip() for k in ("chosen", "rejected")}
         else:
             conv = sft_conversation(r)
             prompt, ex = conv[:-1], {"prompt": conv[:-1], "response": conv[-1]["content"].strip()}
-        out.append(ex | {"prompt_key": prompt_key(prompt), "line": int(r["line"]), "split": split})
+        out.append(ex | {"prompt_key": prompt_key(prompt), "line": int(r["line"]), "split": r.get("split", "train")})
     return out
 
 
