@@ -146,12 +146,9 @@ def reward_metrics(scores: dict[str, np.ndarray]) -> dict[str, float]:
 def sft_scores(model, tokenizer, conversations: list[list[dict]], batch_size: int) -> dict[str, np.ndarray]:
     """Per conversation: summed log-prob of its assistant tokens (those inside {% generation %}) and their count."""
     template = chat.training_chat_template(tokenizer) or tokenizer.chat_template
-    seqs, masks = [], []
-    for conv in conversations:
-        enc = tokenizer.apply_chat_template(conv, tokenize=True, return_dict=True, return_assistant_tokens_mask=True,
-                                            chat_template=template)
-        seqs.append(list(enc["input_ids"]))
-        masks.append(list(enc["assistant_masks"]))
+    encs = [tokenizer.apply_chat_template(conv, tokenize=True, return_dict=True, return_assistant_tokens_mask=True,
+                                          chat_template=template) for conv in conversations]
+    seqs, masks = [list(e["input_ids"]) for e in encs], [list(e["assistant_masks"]) for e in encs]
     lp, n = _by_length(seqs, masks, model, tokenizer.pad_token_id, batch_size, "scoring conversations")
     return {"logp": lp, "tokens": n}
 
