@@ -1,4 +1,4 @@
-"""Users' tables on disk: reading CSV/TSV/JSONL/Parquet files as they come (encoding, delimiter,
+"""Users' tables on disk: reading CSV/TSV/JSON/JSONL/Parquet files as they come (encoding, delimiter,
 format), and the raw table every task's ingest writes (Parquet, with how it was read as metadata).
 """
 from __future__ import annotations
@@ -32,8 +32,10 @@ def _detect_format(path: Path, fmt: str) -> str:
     suffixes = [s.lower() for s in path.suffixes]
     if ".parquet" in suffixes or ".pq" in suffixes:
         return "parquet"
-    if ".jsonl" in suffixes or ".ndjson" in suffixes or ".json" in suffixes:
+    if ".jsonl" in suffixes or ".ndjson" in suffixes:
         return "jsonl"
+    if ".json" in suffixes:
+        return "json"
     if ".tsv" in suffixes or ".tab" in suffixes:
         return "tsv"
     return "csv"
@@ -41,7 +43,7 @@ def _detect_format(path: Path, fmt: str) -> str:
 
 def _decode(path: Path, raw: bytes, encoding: str) -> tuple[str, str]:
     if b"\x00" in raw[:65536]:
-        raise DataError(f"{path}: contains NUL bytes — this is a binary file, not a CSV/TSV/JSONL table")
+        raise DataError(f"{path}: contains NUL bytes — this is a binary file, not a CSV/TSV/JSON table")
     if encoding != "auto":
         try:
             return raw.decode(encoding), encoding
@@ -78,6 +80,41 @@ def _sniff_delimiter(path: Path, text: str) -> str:
         return ","
 
 
+def _read_jsonl(path: Path, text: str) -> pd.DataFrame:
+    try:
+        return pd.read_json(io.StringIO(text), lines=True, dtype=False)
+    except ValueError as exc:
+        raise DataError(f"{path}: not valid JSON Lines: {exc}") from None
+
+
+def _json_kind(value) -> str:
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(type(value), "a number")
+
+
+def _read_json(path: Path, text: str, expected: str) -> pd.DataFrame:
+    """A .json file: an array of records (one object per row), or JSON Lines under a .json name."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        if exc.msg == "Extra data":  # a second value after the first: one object per line
+            return _read_jsonl(path, text)
+        raise DataError(f"{path}: not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+    want = "expected an array of records, one object per row: [{...}, {...}] (or JSON Lines)"
+    if isinstance(data, dict):
+        nested = [k for k, v in data.items() if isinstance(v, list) and v and all(isinstance(r, dict) for r in v)]
+        hint = f"; the records look to be under key {nested[0]!r}: save that array alone" if nested else ""
+        raise DataError(f"{path}: holds a JSON object (keys: {list(data)[:10]}), not an array of records; {want}{hint}")
+    if not isinstance(data, list):
+        raise DataError(f"{path}: holds {_json_kind(data)}, not an array of records; {want}")
+    if not data:
+        raise DataError(f"{path}: holds an empty JSON array; {expected}")
+    bad = next((i for i, r in enumerate(data) if not isinstance(r, dict)), None)
+    if bad is not None:
+        raise DataError(f"{path}: item {bad} of the JSON array is {_json_kind(data[bad])} ({json.dumps(data[bad])[:60]}), "
+                        f"not a record; {want}")
+    return pd.DataFrame(data, dtype=object)  # values as written: 1 and 1.0 stay apart until validation compares labels
+
+
 def read_table(cfg: DataConfig, path: Path) -> tuple[pd.DataFrame, dict]:
     """Read a user's table as strings; return it with a description of how it was read."""
     if not path.is_file():
@@ -95,10 +132,9 @@ def read_table(cfg: DataConfig, path: Path) -> tuple[pd.DataFrame, dict]:
     else:
         text, info["encoding"] = _decode(path, path.read_bytes(), cfg.encoding)
         if fmt == "jsonl":
-            try:
-                df = pd.read_json(io.StringIO(text), lines=True, dtype=False)
-            except ValueError as exc:
-                raise DataError(f"{path}: not valid JSON Lines: {exc}") from None
+            df = _read_jsonl(path, text)
+        elif fmt == "json":
+            df = _read_json(path, text, expected)
         else:
             sep = "\t" if fmt == "tsv" else (cfg.delimiter or _sniff_delimiter(path, text))
             info["delimiter"] = sep
