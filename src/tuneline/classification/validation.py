@@ -1,7 +1,9 @@
 """The classification data contract: a suite built from the `validate.*` params, run by tuneline.expectations.
 
-Rows are checked as read (nulls, blanks, lengths, duplicates, labels, confidence), and the per-class row
-counts as a derived frame, reported with every class's count.
+Rows are checked with their labels as classes (tuneline.classification.labels: trimmed, numbers compared as
+numbers, case folded on request) for nulls, blanks, lengths, numbers posing as text, duplicates, labels,
+case-only label variants and confidence; the per-class row counts as a derived frame, reported with every
+class's count. The report records the label mapping, which preprocessing applies.
 """
 from __future__ import annotations
 
@@ -10,13 +12,22 @@ from typing import Any
 
 import pandas as pd
 
+from tuneline.classification.labels import apply_mapping, case_variants, describe_merges, label_mapping, merges
 from tuneline.config import ValidateConfig
 from tuneline.expectations import _gx, run_suite, write_report
 
+# A text column this numeric is an id or a score column, not text (and TF-IDF finds no terms in it).
+NUMERIC_TEXT_FRACTION = 0.95
+NUMERIC_TEXT = r"^\s*[+-]?(?:\d{1,3}(?:,\d{3})+(?:\.\d*)?|\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?\s*%?\s*$"
 
-def build_suites(cfg: ValidateConfig, labels: list[str], labels_declared: bool, has_confidence: bool):
-    """(expectation, problem in plain words) pairs on the rows, and on the per-class counts."""
+
+def build_suites(cfg: ValidateConfig, labels: list[str], labels_declared: bool, has_confidence: bool,
+                 variants: list[list[str]]):
+    """(expectation, problem in plain words) pairs on the rows, and on the per-class counts.
+    `variants`: groups of labels that differ only in letter case, which fail unless folded or pinned."""
     E = _gx().expectations
+    numeric = f"{NUMERIC_TEXT_FRACTION:.0%}"
+    case = "; ".join(" / ".join(map(repr, g)) for g in variants) or "none"
     mostly, nulls = 1.0 - cfg.max_null_fraction, f"validate.max_null_fraction={cfg.max_null_fraction}"
     allowed = "validate.labels" if labels_declared else "the labels found (validate.labels is not set)"
     rows = [
@@ -30,8 +41,14 @@ def build_suites(cfg: ValidateConfig, labels: list[str], labels_declared: bool, 
          f"validate.max_text_length={cfg.max_text_length} characters"),
         (E.ExpectColumnProportionOfUniqueValuesToBeBetween(column="text", min_value=1.0 - cfg.max_duplicate_fraction, max_value=1.0),
          f"more texts are repeated than validate.max_duplicate_fraction={cfg.max_duplicate_fraction} allows"),
+        # mostly is the share of non-numeric texts that must remain: just above 5% fails at exactly 95% numbers
+        (E.ExpectColumnValuesToNotMatchRegex(column="text", regex=NUMERIC_TEXT, mostly=round(1 - NUMERIC_TEXT_FRACTION + 1e-9, 9)),
+         f"{numeric} or more of the texts are numbers, not text: is data.text_column the text column?"),
         (E.ExpectColumnValuesToNotBeNull(column="label", mostly=mostly), f"more labels are null than {nulls} allows"),
         (E.ExpectColumnValuesToBeInSet(column="label", value_set=labels), f"labels outside {allowed}"),
+        (E.ExpectColumnValuesToNotBeInSet(column="label", value_set=[v for g in variants for v in g]),
+         f"labels that differ only in letter case ({case}): set validate.fold_label_case: true to merge them, "
+         "or list the classes in validate.labels"),
         (E.ExpectColumnUniqueValueCountToBeBetween(column="label", min_value=2, max_value=None), "fewer than 2 classes"),
     ]
     if has_confidence:
@@ -50,11 +67,15 @@ def _row_ids(df: pd.DataFrame) -> pd.Index:
 
 
 def validate_frame(df: pd.DataFrame, cfg: ValidateConfig) -> dict[str, Any]:
-    labels = list(cfg.labels) if cfg.labels is not None else sorted(df["label"].dropna().astype(str).unique())
-    row_exp, count_exp = build_suites(cfg, labels, cfg.labels is not None, "confidence" in df.columns)
+    mapping = label_mapping(df["label"], cfg.labels, cfg.fold_label_case)
     frame = df.copy()
     frame["text"] = frame["text"].astype(object)
-    frame["label"] = frame["label"].astype(object)
+    frame["label"] = apply_mapping(frame["label"], mapping)
+    found = sorted(frame["label"].dropna().astype(str).unique())
+    labels = list(cfg.labels) if cfg.labels is not None else found
+    # pinned labels are the user's classes as they want them; folding merges the variants away
+    variants = case_variants(found) if cfg.labels is None and not cfg.fold_label_case else []
+    row_exp, count_exp = build_suites(cfg, labels, cfg.labels is not None, "confidence" in df.columns, variants)
     frame.index = _row_ids(frame)
     counts = frame["label"].dropna().astype(str).value_counts()
     # indexed by label, so a failed count check names the classes that are too small
@@ -67,13 +88,17 @@ def validate_frame(df: pd.DataFrame, cfg: ValidateConfig) -> dict[str, Any]:
         r["observed"] = {str(k): int(v) for k, v in counts.items()}
         r["unexpected_sample"] = []
     results = run_suite(frame, row_exp) + per_class
+    merged = merges(df["label"], mapping)
     return {
         "success": all(r["success"] for r in results),
         "task": "classification",
         "rows": int(len(df)),
         "labels": labels,
         "labels_inferred": cfg.labels is None,
-        "summary": f"labels {'inferred' if cfg.labels is None else 'declared'}: {', '.join(labels)}",
+        "summary": f"labels {'inferred' if cfg.labels is None else 'declared'}: {', '.join(labels)}"
+                   + (f"; merged: {describe_merges(merged)}" if merged else ""),
+        "label_mapping": mapping,
+        "label_merges": merged,
         "results": results,
     }
 
