@@ -54,6 +54,9 @@ class TaskPlugin:
     package: ClassVar[str]  # the plugin's Python package: its code digest and dvc.yaml's code deps
     sections: ClassVar[dict[str, type]] = {}
     reads: ClassVar[dict[str, tuple[str, ...]]] = {}
+    # the params naming the data columns each stage works on (`data.text_column`): an unexpected error
+    # in a stage is reported with them (tuneline.pipeline.shell.run_stage)
+    columns: ClassVar[dict[str, tuple[str, ...]]] = {}
 
     # --- the steps (validation guard, clearing, metrics files: the shell's) --------------------
     def ingest(self, config, files) -> dict: raise NotImplementedError

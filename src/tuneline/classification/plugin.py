@@ -26,6 +26,9 @@ class Classification(TaskPlugin):
         "register": ("data", "validate", "preprocess", "select", "cv", "train", "tracking.registered_model_name"),
         "promote": ("promote", "tracking.registered_model_name"),
     }
+    columns = {"ingest": ("data.text_column", "data.label_column"), "validate": ("data.text_column", "data.label_column"),
+               "preprocess": ("data.text_column", "data.label_column"), "crossval": ("data.text_column",),
+               "refit": ("data.text_column",)}
 
     def ingest(self, c, f) -> dict:
         from tuneline.classification.data import ingest

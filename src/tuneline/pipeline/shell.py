@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional
 from tqdm.auto import tqdm
 
 from tuneline import plugins
-from tuneline.pipeline.stages import ORDER, Files, StageError, outputs
+from tuneline.pipeline.stages import ORDER, Files, StageError, inputs, outputs
 from tuneline.storage import atomic_path, read_json, remove_outputs, write_json
 
 log = logging.getLogger(__name__)
@@ -146,10 +146,30 @@ def run_stage(name: str, config, root: Path | str = ".", **options) -> dict:
     """Run one step; `options` reach the step function (the crossval task passes its job mapper)."""
     if name not in STEPS:
         raise StageError(f"unknown stage {name!r}; stages: {', '.join(ORDER)}")
-    f = Files(config.paths, root)
+    f, plugin = Files(config.paths, root), plugin_for(config)
     # Every stage starts clean; validate still writes its report when the data fails.
     remove_outputs(*(f.root / o for o in outputs(name, config.paths)))
-    return STEPS[name](plugin_for(config), config, f, **options)
+    try:
+        return STEPS[name](plugin, config, f, **options)
+    except Exception as exc:
+        # tuneline's own errors already name the file and what to do; anything else (scikit-learn's
+        # "After pruning, no terms remain") is put in terms of the step, its files and its columns.
+        if isinstance(exc, StageError) or type(exc).__module__.partition(".")[0] == "tuneline":
+            raise
+        raise StageError(f"{name} failed on {_working_on(name, config, plugin)}: {type(exc).__name__}: {exc}") from exc
+
+
+def _working_on(name: str, config, plugin) -> str:
+    """'data/raw/dataset.parquet (column 'body' (data.text_column))': a step's input files and columns."""
+    files = [str(p) for p in plugin.source_files(config)] if name == "ingest" else inputs(name, config.paths)
+    values = config.to_dict()
+    columns = []
+    for key in plugin.columns.get(name, ()):
+        section, _, field = key.partition(".")
+        if values.get(section, {}).get(field) is not None:
+            columns.append(f"{values[section][field]!r} ({key})")
+    where = ", ".join(files) or "no input files"
+    return where + (f" (column{'s' if len(columns) > 1 else ''} {', '.join(columns)})" if columns else "")
 
 
 def run_summary(config, results: dict, elapsed: float) -> list[str]:
