@@ -25,6 +25,10 @@ CASES = {
     "only_duplicates.csv": ([], ["column 'text'", "expect_column_proportion_of_unique_values_to_be_between", "observed 0.02"]),
     "binary_garbage.csv": ([], ["NUL bytes", "binary file"]),
     "wrong_schema.parquet": ([], ["column 'text'", "data.text_column", "not found", "['a', 'b']"]),
+    "case_only_labels.csv": ([], ["column 'label'", "differ only in letter case ('Positive' / 'positive')", "validate.fold_label_case"]),
+    "numeric_text.csv": ([], ["column 'text'", "95% or more of the texts are numbers", "expect_column_values_to_not_match_regex"]),
+    "object_not_records.json": ([], ["holds a JSON object", "not an array of records", "under key 'data'"]),
+    "array_of_arrays.json": ([], ["item 0 of the JSON array is an array", "not a record"]),
 }
 
 

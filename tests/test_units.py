@@ -3,7 +3,8 @@ import pandas as pd
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from tuneline.config import PreprocessConfig, TrainConfig
+from tuneline.config import PreprocessConfig, TrainConfig, ValidateConfig
+from tuneline.classification.labels import apply_mapping, label_mapping, merges
 from tuneline.classification.preprocess import clean_frame, clean_text
 from tuneline.tracking.gate import decide
 from tuneline.storage import atomic_path
@@ -49,6 +50,49 @@ def test_clean_frame_counts_every_drop():
         "rows_clean": 2,
     }
     assert out["text"].tolist() == ["good", "bad"]
+
+
+@pytest.mark.parametrize("labels, pinned, fold, expected", [
+    (["0", "0.0", "-0", "+0.00", "0"], None, False, {"0.0": "0", "-0": "0", "+0.00": "0"}),
+    ([" 1 ", "1e0", "1.50", ".5"], None, False, {" 1 ": "1", "1e0": "1", "1.50": "1.5", ".5": "0.5"}),
+    (["1.0", "2.0", "1"], ["1.0", "2"], False, {"1": "1.0", "2.0": "2"}),  # pinned spellings name the classes
+    (["nan", "1", "1.0", "inf"], None, False, {}),  # nan and inf are words: not every label is a number
+    (["Pos", "pos", "pos", "neg "], None, False, {"neg ": "neg"}),  # case variants stay apart (validation fails them)
+    (["Pos", "pos", "pos", "neg "], None, True, {"Pos": "pos", "neg ": "neg"}),  # the most frequent spelling
+    (["Pos", "pos", "pos"], ["Pos"], True, {"pos": "Pos"}),  # ... unless validate.labels pins one
+    (["", "  ", "a", None], None, False, {"  ": ""}),  # blank is missing
+])
+def test_label_mapping(labels, pinned, fold, expected):
+    series = pd.Series(labels, dtype=object)
+    mapping = label_mapping(series, pinned, fold)
+    assert mapping == expected
+    classes = apply_mapping(series, mapping)
+    assert classes.isna().sum() == sum(1 for v in labels if v is None or not v.strip())
+    for name, spellings in merges(series, mapping).items():  # a class two or more spellings became
+        assert len(spellings) > 1 and all(mapping.get(raw, raw) == name for raw in spellings)
+
+
+@pytest.mark.parametrize("text, numeric", [
+    ("42", True), (" -3.5e2 ", True), ("1,234.50", True), ("12%", True), (".5", True),
+    ("\U0001F600\U0001F622", False), ("!!! ???", False), ("$$$", False), ("1.2.3 released", False), ("4 stars", False),
+])
+def test_what_counts_as_a_number_in_a_text_column(text, numeric):
+    import re
+
+    from tuneline.classification.validation import NUMERIC_TEXT
+
+    assert bool(re.search(NUMERIC_TEXT, text)) is numeric
+
+
+@pytest.mark.parametrize("numbers, passes", [(57, False), (56, True)])  # of 60 texts: 95% fails, 93% passes
+def test_a_text_column_of_numbers_fails_from_95_percent(numbers, passes):
+    from tuneline.classification.validation import NUMERIC_TEXT, validate_frame
+
+    texts = [str(i * 3.5) for i in range(numbers)] + [f"words about item {i}" for i in range(60 - numbers)]
+    report = validate_frame(pd.DataFrame({"text": texts, "label": ["a", "b"] * 30}), ValidateConfig())
+    check = next(r for r in report["results"] if r["kwargs"].get("regex") == NUMERIC_TEXT)
+    assert check["success"] is passes and report["success"] is passes
+    assert check["observed"].startswith(f"{numbers} unexpected")
 
 
 @pytest.mark.parametrize("n_classes", [2, 3])
