@@ -119,6 +119,15 @@ def test_pin_labels_writes_the_inferred_set_into_params(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(["pin-labels", "--set", f"data.source={tmp_path / 'd.csv'}"]) == 0
     assert load_config(tmp_path / "params.yaml").validate_.labels == ["neg", "neu", "pos"]
+    # the classes validation would see: numbers compared as numbers; case variants refused unless folded
+    label = ["--set", "data.label_column=label"]
+    assert main(["pin-labels", "--set", f"data.source={BAD / 'numeric_labels.csv'}", *label]) == 0
+    assert load_config(tmp_path / "params.yaml").validate_.labels == ["0", "1"]
+    assert main(["pin-labels", "--set", f"data.source={BAD / 'case_only_labels.csv'}", *label]) == 2
+    assert load_config(tmp_path / "params.yaml").validate_.labels == ["0", "1"]
+    fold = ["--set", "validate.fold_label_case=true"]
+    assert main(["pin-labels", "--set", f"data.source={BAD / 'case_only_labels.csv'}", *label, *fold]) == 0
+    assert load_config(tmp_path / "params.yaml").validate_.labels == ["Positive", "negative"]
 
 
 # Files of tests/data/bad that hold what a user's data really holds: each is read into the classes it

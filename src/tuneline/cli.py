@@ -90,7 +90,10 @@ def cmd_stage(args) -> int:
 
 def cmd_pin_labels(args) -> int:
     """Infer the label set from data.source and write it into params.yaml's validate.labels."""
+    import json
     import re
+
+    import yaml
 
     from tuneline.classification.data import resolve_source, to_canonical
     from tuneline.classification.labels import apply_mapping, case_variants, label_mapping
@@ -107,7 +110,9 @@ def cmd_pin_labels(args) -> int:
                         "or write the classes into validate.labels by hand")
     params = Path(_params_path(args.params) or DEFAULT_PARAMS)
     text = params.read_text(encoding="utf-8") if params.is_file() else ""
-    line = "  labels: [" + ", ".join(repr(l) if not l.isalnum() else l for l in labels) + "]"
+    # quoted unless YAML reads the bare word back as this string (not 0, 1, yes, null)
+    line = "  labels: [" + ", ".join(l if l.isalnum() and yaml.safe_load(l) == l else json.dumps(l, ensure_ascii=False)
+                                     for l in labels) + "]"
     new, n = re.subn(r"(?m)^  labels:.*$", line, text, count=1)
     if n == 0:
         raise SystemExit(f"{params}: no 'validate:' section with a 'labels:' key to pin; add `validate: {{labels: null}}`")
