@@ -203,6 +203,7 @@ def test_registration_is_reused_for_the_same_inputs_and_half_registrations_are_r
     from mlflow import MlflowClient
 
     from tuneline.tracking import runs as tracking
+    from tuneline.tracking.cleanup import retire_leftovers
 
     uri, name, key = f"sqlite:///{tmp_path / 'mlflow.db'}", "m", "k1"
     client = MlflowClient(uri)
@@ -215,16 +216,19 @@ def test_registration_is_reused_for_the_same_inputs_and_half_registrations_are_r
     done = client.create_run(exp, tags={tracking.REGISTRATION_KEY: key})
     client.log_metric(done.info.run_id, "cv_f1_macro_mean", 0.7)
     full = client.create_model_version(name, source=(tmp_path / "art").as_uri(), run_id=done.info.run_id,
-                                       tags={tracking.REGISTRATION_KEY: key})
+                                       tags={tracking.REGISTRATION_KEY: key, "task": "classification"})
     client.set_terminated(done.info.run_id, "FINISHED")
 
+    retire_leftovers(uri, "e")  # what the register step does first, whatever its key
     found = tracking.find_registration(uri, "e", name, key)
     assert found["version"] == str(full.version) and found["run_id"] == done.info.run_id and found["reused"] is True
     assert found["cv_metrics"] == {"f1_macro": 0.7}
     assert [v.version for v in client.search_model_versions(f"name = '{name}'")] == [full.version]  # v{half} deleted
-    assert client.get_run(killed.info.run_id).info.lifecycle_stage == "deleted"
+    assert client.get_run(killed.info.run_id).info.status == "FAILED"  # its process is gone (none recorded)
 
-    tracking.check_version(uri, name, str(full.version))  # what promotion may touch: a complete registration
+    tracking.check_version(uri, name, str(full.version), "classification")  # what promotion may touch: a complete registration
+    with pytest.raises(LookupError, match=rf"m version {full.version} was registered for task 'classification'; this project's task is 'sft'"):
+        tracking.check_version(uri, name, str(full.version), "sft")
     with pytest.raises(LookupError, match=rf"m: no version '9' in sqlite:///\S+; versions: {full.version}$"):
         tracking.check_version(uri, name, "9")
     bare = client.create_model_version(name, source=(tmp_path / "art").as_uri(), run_id=done.info.run_id)

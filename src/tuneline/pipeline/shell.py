@@ -70,6 +70,7 @@ def _register(p, c, f: Files) -> dict:
     from tuneline.pipeline.fingerprint import read_values, stage_key
     from tuneline.pipeline.lineage import lineage_tags
     from tuneline.tracking import runs as tracking
+    from tuneline.tracking.cleanup import retire_leftovers
 
     reg = p.registration(c, f)
     uri, name, (metric, higher) = tracking.tracking_uri(f.root), p.registered_name(c), p.metric(c)
@@ -89,6 +90,7 @@ def _register(p, c, f: Files) -> dict:
             reg.signature, reg.requirements, reg.description, {"task": c.task, "metric": metric} | reg.version_tags, key, children)
 
     key = stage_key("register", c, f.root)
+    retire_leftovers(uri, c.tracking.experiment)  # what killed registrations left, whatever their inputs
     registration = tracking.find_registration(uri, c.tracking.experiment, name, key) or log_run(key)
     registration |= {"task": c.task, "metric": metric, "higher_is_better": higher} | reg.extra
     write_json(f.registration, registration)
@@ -105,7 +107,7 @@ def promote_version(c, root: Path | str, version: str, candidate: Any = None, fo
 
     p, f = plugin_for(c), Files(c.paths, root)
     uri, name, (metric, higher) = tracking.tracking_uri(f.root), name or p.registered_name(c), p.metric(c)
-    tracking.check_version(uri, name, version)
+    tracking.check_version(uri, name, version, c.task)
 
     def decide(current: Optional[str]) -> dict:
         scores = candidate if candidate is not None else p.version_scores(c, f, uri, name, version)

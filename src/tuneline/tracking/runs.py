@@ -15,6 +15,8 @@ from typing import Any, Callable, Optional
 
 import yaml
 
+from tuneline.tracking import store
+
 log = logging.getLogger(__name__)
 
 
@@ -33,6 +35,7 @@ def scoped(uri: str):
     os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     _no_printed_urls(uri)
+    store.prepare(uri)
     import mlflow
 
     saved_env = os.environ.get("MLFLOW_TRACKING_URI")
@@ -58,7 +61,17 @@ def client(uri: str):
     from mlflow import MlflowClient
 
     _no_printed_urls(uri)
+    store.prepare(uri)
     return MlflowClient(tracking_uri=uri)
+
+
+def fault(point: str) -> None:
+    """A test switch: with TUNELINE_FAULT=<point> this process kills itself (SIGKILL) right here, as
+    `kill -9` or the OOM killer would, so tests can stop a registry operation at an exact point."""
+    if point in os.environ.get("TUNELINE_FAULT", "").split(","):
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 # A saved view of the experiment's runs table with the columns people compare; open it with
@@ -76,9 +89,16 @@ def ensure_experiment(uri: str, name: str, root: Path) -> str:
     c = client(uri)
     exp = c.get_experiment_by_name(name)
     if exp is not None:
+        store.warn_if_outside(uri, name, exp.artifact_location, root)
         return exp.experiment_id
-    location = (Path(root) / "mlartifacts").resolve().as_uri() if uri.startswith("sqlite:") else None
-    exp_id = c.create_experiment(name, artifact_location=location)
+    from mlflow.exceptions import MlflowException
+
+    try:  # beside the store, not in this project: projects sharing a store stay independent
+        exp_id = c.create_experiment(name, artifact_location=store.artifact_root(uri))
+    except MlflowException:  # another first run created it a moment ago
+        if (exp := c.get_experiment_by_name(name)) is None:
+            raise
+        return exp.experiment_id
     c.set_experiment_tag(exp_id, f"mlflow.sharedViewState.{UI_VIEW_KEY}",
                          json.dumps({"selectedColumns": UI_COLUMNS, "orderByKey": "attributes.start_time", "orderByAsc": False}))
     return exp_id
@@ -142,12 +162,17 @@ def log_registered_model(
     `registration_key` tags the run at its start and the version last (see find_registration).
     The returned value, like everything logged here, names the store without credentials.
     """
+    from tuneline.tracking.owner import process_tags
+
     exp_id = ensure_experiment(uri, experiment, root)
     lineage = {k: v for k, v in tags.items() if k.startswith(("git.", "dvc."))}
     key_tag = {REGISTRATION_KEY: registration_key} if registration_key else {}
     cv = cv_metrics(cv_summary["metrics"])
-    with scoped(uri) as mlflow, mlflow.start_run(experiment_id=exp_id, run_name=run_name) as parent:
-        mlflow.set_tags({**tags, **environment_tags(), "tuneline.run_kind": "pipeline", **key_tag})
+    # the key and the owning process from the run's first write: a kill at any later point leaves
+    # a run that the next register (or `tuneline gc`) can tell from a live one
+    with scoped(uri) as mlflow, mlflow.start_run(experiment_id=exp_id, run_name=run_name,
+                                                 tags={**key_tag, **process_tags()}) as parent:
+        mlflow.set_tags({**tags, **environment_tags(), "tuneline.run_kind": "pipeline"})
         mlflow.log_params(flatten(params))
         mlflow.log_metrics({**cv, **test_metrics})
         for path in artifacts:
@@ -162,6 +187,7 @@ def log_registered_model(
                 pip_requirements=requirements, registered_model_name=registered_model_name,
             )
         version = str(info.registered_model_version)
+        fault("after-log-model")
         client(uri).update_model_version(registered_model_name, version, description=description)
         set_version_tags(uri, registered_model_name, version, {**version_tags, **lineage, **key_tag})  # the key last: complete
     return _registration(uri, parent.info.run_id, exp_id, registered_model_name, version, cv)
@@ -175,14 +201,24 @@ def _registration(uri: str, run_id: str, exp_id: str, name: str, version: str, m
             "model_uri": f"models:/{name}/{version}", "cv_metrics": cv_means, "tracking_uri": redact(uri)}
 
 
-def check_version(uri: str, name: str, version: str) -> None:
-    """A version that promotion may touch: it exists and its registration completed (tagged last)."""
+def check_version(uri: str, name: str, version: str, task: Optional[str] = None) -> None:
+    """A version that promotion may touch: it exists, it carries the registration's tags (the key is
+    tagged last), its run finished, and (given `task`) it was registered by a project of that task."""
     versions = {str(v.version): v for v, _ in list_versions(uri, name)}
     if str(version) not in versions:
         raise LookupError(f"{name}: no version {version!r} in {redact(uri)}; versions: {', '.join(versions) or 'none'}")
-    if REGISTRATION_KEY not in versions[str(version)].tags:
-        raise LookupError(f"{name} version {version} is not a complete tuneline registration (no {REGISTRATION_KEY} tag); "
+    v = versions[str(version)]
+    missing = [t for t in (REGISTRATION_KEY, "task") if t not in v.tags]
+    if missing:
+        raise LookupError(f"{name} version {version} is not a complete tuneline registration (no {', '.join(missing)} tag); "
                           "re-run the register stage")
+    status = client(uri).get_run(v.run_id).info.status if v.run_id else "missing"
+    if status != "FINISHED":
+        raise LookupError(f"{name} version {version}: its run {v.run_id or '(none)'} is {status}, so its registration did not "
+                          "finish; re-run the register stage, or `tuneline gc --apply`, to complete or remove it")
+    if task is not None and v.tags["task"] != task:
+        raise LookupError(f"{name} version {version} was registered for task {v.tags['task']!r}; this project's task is "
+                          f"{task!r}: promote it from a project of that task")
 
 
 def log_decision(uri: str, run_id: str, decision: dict) -> None:
@@ -350,9 +386,8 @@ def find_registration(uri: str, experiment: str, name: str, key: str) -> Optiona
     step reuses it instead of adding a version; None when there is none.
 
     A complete registration is a FINISHED run whose model version carries the key (it is tagged
-    last). Anything less for the key — a run killed or failed half-way, with or without a version —
-    is retired first: its versions are deleted and the run is marked FAILED and deleted, so the
-    registry never shows a half-registered model.
+    last). Call tuneline.tracking.cleanup.retire_leftovers first: registrations that died, whatever
+    their key, are then completed or retired, so the registry never shows a half-registered model.
     """
     from mlflow.entities import ViewType
 
@@ -360,24 +395,14 @@ def find_registration(uri: str, experiment: str, name: str, key: str) -> Optiona
     exp = c.get_experiment_by_name(experiment)
     if exp is None:
         return None
-    runs = c.search_runs([exp.experiment_id], filter_string=f"tags.`{REGISTRATION_KEY}` = '{key}'",
+    runs = c.search_runs([exp.experiment_id], filter_string=f"tags.`{REGISTRATION_KEY}` = '{key}' and attributes.status = 'FINISHED'",
                          run_view_type=ViewType.ACTIVE_ONLY, order_by=["attributes.start_time ASC"])
-    found = None
-    for run in runs:
-        versions = [v for v in c.search_model_versions(f"run_id = '{run.info.run_id}'") if v.name == name]
-        keyed = next((v for v in versions if v.tags.get(REGISTRATION_KEY) == key), None)
-        if run.info.status == "FINISHED" and keyed is not None:
-            found = found or (run, keyed)  # a later one is a duplicate from a race: left alone, the first is reused
-            continue
-        for v in versions:
-            log.warning("deleting half-registered %s version %s (run %s ended %s)", name, v.version, run.info.run_id, run.info.status)
-            c.delete_model_version(name, v.version)
-        if run.info.status in ("RUNNING", "SCHEDULED"):
-            c.set_terminated(run.info.run_id, "FAILED")
-        c.delete_run(run.info.run_id)
-    if found is None:
-        return None
-    run, version = found
-    log.info("inputs unchanged since %s version %s (run %s): reusing that registration", name, version.version, run.info.run_id)
-    return _registration(uri, run.info.run_id, exp.experiment_id, name, str(version.version),
-                         run.data.metrics) | {"reused": True}
+    for run in runs:  # a later one is a duplicate from a race: left alone, the first is reused
+        versions = c.search_model_versions(f"run_id = '{run.info.run_id}'")
+        version = next((v for v in versions if v.name == name and v.tags.get(REGISTRATION_KEY) == key), None)
+        if version is not None:
+            log.info("inputs unchanged since %s version %s (run %s): reusing that registration", name, version.version,
+                     run.info.run_id)
+            return _registration(uri, run.info.run_id, exp.experiment_id, name, str(version.version),
+                                 run.data.metrics) | {"reused": True}
+    return None
