@@ -34,6 +34,7 @@ def promote_with(uri: str, name: str, version: str, metric: str, decide: Callabl
     `champion` (the old one becomes `previous`, a matching `challenger` is cleared), a refusal makes
     `version` the `challenger`; aliases are mirrored as stages when asked."""
     with tracking.registry_lock(uri, name):
+        repaired = repair(uri, name, mirror_stages)
         current = tracking.alias_version(uri, name, CHAMPION)
         if current == version:
             decision = Decision(False, f"version {version} is already champion", metric, None, None).to_dict()
@@ -54,7 +55,7 @@ def promote_with(uri: str, name: str, version: str, metric: str, decide: Callabl
                 tracking.client(uri).set_registered_model_alias(name, CHALLENGER, version)
                 if mirror_stages:
                     tracking.mirror_stage(uri, name, version, "Staging")
-        decision |= {"version": version, "previous_champion": current,
+        decision |= {"version": version, "previous_champion": current, "repaired": repaired,
                      "champion_version": tracking.alias_version(uri, name, CHAMPION),
                      "decided_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         tracking.set_version_tags(uri, name, version, {
@@ -65,12 +66,42 @@ def promote_with(uri: str, name: str, version: str, metric: str, decide: Callabl
 
 
 def _crown(uri: str, name: str, version: str, demoted: Optional[str], mirror: bool) -> None:
-    """`version` becomes the champion; with `mirror`, it is Production and the `demoted` one Archived."""
+    """`version` becomes the champion; with `mirror`, it is Production and the `demoted` one Archived.
+    The alias moves first: a kill before the stages follow is what `repair` mends."""
     tracking.client(uri).set_registered_model_alias(name, CHAMPION, version)
+    tracking.fault("after-alias")
     if mirror:
         tracking.mirror_stage(uri, name, version, "Production")
         if demoted is not None:
             tracking.mirror_stage(uri, name, demoted, "Archived")
+
+
+def repair(uri: str, name: str, mirror: bool = True) -> list[str]:
+    """Make aliases and stages agree with the `champion` alias again, after a promotion or rollback
+    killed between its writes: the champion is Production (with `mirror`) and no other version is,
+    and neither `challenger` nor `previous` names the champion. What was mended, one line each
+    (logged as a warning); call it under the registry lock."""
+    champion = tracking.alias_version(uri, name, CHAMPION)
+    if champion is None:
+        return []
+    fixes = []
+    for alias in (CHALLENGER, PREVIOUS):
+        if tracking.alias_version(uri, name, alias) == champion:
+            tracking.delete_alias(uri, name, alias)
+            fixes.append(f"cleared alias {alias!r}, which named champion version {champion}")
+    if mirror:
+        stages = {str(v.version): v.current_stage for v, _ in tracking.list_versions(uri, name)}
+        if stages.get(champion) != "Production":
+            tracking.mirror_stage(uri, name, champion, "Production")
+            was = stages.get(champion) if stages.get(champion) not in (None, "", "None") else "without a stage"
+            fixes.append(f"champion version {champion} was {was}, now Production")
+        for v, stage in stages.items():
+            if stage == "Production" and v != champion:
+                tracking.mirror_stage(uri, name, v, "Archived")
+                fixes.append(f"version {v} was Production but is not champion, now Archived")
+    for fix in fixes:
+        log.warning("repaired %s: %s (an earlier promotion stopped half-way)", name, fix)
+    return fixes
 
 
 def rollback(uri: str, name: str, mirror: bool = True) -> dict:
