@@ -183,6 +183,16 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_gc(args) -> int:
+    """List (or, with --apply, complete or remove) what registrations that died left in the store."""
+    from tuneline.tracking import runs as tracking
+    from tuneline.tracking.cleanup import gc
+
+    config = _load(args)
+    print("\n".join(gc(tracking.tracking_uri(Path(".")), config.tracking.experiment, apply=args.apply)))
+    return 0
+
+
 def cmd_dvc_yaml(args) -> int:
     """Write dvc.yaml for the project's task (params.yaml `task`): its stages, params keys and code deps."""
     from tuneline.pipeline.dvcfile import render
@@ -241,6 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_dvc_yaml)
     p = with_params(sub.add_parser("llm-base", help="prepare the LLM base model (llm.base_model) once and print its folder"))
     p.set_defaults(func=cmd_llm_base)
+    p = with_params(sub.add_parser("gc", help="list the runs, versions and files that killed registrations left (--apply removes)"))
+    p.add_argument("--apply", action="store_true", help="complete or remove them (default: only list them)")
+    p.set_defaults(func=cmd_gc)
     p = with_params(sub.add_parser("pin-labels", help="write the data's label set into params.yaml (validate.labels)"))
     p.set_defaults(func=cmd_pin_labels)
     return parser
