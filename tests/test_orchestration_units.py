@@ -238,6 +238,35 @@ def test_registration_is_reused_for_the_same_inputs_and_half_registrations_are_r
     assert str(half.version) != found["version"]
 
 
+def test_a_registration_killed_after_its_last_write_is_completed_and_a_live_one_is_left_alone(tmp_path):
+    from mlflow import MlflowClient
+
+    from tuneline.tracking import runs as tracking
+    from tuneline.tracking.cleanup import gc, retire_leftovers
+    from tuneline.tracking.owner import process_tags
+
+    uri, name = f"sqlite:///{tmp_path / 'mlflow.db'}", "m"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("e", artifact_location=(tmp_path / "art").as_uri())
+    client.create_registered_model(name)
+    source = (tmp_path / "art").as_uri()
+    # killed between tagging its version with the key and ending its run: nothing is missing
+    ended_late = client.create_run(exp, tags={tracking.REGISTRATION_KEY: "k1"})
+    kept = client.create_model_version(name, source=source, run_id=ended_late.info.run_id, tags={tracking.REGISTRATION_KEY: "k1"})
+    # still registering, in this very process: neither a leftover nor touched
+    live = client.create_run(exp, tags={tracking.REGISTRATION_KEY: "k2", **process_tags()})
+    busy = client.create_model_version(name, source=source, run_id=live.info.run_id)
+
+    listed = gc(uri, "e")
+    assert ended_late.info.run_id in "\n".join(listed) and live.info.run_id not in "\n".join(listed)
+    assert "  only the run's end is missing: it will be marked FINISHED, its version kept" in listed
+    retire_leftovers(uri, "e")
+    assert client.get_run(ended_late.info.run_id).info.status == "FINISHED"
+    assert client.get_run(live.info.run_id).info.status == "RUNNING"
+    assert sorted(v.version for v in client.search_model_versions(f"name = '{name}'")) == sorted([kept.version, busy.version])
+    assert gc(uri, "e") == [f"nothing to clean in experiment 'e' of {uri}"]
+
+
 def test_prefect_yaml_deploys_each_flow_on_its_pool():
     from prefect.flows import load_flow_from_entrypoint
 

@@ -57,7 +57,7 @@ def _fail(c, runs: list, why: str) -> None:
 def _settle(c, exp_id: str, run, why: str, versions: list) -> None:
     if _complete(run, versions):
         c.set_terminated(run.info.run_id, "FINISHED")
-        log.warning("completed the registration of %s (run %s was %s after its last write)",
+        log.warning("completed the registration of %s (run %s: %s, after its last write)",
                     ", ".join(f"{v.name} v{v.version}" for v in versions), run.info.run_id, why)
         return
     for v in versions:
