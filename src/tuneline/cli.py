@@ -35,6 +35,8 @@ def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(message)s", datefmt="[%X]", handlers=[handler])
     logging.getLogger("tuneline").setLevel(logging.DEBUG if verbose else logging.INFO)
     logging.getLogger("great_expectations").setLevel(logging.WARNING)
+    if not verbose:  # its ERROR repeats, with a traceback, the exception the command reports in one line
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     import warnings
 
     warnings.filterwarnings("ignore", category=FutureWarning)
@@ -52,10 +54,23 @@ def _load(args):
     return load_config(_params_path(args.params), args.set)
 
 
+def _locked(args):
+    """The project lock for a command that writes the project (see tuneline.lock)."""
+    from tuneline.lock import project_lock
+
+    command = " ".join(["tuneline", args.command, *([args.name] if args.command == "stage" else [])])
+    return project_lock(Path("."), command, wait=not args.no_wait)
+
+
 def cmd_run(args) -> int:
     config = _load(args)  # fail on bad params before any work
+    with _locked(args):
+        return _run(args, config)
+
+
+def _run(args, config) -> int:
     start = time.perf_counter()
-    from tuneline.startup import start_temporary_prefect_server, warm_up
+    from tuneline.startup import crash_orphaned_flow_runs, start_temporary_prefect_server, warm_up
 
     server = start_temporary_prefect_server()  # boots while the flow's modules load
     from rich.console import Console
@@ -70,6 +85,7 @@ def cmd_run(args) -> int:
     if server is not None:
         warm_up(Path("."), server)
         server.join()
+        crash_orphaned_flow_runs(Path("."))
     results = pipeline(params=_params_path(args.params), overrides=args.set, root=".")
     from tuneline.pipeline.shell import run_summary
 
@@ -84,7 +100,8 @@ def cmd_stage(args) -> int:
     config = _load(args)
     if args.name == "ingest":  # what `dvc repro` runs first: is dvc.yaml the DAG these params need?
         check_current(config, Path("."))
-    run_stage(args.name, config, Path("."))
+    with _locked(args):
+        run_stage(args.name, config, Path("."))
     return 0
 
 
@@ -121,12 +138,17 @@ def cmd_pin_labels(args) -> int:
     return 0
 
 
-def _registry(args):
+def _registry(args, need_store: bool = True):
+    """(config, tracking URI, registered model name); a SQLite store must exist (none is created)."""
     from tuneline import plugins
+    from tuneline.clierrors import require_store
     from tuneline.tracking import runs as tracking
 
     config = _load(args)
-    return config, tracking.tracking_uri(Path(".")), args.name or plugins.get(config.task).registered_name(config)
+    uri = tracking.tracking_uri(Path("."))
+    if need_store:
+        require_store(uri)
+    return config, uri, args.name or plugins.get(config.task).registered_name(config)
 
 
 def cmd_models(args) -> int:
@@ -156,9 +178,17 @@ def cmd_models(args) -> int:
 
 
 def cmd_promote(args) -> int:
+    from tuneline.clierrors import UserError
     from tuneline.pipeline.shell import promote_version
+    from tuneline.pipeline.stages import Files
+    from tuneline.tracking.runs import check_version
 
-    config, _, name = _registry(args)
+    config, uri, name = _registry(args)
+    check_version(uri, name, str(args.version))  # before the data check: a wrong version is the first thing to say
+    test = Files(config.paths, Path(".")).test
+    if not test.is_file():
+        raise UserError(f"{test.resolve()}: no test split in this project; promote scores version {args.version} on it: "
+                        "run `tuneline run` (or `dvc repro preprocess`) here first")
     decision = promote_version(config, Path("."), str(args.version), force=args.force, reason=args.reason, name=name)
     print(("PROMOTED: " if decision["promote"] else "not promoted: ") + decision["reason"])
     return 0 if decision["promote"] else 3
@@ -174,10 +204,13 @@ def cmd_rollback(args) -> int:
 
 
 def cmd_predict(args) -> int:
+    from tuneline.clierrors import check_model_uri
     from tuneline.pipeline.predict import predict_file
 
-    config, uri, name = _registry(args)
-    model_uri = args.model or f"models:/{name}@champion"
+    model_uri = args.model or None
+    config, uri, name = _registry(args, need_store=model_uri is None or model_uri.startswith(("models:/", "runs:/")))
+    model_uri = model_uri or f"models:/{name}@champion"
+    check_model_uri(uri, model_uri)
     n = predict_file(uri, model_uri, Path(args.input), Path(args.output), args.text_column or config.data.text_column, config.data)
     print(f"wrote {n} predictions to {args.output}")
     return 0
@@ -214,6 +247,7 @@ def cmd_llm_base(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tuneline", description="Fine-tune pre-trained transformers and ship the winner through MLflow.")
     parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("--debug", action="store_true", help="print the traceback of a failure")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def with_params(p):
@@ -221,12 +255,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a param, e.g. --set cv.k=3")
         return p
 
+    no_wait = "refuse (exit 2) instead of waiting when another tuneline run or stage holds this project"
     p = with_params(sub.add_parser("run", help="run the whole pipeline as a Prefect flow"))
+    p.add_argument("--no-wait", action="store_true", help=no_wait)
     p.set_defaults(func=cmd_run)
     from tuneline.pipeline.stages import ORDER
 
     p = with_params(sub.add_parser("stage", help="run one pipeline step (what dvc.yaml calls)"))
     p.add_argument("name", choices=ORDER)
+    p.add_argument("--no-wait", action="store_true", help=no_wait)
     p.set_defaults(func=cmd_stage)
     p = with_params(sub.add_parser("models", help="registered versions with aliases, stages and key metrics"))
     p.add_argument("--name", default=None, help="registered model (default: tracking.registered_model_name)")
@@ -262,25 +299,36 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_environment(Path("."))
-    _setup_logging(args.verbose)
-    from tuneline.engine.models import ModelLoadError
-    from tuneline.pipeline.stages import StageError
-    from tuneline.tracking.promotion import PromotionError
-    from tuneline.tracking.runs import TrackingUnavailable
+    _setup_logging(args.verbose or args.debug)
+    from tuneline import clierrors
 
-    try:
-        return args.func(args)
-    # data, config and validation errors are ValueErrors; a version that is not there, a LookupError
-    except (ModelLoadError, StageError, PromotionError, TrackingUnavailable, LookupError, ValueError) as exc:
-        log.error("%s", exc)
-        return 2
+    with clierrors.catching_interrupts() as interrupts:
+        try:
+            return args.func(args)
+        except (Exception, KeyboardInterrupt) as exc:  # every failure ends in one line (--debug: and its traceback)
+            if clierrors.interrupted(exc, bool(interrupts)):
+                print("\n" + clierrors.INTERRUPTED, file=sys.stderr, flush=True)
+                return 130
+            if args.debug:
+                import traceback
+
+                traceback.print_exc()
+            from tuneline.tracking.runs import redact, tracking_uri
+
+            message, code = clierrors.one_line(exc, redact(tracking_uri(Path("."))))
+            print(f"error: {message}", file=sys.stderr, flush=True)
+            return code
 
 
 def entry() -> None:
     """The `tuneline` console script."""
+    import signal
+
     from tuneline.startup import exit_quickly
 
-    exit_quickly(main())
+    code = main()
+    signal.signal(signal.SIGINT, lambda *_: os._exit(130))  # Ctrl-C while the exit handlers run: stop at once
+    exit_quickly(code)
 
 
 if __name__ == "__main__":

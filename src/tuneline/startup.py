@@ -3,6 +3,10 @@
 - Prefect's temporary server boots in a thread while the main thread loads the step libraries.
 - A new project copies an empty, already migrated Prefect database instead of migrating one.
 - The console script skips the interpreter's teardown once the work is written.
+
+The temporary server runs in its own session, so a Ctrl-C reaches only tuneline (which then records
+the flow run as Crashed through the still-running server), and it watches its parent, so it exits
+when tuneline dies, even by SIGKILL.
 """
 from __future__ import annotations
 
@@ -31,8 +35,6 @@ def start_temporary_prefect_server():
     settings = get_current_settings()
     if settings.api.url or not settings.server.ephemeral.enabled:
         return None
-    from prefect.server.api.server import SubprocessASGIServer
-
     url = settings.server.database.connection_url
     default_db = Path(settings.home) / "prefect.db"
     db = default_db if url is not None and url.get_secret_value() == f"sqlite+aiosqlite:///{default_db}" else None
@@ -41,11 +43,81 @@ def start_temporary_prefect_server():
     if fresh and template.exists():
         _sqlite_copy(template, db)
         fresh = False
-    server = SubprocessASGIServer()
+    server = _watched_server_class()()
     thread = threading.Thread(target=_quiet_start, args=(server, db if fresh else None, template),
                               name="prefect-temporary-server", daemon=True)
     thread.start()
     return thread
+
+
+def _watched_server_class():
+    """Prefect's SubprocessASGIServer, started in its own session and watching this process.
+
+    Prefect keeps one temporary server per process (`SubprocessASGIServer()` returns the instance
+    made first), so the flow's own API calls find this one. PR_SET_PDEATHSIG would not do: it fires
+    when the parent *thread* ends, and the server is started from a short-lived thread.
+    """
+    import subprocess
+
+    import prefect
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import get_current_settings
+
+    class WatchedServer(SubprocessASGIServer):
+        def _run_uvicorn_command(self) -> subprocess.Popen:
+            # Prefect 3.x's own command, with our app factory (which starts the watcher) and a session
+            server_env = {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1",
+                          "TUNELINE_SERVER_PARENT": str(os.getpid())}
+            return subprocess.Popen(
+                [sys.executable, "-m", "uvicorn", "--app-dir", str(prefect.__module_path__.parent), "--factory",
+                 "tuneline.startup:prefect_app_watching_parent", "--host", "127.0.0.1", "--port", str(self.port),
+                 "--log-level", "error", "--lifespan", "on"],
+                env={**os.environ, **server_env, **get_current_settings().to_environment_variables(exclude_unset=True)},
+                start_new_session=True)
+
+    return WatchedServer
+
+
+def prefect_app_watching_parent():
+    """The temporary server's app (in the server process): Prefect's, plus a thread that stops the
+    server once its parent is gone (its parent PID changes when the parent dies)."""
+    import signal
+    import threading
+    import time
+
+    from prefect.server.api.server import create_app
+
+    parent = int(os.environ["TUNELINE_SERVER_PARENT"])
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGTERM)  # uvicorn shuts down cleanly
+        time.sleep(10)
+        os._exit(1)  # it did not
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+    return create_app()
+
+
+def crash_orphaned_flow_runs(root: Path) -> None:
+    """Mark this project's flow runs that are still Running or Pending as Crashed: their process died
+    (SIGKILL, OOM) without a word to the server. Called under the project lock, so no live run of
+    this project exists; only with the project's own Prefect database, which no other project shares."""
+    from prefect.settings import get_current_settings
+
+    if Path(get_current_settings().home).resolve() != (Path(root) / ".prefect").resolve():
+        return
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Crashed
+
+    live = FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING, StateType.PENDING]))
+    with get_client(sync_client=True) as client:
+        for run in client.read_flow_runs(flow_run_filter=FlowRunFilter(state=live)):
+            client.set_flow_run_state(run.id, Crashed(message="its tuneline process died; found by the next run"), force=True)
+            log.info("flow run %s (%s) was left %s by a process that died: marked Crashed", run.name, run.id, run.state_type.value)
 
 
 def prefect_db_template() -> Path:
@@ -74,10 +146,19 @@ def _sqlite_copy(src: Path, dst: Path) -> None:
 
 
 def _quiet_start(server, new_db: Path | None, template: Path) -> None:
+    from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
+
     try:
-        server.start()
+        # Prefect's 20 s default is too short for a loaded machine; a start that timed out here would
+        # leave its server booting on the port the flow's own start then reuses (a second server,
+        # "address already in use", and the first one orphaned).
+        server.start(timeout=max(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value(), 120))
     except Exception as exc:  # the flow's own start of the server reports it
         log.debug("temporary Prefect server did not start early: %s", exc)
+        if server.server_process is not None:  # the instance stays: the flow's start reuses it, watched
+            server.server_process.kill()
+            server.server_process.wait()
+            server.server_process = None
         return
     if new_db is not None and new_db.exists() and not template.exists():
         try:  # migrated, and no flow run yet: keep it as the template for the next new project
