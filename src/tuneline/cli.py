@@ -162,8 +162,10 @@ def cmd_models(args) -> int:
     config, uri, name = _registry(args)
     versions = tracking.list_versions(uri, name)
     if not versions:
-        log.error("no registered versions of %r at %s", name, tracking.redact(uri))
-        return 1
+        from tuneline.clierrors import UserError
+
+        raise UserError(f"no registered versions of {name!r} in {tracking.redact(uri)}; pass another --name, or register one "
+                        "with `tuneline run`")
     columns = plugins.get(config.task).version_columns(config)
     table = Table(title=f"{name} @ {tracking.redact(uri)}")
     for col in ("ver", "aliases", "stage", *columns, "created"):

@@ -78,12 +78,6 @@ def _first_line(text: str) -> str:
 
 def one_line(exc: BaseException, uri: str) -> tuple[str, int]:
     """(message, exit code) for a failed command; `uri` is the project's tracking store (redacted)."""
-    from tuneline.engine.models import ModelLoadError
-    from tuneline.lock import ProjectLockError
-    from tuneline.pipeline.stages import StageError
-    from tuneline.tracking.promotion import PromotionError
-    from tuneline.tracking.runs import TrackingUnavailable
-
     chain = _chain(exc)
     for e in chain:
         if isinstance(e, sqlite3.OperationalError):
@@ -94,9 +88,9 @@ def one_line(exc: BaseException, uri: str) -> tuple[str, int]:
             if "locked" in text:
                 return (f"{_store_of(exc, uri)}: database is locked by another process for longer than the retries "
                         "allow; let the other tuneline command finish (or stop it), then rerun"), 2
-    if isinstance(exc, (ModelLoadError, StageError, PromotionError, TrackingUnavailable, ProjectLockError, ValueError)) or (
-            isinstance(exc, LookupError) and not isinstance(exc, (KeyError, IndexError))):
-        return str(exc), 2  # tuneline's own errors, written to be read (data validation lists every failure)
+    own = any(c.__module__.startswith("tuneline.") for c in type(exc).__mro__)
+    if own or isinstance(exc, ValueError) or (isinstance(exc, LookupError) and not isinstance(exc, (KeyError, IndexError))):
+        return str(exc), 2  # tuneline's own errors (and config values'), written to be read; validation lists every failure
     if isinstance(exc, OSError) and exc.filename is not None:
         return f"{exc.filename}: {exc.strerror or exc}; check the path and its permissions", 2
     if type(exc).__module__.startswith("mlflow"):
