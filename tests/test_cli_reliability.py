@@ -56,7 +56,7 @@ def _server_of(proc: subprocess.Popen, timeout: float = 120) -> psutil.Process:
     while time.monotonic() < deadline:
         for child in psutil.Process(proc.pid).children(recursive=True):
             try:
-                if "prefect_app_watching_parent" in " ".join(child.cmdline()):
+                if {"uvicorn", "--factory"} <= set(child.cmdline()):  # Prefect's temporary server, however started
                     return child
             except psutil.Error:
                 pass

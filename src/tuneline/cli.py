@@ -209,9 +209,8 @@ def cmd_predict(args) -> int:
     from tuneline.clierrors import check_model_uri
     from tuneline.pipeline.predict import predict_file
 
-    model_uri = args.model or None
-    config, uri, name = _registry(args, need_store=model_uri is None or model_uri.startswith(("models:/", "runs:/")))
-    model_uri = model_uri or f"models:/{name}@champion"
+    config, uri, name = _registry(args, need_store=not args.model or args.model.startswith(("models:/", "runs:/")))
+    model_uri = args.model or f"models:/{name}@champion"
     check_model_uri(uri, model_uri)
     n = predict_file(uri, model_uri, Path(args.input), Path(args.output), args.text_column or config.data.text_column, config.data)
     print(f"wrote {n} predictions to {args.output}")

@@ -108,7 +108,8 @@ def catching_interrupts() -> Iterator[list[int]]:
     seen: list[int] = []
 
     def on_sigint(signum, frame):
-        if seen:
+        if seen:  # the second Ctrl-C: no more waiting for the clean-up
+            os.write(2, f"\n{INTERRUPTED}\n".encode())
             os._exit(130)
         seen.append(signum)
         raise KeyboardInterrupt
