@@ -16,7 +16,9 @@ def _run(project: Path, cache: Path) -> subprocess.CompletedProcess:
     project.mkdir()
     env = {k: v for k, v in venv_env().items() if not k.startswith(("PREFECT_HOME", "PREFECT_API_URL"))}
     env["XDG_CACHE_HOME"] = str(cache)
-    return subprocess.run(["tuneline", "run", "--set", "preprocess.sample_size=300", "--set", "cv.k=2", "--set", "select.baseline=false"],
+    # one frozen-feature candidate: the test is about the Prefect database, not about training
+    overrides = ["preprocess.sample_size=300", "cv.k=2", "select.strategies=[feature_extraction]", "select.baseline=false"]
+    return subprocess.run(["tuneline", "run", *sum((["--set", o] for o in overrides), [])],
                           cwd=project, env=env, capture_output=True, text=True, timeout=600)
 
 

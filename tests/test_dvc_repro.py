@@ -6,7 +6,7 @@ import subprocess
 import pytest
 import yaml
 
-from conftest import SMOKE_OVERRIDES, venv_env
+from conftest import FEATURES_OVERRIDES, venv_env
 from tuneline.config import apply_overrides
 
 pytestmark = pytest.mark.smoke
@@ -20,7 +20,7 @@ def run(cmd: list[str], cwd, timeout=900) -> str:
 
 def test_dvc_repro_then_noop(repo_copy):
     params = repo_copy / "params.yaml"
-    params.write_text(yaml.safe_dump(apply_overrides(yaml.safe_load(params.read_text()), SMOKE_OVERRIDES), sort_keys=False))
+    params.write_text(yaml.safe_dump(apply_overrides(yaml.safe_load(params.read_text()), FEATURES_OVERRIDES), sort_keys=False))
     run(["git", "init", "-q"], repo_copy)
     first = run(["dvc", "repro"], repo_copy)
     from tuneline.pipeline.stages import ORDER

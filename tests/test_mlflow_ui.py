@@ -9,7 +9,7 @@ import urllib.parse
 import pytest
 
 from browser import dump_dom, screenshot
-from conftest import SMOKE_OVERRIDES, free_port, stop_process, venv_env, wait_http
+from conftest import FEATURES_OVERRIDES, free_port, stop_process, venv_env, wait_http
 from services import require_chromium
 from tuneline.config import load_config
 from tuneline.pipeline.shell import run_stage
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.integration
 def served_run(tmp_path_factory):
     require_chromium()  # before the pipeline run, not after it
     root = tmp_path_factory.mktemp("ui")
-    config = load_config(None, SMOKE_OVERRIDES)
+    config = load_config(None, FEATURES_OVERRIDES)
     results = {name: run_stage(name, config, root) for name in ORDER}
     port = free_port()
     proc = subprocess.Popen(
@@ -64,11 +64,11 @@ def test_compare_view_of_the_fold_runs_renders(served_run, tmp_path):
     winner = client.search_runs([exp], filter_string=f"tags.mlflow.parentRunId = '{reg['run_id']}' and tags.candidate = "
                                 f"'{results['crossval']['winner']['name']}'")[0]
     folds = client.search_runs([exp], filter_string=f"tags.mlflow.parentRunId = '{winner.info.run_id}'")
-    assert len(folds) == 3
+    assert len(folds) == 2
     ids = json.dumps([f.info.run_id for f in folds])
     page = f"{url}/#/compare-runs?runs={urllib.parse.quote(ids)}&experiments={urllib.parse.quote(json.dumps([exp]))}"
     dom = dump_dom(page, tmp_path, wait_ms=30000)
-    assert "Comparing 3 Runs" in dom
+    assert "Comparing 2 Runs" in dom
     for f in folds:
         assert f.info.run_name in dom
     assert "f1_macro" in dom and "accuracy" in dom

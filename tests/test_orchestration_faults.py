@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from conftest import free_port, stop_process
+from conftest import FEATURES_OVERRIDES, free_port, stop_process
 from team_servers import client_env, make_project, psql_rows, step, wait_for
 
 pytestmark = pytest.mark.integration
@@ -31,7 +31,7 @@ def test_tracking_server_down_at_start_stops_the_run_before_any_step(team_prefec
 
 def test_tracking_server_down_mid_run_is_retried_and_the_run_completes(team_prefect, team_mlflow, tmp_path):
     name = "tuneline-outage"
-    project = make_project(tmp_path / "project", ["preprocess.sample_size=600", "cv.k=3", f"tracking.registered_model_name={name}",
+    project = make_project(tmp_path / "project", [*FEATURES_OVERRIDES, f"tracking.registered_model_name={name}",
                                                   "tracking.experiment=tuneline-outage"])
     # No HTTP-level retries in the MLflow client: the outage must be ridden out by the task's retries.
     env = client_env(team_prefect, team_mlflow, tmp_path / "home", MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", HF_HUB_OFFLINE="1")
@@ -39,8 +39,10 @@ def test_tracking_server_down_mid_run_is_retried_and_the_run_completes(team_pref
     log = open(tmp_path / "run.log", "w")
     proc = subprocess.Popen(["tuneline", "run"], cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        wait_for(lambda: (project / "data/selection/candidates.json").exists(), 300, "the select step")
-        team_mlflow.server.stop()  # training needs no tracking server; register will
+        # down from the first step on (no step before register needs it), so that the outage surely
+        # spans register however quickly the one frozen-feature candidate trains
+        wait_for(lambda: (project / "data/raw/dataset.parquet").exists(), 300, "the ingest step")
+        team_mlflow.server.stop()
 
         def register_waiting_to_retry():
             runs = team_prefect.flow_runs("tuneline-pipeline", start)

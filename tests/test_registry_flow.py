@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import SMOKE_OVERRIDES, venv_env
+from conftest import FEATURES_OVERRIDES, venv_env
 from tuneline.config import load_config
 from tuneline.pipeline.shell import run_stage
 
@@ -26,11 +26,11 @@ def set_head(model_dir: Path, weight: np.ndarray, bias: np.ndarray) -> None:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     """A project whose registry holds v1 (random head, champion), v2 (the trained head) and
-    v3 (the trained head with class 'positive' switched off)."""
+    v3 (the trained head with class 'positive' switched off); the head is the frozen-feature candidate's."""
     from tuneline.classification.head import LinearHead
 
     root = tmp_path_factory.mktemp("registry")
-    config = load_config(None, SMOKE_OVERRIDES)
+    config = load_config(None, FEATURES_OVERRIDES)
     for name in ("ingest", "validate", "preprocess", "select", "crossval", "refit"):
         run_stage(name, config, root)
     model_dir = root / config.paths.model_dir
@@ -64,7 +64,7 @@ def stage(root: Path, version: str) -> str:
 
 def cli(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     cmd = ["tuneline", *args]
-    for o in SMOKE_OVERRIDES:
+    for o in FEATURES_OVERRIDES:
         cmd += ["--set", o]
     proc = subprocess.run(cmd, cwd=root, env=venv_env(), capture_output=True, text=True, timeout=300)
     if check:
@@ -75,7 +75,7 @@ def cli(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProce
 def test_two_promotions_racing_leave_one_champion_the_better_one(project):
     root, _ = project
     assert aliases(root)["champion"] == "1"
-    procs = [subprocess.Popen(["tuneline", "promote", v, *sum((["--set", o] for o in SMOKE_OVERRIDES), [])],
+    procs = [subprocess.Popen(["tuneline", "promote", v, *sum((["--set", o] for o in FEATURES_OVERRIDES), [])],
                               cwd=root, env=venv_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for v in ("3", "2")]
     outputs = [p.communicate(timeout=300)[0] for p in procs]
