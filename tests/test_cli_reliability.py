@@ -84,6 +84,29 @@ def _flow_runs(project: Path) -> list[tuple[str, str]]:
 
 # ---- (a) one run at a time per project ---------------------------------------------------------
 
+@pytest.mark.smoke
+def test_two_runs_started_together_register_one_version_and_gate_it(tmp_path):
+    """Two processes run register then promote in one project at the same moment (same params): the
+    lock serialises them, one version is registered, and the version in registration.json is the one
+    promotion gated."""
+    import json
+
+    from llm_fixtures import registrable_classifier_project
+    from mlflow import MlflowClient
+
+    registrable_classifier_project(tmp_path)
+    both = [subprocess.Popen(["bash", "-c", "tuneline stage register && tuneline stage promote"], cwd=tmp_path, env=_env(),
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=300)[0] for p in both]
+    assert [p.returncode for p in both] == [0, 0], outputs
+    versions = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").search_model_versions(f"name = '{NAME}'")
+    assert [str(v.version) for v in versions] == ["1"], "one version per set of params"
+    registration = json.loads((tmp_path / "data/registry/registration.json").read_text())
+    decision = json.loads((tmp_path / "data/registry/promotion.json").read_text())
+    assert registration["version"] == decision["version"] == "1"
+    assert str(MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_model_version_by_alias(NAME, "champion").version) == "1"
+
+
 @pytest.mark.unit
 def test_a_second_run_waits_for_the_first_or_refuses_with_no_wait(tmp_path):
     project = tmp_path / "project"
