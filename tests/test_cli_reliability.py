@@ -187,8 +187,12 @@ def _store(project: Path, champion: bool = True) -> None:
 
     c = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     c.create_registered_model(NAME)
+    exp = c.create_experiment("tuneline", artifact_location=(project / "mlartifacts").as_uri())
     for i in (1, 2):
-        c.create_model_version(NAME, source=(project / "mlartifacts" / str(i)).as_uri())
+        run = c.create_run(exp)
+        c.set_terminated(run.info.run_id, "FINISHED")
+        c.create_model_version(NAME, source=(project / "mlartifacts" / str(i)).as_uri(), run_id=run.info.run_id)
+        c.set_model_version_tag(NAME, str(i), "task", "classification")
         c.set_model_version_tag(NAME, str(i), REGISTRATION_KEY, f"key-{i}")
     if champion:
         c.set_registered_model_alias(NAME, "champion", "2")

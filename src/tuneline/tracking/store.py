@@ -43,11 +43,20 @@ def _schema_is_current(db: Path) -> bool:
     return row is not None and row[0] == _get_latest_schema_revision()
 
 
+def _init_lock(db: Path) -> Path:
+    """The lock that serialises a store's creation: in the temp dir, keyed by the store's path, so
+    that a command that finds the store busy or read-only leaves no file in the project."""
+    import hashlib
+    import tempfile
+
+    return Path(tempfile.gettempdir()) / f"tuneline-mlflow-init-{hashlib.sha256(str(db).encode()).hexdigest()[:16]}.lock"
+
+
 def prepare(uri: str) -> None:
-    """Create a SQLite store's schema once, under a lock beside the database, so that processes
+    """Create a SQLite store's schema once, under a lock (_init_lock), so that processes
     starting together wait for the first one instead of migrating the same file at once.
 
-    A store whose schema is current is opened as it is (no lock file appears beside it); other
+    A store whose schema is current is opened as it is; other
     stores (servers, databases) create their schema server-side.
     """
     db = sqlite_path(uri)
@@ -60,7 +69,7 @@ def prepare(uri: str) -> None:
             from filelock import FileLock
             from mlflow import MlflowClient
 
-            with FileLock(str(db.with_name(db.name + ".init.lock")), timeout=300):
+            with FileLock(str(_init_lock(db)), timeout=300):
                 # the first calls that build (and cache, per process) the tracking and registry stores
                 c = MlflowClient(tracking_uri=uri)
                 c.search_experiments(max_results=1)
