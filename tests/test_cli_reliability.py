@@ -107,7 +107,7 @@ def test_two_runs_started_together_register_one_version_and_gate_it(tmp_path):
     assert str(MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_model_version_by_alias(NAME, "champion").version) == "1"
 
 
-@pytest.mark.unit
+@pytest.mark.smoke  # real `tuneline` processes: seconds each, not the unit tier's
 def test_a_second_run_waits_for_the_first_or_refuses_with_no_wait(tmp_path):
     project = tmp_path / "project"
     project.mkdir()
@@ -234,7 +234,7 @@ def _snapshot(project: Path) -> dict[str, float]:
     return {str(p.relative_to(project)): p.stat().st_mtime for p in project.rglob("*")}
 
 
-@pytest.mark.unit
+@pytest.mark.smoke  # ten real `tuneline` processes
 def test_every_cli_misuse_ends_in_one_line_and_exit_2(tmp_path):
     base = tmp_path / "base"
     base.mkdir()
