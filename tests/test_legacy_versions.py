@@ -85,7 +85,7 @@ def load_with_new_code(registration: dict):
     from tuneline.tracking import runs as tracking
 
     assert Path(tuneline.__file__).resolve().is_relative_to(REPO / "src"), f"this process imported {tuneline.__file__}"
-    with tracking._mlflow(registration["tracking_uri"]) as mlflow:
+    with tracking.scoped(registration["tracking_uri"]) as mlflow:
         return mlflow.pyfunc.load_model(registration["model_uri"])
 
 

@@ -156,9 +156,18 @@ def run_stage(name: str, config, root: Path | str = ".", **options) -> dict:
     except Exception as exc:
         # tuneline's own errors already name the file and what to do; anything else (scikit-learn's
         # "After pruning, no terms remain") is put in terms of the step, its files and its columns.
-        if isinstance(exc, StageError) or type(exc).__module__.partition(".")[0] == "tuneline":
+        if isinstance(exc, StageError) or type(exc).__module__.partition(".")[0] == "tuneline" or _raised_by_tuneline(exc):
             raise
         raise StageError(f"{name} failed on {_working_on(name, config, plugin)}: {type(exc).__name__}: {exc}") from exc
+
+
+def _raised_by_tuneline(exc: BaseException) -> bool:
+    """A plain ValueError that tuneline's own code raised already says what is wrong and what to do."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    package = Path(__file__).resolve().parents[1]
+    return tb is not None and package in Path(tb.tb_frame.f_code.co_filename).resolve().parents
 
 
 def _working_on(name: str, config, plugin) -> str:

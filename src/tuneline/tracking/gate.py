@@ -106,7 +106,8 @@ def gate(
     d = replace(decide(cfg.metric, cand, metric_value(cfg.metric, y, champion_pred, n), cfg.min_delta, p_value=p,
                        alpha=cfg.alpha, test=test), class_recall_change=recall_change)
     worst = min(recall_change, key=recall_change.get)
-    if d.promote and -recall_change[worst] > cfg.max_class_regression:
+    # a gain large enough to count, significant or not, is refused first for the class it hurts
+    if d.delta > 0 and d.delta >= cfg.min_delta and -recall_change[worst] > cfg.max_class_regression:
         return replace(d, promote=False, reason=f"recall of class {worst!r} drops by {-recall_change[worst]:.4f} "
                                                 f"(> max_class_regression {cfg.max_class_regression})")
     return d
