@@ -38,17 +38,17 @@ def scoped(uri: str):
     store.prepare(uri)
     import mlflow
 
-    saved_env = os.environ.get("MLFLOW_TRACKING_URI")
-    saved_uri = mlflow.get_tracking_uri() if saved_env else None
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)  # models:/ URIs resolve against the same store, never a global left by others
     try:
         yield mlflow
     finally:
-        if saved_env is None:
-            mlflow.set_tracking_uri(None)
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            mlflow.set_tracking_uri(saved_uri)
+        # no global URI survives the block: later code resolves from the environment, as before it
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
+        for k, v in saved.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
 
 
 def _no_printed_urls(uri: str) -> None:
@@ -62,7 +62,7 @@ def client(uri: str):
 
     _no_printed_urls(uri)
     store.prepare(uri)
-    return MlflowClient(tracking_uri=uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)  # the registry too: never a global URI left by others
 
 
 def fault(point: str) -> None:
