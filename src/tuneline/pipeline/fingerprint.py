@@ -66,8 +66,8 @@ def code_digest(task: str = "classification") -> str:
     """Hash of the Python sources a `task` run executes: the library, tasks and flows, less the
     other tasks' plugin packages (an edit to the LLM plugin keeps a classifier's cache valid).
 
-    Coarser than dvc.yaml's per-stage code deps on purpose: any change to shared code re-runs every
-    step, so a cached result can never come from code that no longer exists.
+    The same set as dvc.yaml's code deps (tuneline.pipeline.dvcfile), and as coarse on purpose: any
+    change to shared code re-runs every step, so a cached result never comes from code that is gone.
     """
     mine = _plugin_dir(task)
     others = {_plugin_dir(t) for t in plugins.names()} - {mine}
@@ -97,7 +97,7 @@ def _value(config, key: str):
                 value |= resolved_training(config.train)
         return value
     if section == "train" and rest in ("strategy", "precision"):
-        return resolved_training(config.train)[rest]
+        return resolved_training(config.train).get(rest, value[rest])  # on a pool only `auto` is re-spelled
     return value[rest]
 
 
