@@ -3,7 +3,7 @@ HH-RLHF (harmless) validation pairs, and training/scoring throughput on this mac
 
     python benchmarks/llm_preference.py [--train-pairs 96] [--max-length 256] ...
 
-Trains with tuneline's own engine (tuneline.llm.training: trl DPOTrainer + peft LoRA) on a slice of
+Trains with tuneline's own engine (tuneline.engine.lora: trl DPOTrainer + peft LoRA) on a slice of
 train.jsonl, scores with tuneline.llm.metrics, and rewrites only the `llm` section of BENCHMARKS.md
 (between `<!-- llm:begin -->` and `<!-- llm:end -->`). Results also go to benchmarks/results/.
 """
@@ -28,7 +28,7 @@ log = logging.getLogger("benchmarks.llm_preference")
 
 def load_pairs(path: Path, cfg, tokenizer, limit: int | None = None, fit: bool = True) -> list[dict]:
     """HH rows -> chat pairs, prompts cut to their latest turns; with `fit`, pairs over max_length are skipped."""
-    from tuneline.llm.chat import cut_prompt, pair_tokens
+    from tuneline.engine.chat import cut_prompt, pair_tokens
     from tuneline.llm.data import to_messages
 
     pairs = []
@@ -148,10 +148,10 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from transformers import AutoTokenizer
 
-    from tuneline.llm.base_model import resolve_base
+    from tuneline.engine.base_model import resolve_base
     from tuneline.llm.config import PACKAGED_BASE, LLMConfig
     from tuneline.llm.evaluation import evaluate_adapter
-    from tuneline.llm.training import train_adapter
+    from tuneline.engine.lora import train_adapter
 
     cfg = LLMConfig(preference_method="dpo", max_length=args.max_length, max_prompt_length=args.max_prompt_length,
                     batch_size=args.batch_size, epochs=args.epochs, learning_rate=args.learning_rate, beta=args.beta,

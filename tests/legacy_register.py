@@ -61,10 +61,10 @@ def llm(old_src: Path, root: Path, rows_path: Path) -> dict:
 
     from tuneline import tracking
     from tuneline.llm import tracking as llm_tracking
-    from tuneline.llm.base_model import resolve_base
+    from tuneline.engine.base_model import resolve_base
     from tuneline.llm.config import PACKAGED_BASE, LLMConfig
     from tuneline.llm.data import transcript_to_messages
-    from tuneline.llm.training import train_adapter
+    from tuneline.engine.lora import train_adapter
     from tuneline.metrics import summarize
 
     pairs = [json.loads(line) for line in rows_path.read_text(encoding="utf-8").splitlines() if line.strip()]

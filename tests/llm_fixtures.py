@@ -48,7 +48,7 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 @pytest.fixture(scope="session")
 def llm_base():
     """The converted packaged base (converted at most once per cache; later sessions reuse it)."""
-    from tuneline.llm.base_model import resolve_base
+    from tuneline.engine.base_model import resolve_base
     from tuneline.llm.config import PACKAGED_BASE
 
     return resolve_base(PACKAGED_BASE)

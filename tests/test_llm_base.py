@@ -10,7 +10,7 @@ import pytest
 
 from conftest import venv_env
 from llm_fixtures import llm_base  # noqa: F401  (fixture)
-from tuneline.llm import base_model as bm
+from tuneline.engine import base_model as bm
 from tuneline.llm.config import PACKAGED_BASE
 
 

@@ -114,7 +114,7 @@ def test_llm_promotion_needs_a_significant_paired_gain():
 
 @pytest.mark.data
 def test_training_template_renders_like_the_base_and_masks_only_answers(llm_tokenizer):
-    from tuneline.llm.chat import training_chat_template
+    from tuneline.engine.chat import training_chat_template
 
     conv = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there"},
             {"role": "user", "content": "Bye"}, {"role": "assistant", "content": "See you"}]
@@ -130,7 +130,7 @@ def test_training_template_renders_like_the_base_and_masks_only_answers(llm_toke
 
 @pytest.mark.data
 def test_long_prompts_keep_their_latest_turns(llm_tokenizer):
-    from tuneline.llm.chat import cut_prompt, n_tokens
+    from tuneline.engine.chat import cut_prompt, n_tokens
 
     turns = []
     for i in range(12):
@@ -221,11 +221,11 @@ def test_llm_engine_imports_no_mlflow_prefect_or_dvc():
     import sys
 
     code = ("import sys\n"
-            "import tuneline.llm.training, tuneline.llm.metrics, tuneline.llm.data, tuneline.llm.evaluation, "
-            "tuneline.llm.generation, tuneline.llm.modelio, tuneline.llm.base_model, tuneline.llm.preprocess\n"
+            "import tuneline.engine.lora, tuneline.llm.metrics, tuneline.llm.data, tuneline.llm.evaluation, "
+            "tuneline.engine.generation, tuneline.engine.adapters, tuneline.engine.base_model, tuneline.llm.preprocess\n"
             "from trl import DPOTrainer, RewardTrainer, SFTTrainer\n"
             "from tuneline.llm.config import LLMConfig\n"
-            "tuneline.llm.training.lora_config(LLMConfig(), 'reward_model'); tuneline.llm.training.quantization_config(LLMConfig())\n"
+            "tuneline.engine.lora.lora_config(LLMConfig(), 'reward_model'); tuneline.engine.lora.quantization_config(LLMConfig())\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('mlflow', 'prefect', 'dvc')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
     assert out.stdout.strip() == "[]"

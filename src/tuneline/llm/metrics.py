@@ -16,7 +16,7 @@ import math
 import numpy as np
 from tqdm.auto import tqdm
 
-from tuneline.llm import chat
+from tuneline.engine import chat
 
 
 def token_logps(model, seqs: list[list[int]], masks: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:

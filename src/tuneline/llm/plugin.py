@@ -35,7 +35,7 @@ def _method(c) -> str:
 def _tokenizer(folder: str, c):
     from transformers import AutoTokenizer
 
-    from tuneline.llm.training import quiet
+    from tuneline.engine.lora import quiet
 
     quiet()
     return AutoTokenizer.from_pretrained(folder, trust_remote_code=c.llm.trust_remote_code)
@@ -114,7 +114,7 @@ class LLMTask(TaskPlugin):
         return {"rows": len(raw), **info}
 
     def validate(self, c, f) -> dict:
-        from tuneline.llm.base_model import resolve_base
+        from tuneline.engine.base_model import resolve_base
         from tuneline.llm.validation import validate
         from tuneline.tables import read_raw
 
@@ -123,7 +123,7 @@ class LLMTask(TaskPlugin):
         return validate(c.task, c.llm, raw, source, _tokenizer(resolve_base(c.llm.base_model).folder, c), f.validation_dir)
 
     def preprocess(self, c, f) -> dict:
-        from tuneline.llm.base_model import resolve_base
+        from tuneline.engine.base_model import resolve_base
         from tuneline.llm.preprocess import preprocess
         from tuneline.tables import read_raw
 
@@ -134,8 +134,8 @@ class LLMTask(TaskPlugin):
         """The base is given (llm.base_model): prepare it (convert once), check it loads and has a chat template."""
         from transformers import AutoConfig
 
-        from tuneline.llm.base_model import resolve_base
-        from tuneline.llm.chat import training_chat_template
+        from tuneline.engine.base_model import resolve_base
+        from tuneline.engine.chat import training_chat_template
         from tuneline.storage import write_json
 
         base = resolve_base(c.llm.base_model)
@@ -154,7 +154,7 @@ class LLMTask(TaskPlugin):
 
     def run_fold(self, c, f, plan: dict, job: dict) -> dict:
         from tuneline.llm.evaluation import evaluate_adapter
-        from tuneline.llm.training import train_adapter
+        from tuneline.engine.lora import train_adapter
         from tuneline.storage import read_json
 
         selection, (rows, _) = read_json(f.selection), _rows(c, f.train)
@@ -179,7 +179,7 @@ class LLMTask(TaskPlugin):
     def refit(self, c, f) -> dict:
         """Train on all training rows, save the adapter, score it once on the test split, answer the prompt set."""
         from tuneline.llm.evaluation import evaluate_adapter
-        from tuneline.llm.training import train_adapter
+        from tuneline.engine.lora import train_adapter
         from tuneline.storage import atomic_path, read_json, write_json
 
         selection = read_json(f.selection)
@@ -247,9 +247,9 @@ class LLMTask(TaskPlugin):
 
     def version_scores(self, c, f, uri: str, name: str, version: str) -> dict:
         """A registered adapter's per-row scores on this project's held-out rows (on its own base, checked by hash)."""
-        from tuneline.llm.base_model import base_from_reference
+        from tuneline.engine.base_model import base_from_reference
         from tuneline.llm.evaluation import evaluate_adapter
-        from tuneline.llm.modelio import read_meta
+        from tuneline.engine.adapters import read_meta
         from tuneline.tracking.promotion import PromotionError
         from tuneline.tracking.runs import client
 
@@ -269,25 +269,17 @@ class LLMTask(TaskPlugin):
     def gate(self, c, candidate: dict, champion: Optional[dict], champion_error: Optional[str] = None) -> dict:
         """The score rule with a one-sided paired bootstrap over the held-out rows both were scored on."""
         from tuneline.llm.metrics import row_scores, row_statistic
-        from tuneline.tracking.gate import decide, paired_bootstrap_stat
+        from tuneline.tracking.gate import paired_rows_gate
         from tuneline.tracking.promotion import PromotionError
 
         method, (metric, higher) = _method(c), self.metric(c)
-        score = lambda s: row_statistic(method, row_scores(method, s))  # noqa: E731
-        if champion is None:
-            d = decide(metric, score(candidate["scores"]), None).to_dict() | {"champion_rescored_on_rows": None}
-            if champion_error is not None:  # never replace a champion that could not be compared
-                d |= {"promote": False, "reason": f"the champion cannot be re-scored ({champion_error}); not promoted"}
-            return d
-        if champion["keys"] != candidate["keys"]:
+        if champion is not None and champion["keys"] != candidate["keys"]:
             raise PromotionError(f"the candidate's scores are not on the rows the champion was re-scored on "
                                  f"({len(candidate['keys'])} vs {len(champion['keys'])}); re-run refit")
-        stat = lambda rows: row_statistic(method, rows)  # noqa: E731
-        p_value = paired_bootstrap_stat(stat, row_scores(method, candidate["scores"]), row_scores(method, champion["scores"]),
-                                        higher, c.promote.bootstrap_samples, c.cv.seed)
-        d = decide(metric, score(candidate["scores"]), score(champion["scores"]), c.promote.min_delta, higher_is_better=higher,
-                   p_value=p_value, alpha=c.promote.alpha, test="paired_bootstrap").to_dict()
-        return d | {"reason": d["reason"] + " on the same held-out rows", "champion_rescored_on_rows": len(candidate["keys"])}
+        return paired_rows_gate(metric, lambda rows: row_statistic(method, rows), row_scores(method, candidate["scores"]),
+                                None if champion is None else row_scores(method, champion["scores"]), higher_is_better=higher,
+                                min_delta=c.promote.min_delta, alpha=c.promote.alpha, samples=c.promote.bootstrap_samples,
+                                seed=c.cv.seed, champion_error=champion_error)
 
     # --- what people read -------------------------------------------------------------------------
     def summary_lines(self, c, results: dict) -> list[str]:
@@ -304,7 +296,7 @@ class LLMTask(TaskPlugin):
 
 def download_adapter(uri: str, name: str, version: str, dst: Path) -> Path:
     """A registered version's adapter folder, downloaded from the registry."""
-    from tuneline.llm.training import ADAPTER_META
+    from tuneline.engine.lora import ADAPTER_META
     from tuneline.tracking.runs import scoped
 
     with scoped(uri) as mlflow:

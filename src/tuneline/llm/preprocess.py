@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from tuneline.config import PreprocessConfig
 from tuneline.tables import DataError
-from tuneline.llm import chat
+from tuneline.engine import chat
 from tuneline.llm.config import LLMConfig
 from tuneline.llm.data import field_value, prompt_key, response_text, sft_conversation, to_messages
 from tuneline.storage import atomic_path, write_json

@@ -28,8 +28,8 @@ class ChatAdapterModel(mlflow.pyfunc.PythonModel):
     _skip_type_hint_validation = True
 
     def load_context(self, context) -> None:
-        from tuneline.llm.base_model import base_from_reference
-        from tuneline.llm.modelio import load_adapter, read_meta
+        from tuneline.engine.base_model import base_from_reference
+        from tuneline.engine.adapters import load_adapter, read_meta
 
         adapter_dir = context.artifacts["adapter_dir"]
         base = base_from_reference(read_meta(adapter_dir)["base"])
@@ -50,7 +50,7 @@ class ChatAdapterModel(mlflow.pyfunc.PythonModel):
                 raise ValueError("a reward model scores (prompt, response) rows: add a 'response' column")
             messages, responses = [to_messages(p) for p in prompts], list(model_input["response"])
             return pd.DataFrame({"reward": rewards(self.model, self.tokenizer, messages, responses, 8)})
-        from tuneline.llm.generation import answer
+        from tuneline.engine.generation import answer
 
         max_new_tokens = int((params or {}).get("max_new_tokens", 64))
         return pd.DataFrame({"response": answer(self.model, self.tokenizer, prompts, max_new_tokens)})

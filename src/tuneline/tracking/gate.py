@@ -151,3 +151,22 @@ def decide(metric: str, candidate: float, champion: Optional[float], min_delta: 
                         f"{test} p={p_value:.4f} ≥ alpha {alpha}", **common)
     significance = "" if p_value is None else f", {test} p={p_value:.4f}"
     return Decision(True, f"{metric} {candidate:.4f} beats champion {champion:.4f} ({change}{significance})", **common)
+
+
+def paired_rows_gate(metric: str, statistic: Callable[[dict[str, np.ndarray]], float], candidate: dict[str, np.ndarray],
+                     champion: Optional[dict[str, np.ndarray]], *, higher_is_better: bool, min_delta: float, alpha: float,
+                     samples: int, seed: int, champion_error: Optional[str] = None) -> dict:
+    """The gate of a task scored per held-out row (an LLM's per-pair wins or token log-probs, a summary's
+    ROUGE-L): `decide` on `statistic` of the rows, with a one-sided paired bootstrap over the rows both
+    models were scored on. No champion: the first model is promoted, unless a champion exists that could
+    not be re-scored (`champion_error`): it is never replaced blind."""
+    if champion is None:
+        d = decide(metric, statistic(candidate), None).to_dict() | {"champion_rescored_on_rows": None}
+        if champion_error is not None:
+            d |= {"promote": False, "reason": f"the champion cannot be re-scored ({champion_error}); not promoted"}
+        return d
+    p_value = paired_bootstrap_stat(statistic, candidate, champion, higher_is_better, samples, seed)
+    d = decide(metric, statistic(candidate), statistic(champion), min_delta, higher_is_better=higher_is_better,
+               p_value=p_value, alpha=alpha, test="paired_bootstrap").to_dict()
+    n = len(next(iter(candidate.values())))
+    return d | {"reason": d["reason"] + " on the same held-out rows", "champion_rescored_on_rows": n}

@@ -1,4 +1,5 @@
-"""Load a trained LLM adapter folder onto its base for scoring, generation and serving.
+"""Load a trained adapter folder onto its base for scoring, generation and serving (the LLM tasks'
+and summarization's).
 
 An adapter folder holds the peft adapter, the tokenizer and `tuneline_llm.json` (method, the base
 reference with its hash, lengths, beta). Imports only torch/transformers/peft.
@@ -8,8 +9,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tuneline.llm.config import LLMConfig
-from tuneline.llm.training import ADAPTER_META, load_base, quiet
+from types import SimpleNamespace
+
+from tuneline.engine.lora import ADAPTER_META, load_base, quiet
+
+# Loading for inference: the base unquantized, no remote code (an adapter's base is a known reference).
+_LOADING = SimpleNamespace(trust_remote_code=False, quantization="none")
 
 
 class AdapterError(RuntimeError):
@@ -32,7 +37,7 @@ def load_adapter(adapter_dir: Path, base_folder: str):
     quiet()
     meta = read_meta(adapter_dir)
     tokenizer = AutoTokenizer.from_pretrained(str(adapter_dir))
-    base = load_base(base_folder, LLMConfig(), meta["method"], tokenizer, quantized=False)
+    base = load_base(base_folder, _LOADING, meta.get("family", meta["method"]), tokenizer, quantized=False)
     model = PeftModel.from_pretrained(base, str(adapter_dir)).to("cuda" if torch.cuda.is_available() else "cpu").eval()
     return model, tokenizer, meta
 

