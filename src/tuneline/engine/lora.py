@@ -168,11 +168,16 @@ def train_adapter(method: str, base_folder: str, rows: list, cfg, adapter_dir: P
         trainer = make_trainer(method, model, tokenizer, rows, cfg, work, quantized)
         log.info("training %s LoRA (r=%d) on %d examples%s", method, cfg.lora_r, len(trainer.train_dataset),
                  " with a 4-bit base (QLoRA)" if quantized else "")
-        start = time.perf_counter()
-        out = trainer.train()
-        seconds = time.perf_counter() - start
-        trainer.model.save_pretrained(str(adapter_dir))
-        tokenizer.save_pretrained(str(adapter_dir))
+        return run_and_save(trainer, tokenizer, Path(adapter_dir), method, meta, quantized)
+
+
+def run_and_save(trainer, tokenizer, adapter_dir: Path, method: str, meta: Optional[dict], quantized: bool) -> dict:
+    """Train, save the adapter and tokenizer, and write its meta file (method, `meta`, statistics, loss history)."""
+    start = time.perf_counter()
+    out = trainer.train()
+    seconds = time.perf_counter() - start
+    trainer.model.save_pretrained(str(adapter_dir))
+    tokenizer.save_pretrained(str(adapter_dir))
     history = [h for h in trainer.state.log_history if "loss" in h]
     stats = {
         "examples": len(trainer.train_dataset), "steps": int(trainer.state.global_step), "epochs": float(out.metrics.get("epoch", 0.0)),
@@ -181,8 +186,8 @@ def train_adapter(method: str, base_folder: str, rows: list, cfg, adapter_dir: P
         "quantized_4bit": quantized, "trainable_parameters": int(sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)),
     }
     _portable_adapter_config(adapter_dir, (meta or {}).get("base", {}).get("id"))
-    (Path(adapter_dir) / ADAPTER_META).write_text(json.dumps({"format": 1, "method": method, **(meta or {}),
-                                                               "training": stats, "history": history}, indent=2) + "\n", encoding="utf-8")
+    (adapter_dir / ADAPTER_META).write_text(json.dumps({"format": 1, "method": method, **(meta or {}),
+                                                        "training": stats, "history": history}, indent=2) + "\n", encoding="utf-8")
     return stats
 
 

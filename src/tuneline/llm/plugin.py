@@ -64,16 +64,9 @@ def _train_stats(stats: dict) -> dict[str, float]:
 
 def make_folds(keys: list[str], c) -> list[dict[str, list[int]]]:
     """Folds grouped by prompt: k folds (cv.k), or one validation split (llm.cv_mode=holdout)."""
-    from sklearn.model_selection import GroupKFold, GroupShuffleSplit
+    from tuneline.folds import group_folds
 
-    groups = np.array(keys)
-    if c.llm.cv_mode == "holdout":
-        splitter = GroupShuffleSplit(n_splits=1, test_size=c.llm.holdout_fraction, random_state=c.cv.seed)
-    else:
-        if len(set(keys)) < c.cv.k:
-            raise ValueError(f"cv.k={c.cv.k} but the training data has only {len(set(keys))} distinct prompts; lower cv.k")
-        splitter = GroupKFold(n_splits=c.cv.k)
-    return [{"train": tr.tolist(), "val": va.tolist()} for tr, va in splitter.split(groups, groups=groups)]
+    return group_folds(keys, c.llm.cv_mode, c.cv.k, c.llm.holdout_fraction, c.cv.seed, "prompts")
 
 
 class LLMTask(TaskPlugin):
@@ -297,14 +290,9 @@ class LLMTask(TaskPlugin):
 def download_adapter(uri: str, name: str, version: str, dst: Path) -> Path:
     """A registered version's adapter folder, downloaded from the registry."""
     from tuneline.engine.lora import ADAPTER_META
-    from tuneline.tracking.runs import scoped
+    from tuneline.tracking.runs import download_folder
 
-    with scoped(uri) as mlflow:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(dst)))
-    found = sorted(local.rglob(ADAPTER_META))
-    if not found:
-        raise FileNotFoundError(f"models:/{name}/{version} has no LLM adapter ({ADAPTER_META}) in its artifacts")
-    return found[0].parent
+    return download_folder(uri, name, version, dst, ADAPTER_META)
 
 
 def _signature(method: Optional[str]):

@@ -193,6 +193,16 @@ def log_registered_model(
     return _registration(uri, parent.info.run_id, exp_id, registered_model_name, version, cv)
 
 
+def download_folder(uri: str, name: str, version: str, dst: Path, marker: str) -> Path:
+    """The folder holding `marker` among a registered version's artifacts, downloaded into `dst`."""
+    with scoped(uri) as mlflow:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(dst)))
+    found = sorted(local.rglob(marker))
+    if not found:
+        raise FileNotFoundError(f"models:/{name}/{version} has no {marker} in its artifacts")
+    return found[0].parent
+
+
 def _registration(uri: str, run_id: str, exp_id: str, name: str, version: str, metrics: dict[str, float]) -> dict:
     """What the register step returns, for a new registration and for a reused one alike; its
     `cv_metrics` are the CV means among the run's `metrics`."""

@@ -1,0 +1,92 @@
+"""Preprocess summarization rows: instruction resolved per row, long documents cut, split by document.
+
+Truncation policy: a document over summarization.max_document_tokens keeps its FIRST
+max_document_tokens tokens (the base tokenizer's) and loses the rest — for papers the abstract and
+what follows it, for news the lead. Summaries are never cut (validation rejects those over
+summarization.max_summary_tokens). Cut rows are counted in report.json (`documents_truncated`);
+validation has already failed the run when more than summarization.max_truncated_fraction were over.
+
+Splits group by document (its normalised hash), so no document is in both train and test; a given
+data.test_source is the test split. Processed parquet columns: doc_key, document, summary,
+instruction, aspect, truncated, where.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tuneline.config import PreprocessConfig
+from tuneline.storage import atomic_path, write_json
+from tuneline.summarization.data import document_key, instruction_for
+from tuneline.tables import DataError
+
+log = logging.getLogger(__name__)
+COLUMNS = ["doc_key", "document", "summary", "instruction", "aspect", "truncated", "where"]
+
+
+class SummarizationPreprocessError(DataError):
+    """Preprocessing left nothing to train or test on."""
+
+
+def truncate(tokenizer, documents: list[str], max_tokens: int) -> tuple[list[str], list[bool]]:
+    """Each document cut to its first `max_tokens` tokens (decoded back to text), and whether it was cut."""
+    ids = tokenizer(documents, add_special_tokens=False)["input_ids"]
+    out, cut = [], []
+    for doc, row in zip(documents, ids):
+        cut.append(len(row) > max_tokens)
+        out.append(tokenizer.decode(row[:max_tokens], skip_special_tokens=True).strip() if cut[-1] else doc)
+    return out, cut
+
+
+def split_by_document(df: pd.DataFrame, pre: PreprocessConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    if (df["split"] == "test").any():
+        return df[df["split"] == "train"], df[df["split"] == "test"]
+    from sklearn.model_selection import GroupShuffleSplit
+
+    gss = GroupShuffleSplit(n_splits=1, test_size=pre.test_size, random_state=pre.seed)
+    train_idx, test_idx = next(gss.split(df, groups=df["doc_key"]))
+    return df.iloc[train_idx], df.iloc[test_idx]
+
+
+def preprocess(cfg, pre: PreprocessConfig, raw: pd.DataFrame, tokenizer, out_dir: Path) -> dict:
+    """Step: write train/test parquet, an empty label_map.json (the shell's file set) and report.json."""
+    records = raw.to_dict("records")
+    documents = [str(r[cfg.document_column]).strip() for r in records]
+    df = pd.DataFrame({
+        "doc_key": [document_key(d) for d in documents], "summary": [str(r[cfg.summary_column]).strip() for r in records],
+        "instruction": [instruction_for(cfg, r) for r in records],
+        "aspect": [str(r["aspect"]) if isinstance(r.get("aspect"), str) else "" for r in records],
+        "where": raw["where"].astype(str).tolist(), "split": [r.get("split", "train") for r in records],
+    })
+    df["document"], df["truncated"] = truncate(tokenizer, documents, cfg.max_document_tokens)
+    counts = {"rows_in": len(df), "documents_truncated": int(df["truncated"].sum())}
+    if pre.sample_size is not None and pre.sample_size < len(df):
+        df = df.sample(n=pre.sample_size, random_state=pre.seed).sort_index()
+    counts["rows_sampled"] = len(df)
+    train, test = split_by_document(df, pre)
+    if set(train["doc_key"]) & set(test["doc_key"]):  # validation rejects this for given files; a random split groups
+        raise SummarizationPreprocessError("a document is in both train and test")
+    if train.empty or test.empty:
+        raise SummarizationPreprocessError(f"the {'train' if train.empty else 'test'} split is empty after preprocessing ({counts})")
+    counts |= {"rows_train": len(train), "rows_test": len(test), "documents_train": int(train["doc_key"].nunique()),
+               "documents_test": int(test["doc_key"].nunique()), "truncated_train": int(train["truncated"].sum()),
+               "truncated_test": int(test["truncated"].sum())}
+    words = np.array([len(s.split()) for s in df["summary"]])
+    report = {"task": "summarization", "counts": counts, "max_document_tokens": cfg.max_document_tokens,
+              "truncation": "head: a longer document keeps its first summarization.max_document_tokens tokens",
+              "summary_words_mean": float(words.mean()), "labels": []}
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir()
+        train[COLUMNS].reset_index(drop=True).to_parquet(tmp / "train.parquet", index=False)
+        test[COLUMNS].reset_index(drop=True).to_parquet(tmp / "test.parquet", index=False)
+        write_json(tmp / "label_map.json", {})
+        write_json(tmp / "report.json", report)
+    log.info("summarization preprocess: %s", counts)
+    return report
+
+
+def load_rows(path: Path) -> list[dict]:
+    return pd.read_parquet(path).to_dict("records")
