@@ -38,7 +38,7 @@ class SummarizationConfig(BaseModel):
     aclsum_sections: list[Literal["abstract", "introduction", "conclusion"]] = Field(
         default_factory=lambda: ["abstract", "conclusion"], min_length=1, description="the paper sections joined into the document")
     # lengths in the base tokenizer's tokens
-    max_document_tokens: int = Field(768, ge=16, description="longer documents keep their first max_document_tokens tokens")
+    max_document_tokens: int = Field(768, ge=4, description="longer documents keep their first max_document_tokens tokens")
     max_truncated_fraction: float = Field(0.2, ge=0, le=1, description="validation fails when more documents than this are cut")
     min_document_tokens: int = Field(8, ge=1)
     max_summary_tokens: int = Field(128, ge=4, description="a longer reference summary fails validation")
