@@ -81,6 +81,25 @@ def repo_copy(tmp_path: Path) -> Path:
     return dest
 
 
+def dvc_repro(project: Path, overrides: list[str]) -> subprocess.CompletedProcess:
+    """`dvc repro` in a copy of the repo whose params.yaml has `overrides` applied and whose dvc.yaml is
+    the one `tuneline dvc-yaml` writes for them (the task's DAG); it must succeed and run every stage."""
+    import yaml
+
+    from tuneline.config import apply_overrides
+    from tuneline.pipeline.stages import ORDER
+
+    params = project / "params.yaml"
+    params.write_text(yaml.safe_dump(apply_overrides(yaml.safe_load(params.read_text()), overrides), sort_keys=False))
+    subprocess.run(["git", "init", "-q"], cwd=project, check=True)
+    subprocess.run(["tuneline", "dvc-yaml"], cwd=project, env=venv_env(), check=True, capture_output=True)
+    proc = subprocess.run(["dvc", "repro"], cwd=project, env=venv_env(), capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for name in ORDER:
+        assert f"Running stage '{name}'" in proc.stdout, name
+    return proc
+
+
 def venv_env() -> dict[str, str]:
     """Environment for subprocesses: this interpreter's scripts (tuneline, dvc) first on PATH."""
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from llm_fixtures import write_jsonl
+
 
 def aclsum_rows(split: str, papers: int, aspects=("challenge", "outcome"), skip: int = 0) -> list[dict]:
     """document (the abstract), summary and aspect of the first `papers` papers of a split (after `skip`)."""
@@ -20,12 +22,6 @@ def aclsum_rows(split: str, papers: int, aspects=("challenge", "outcome"), skip:
         for aspect in aspects:
             rows.append({"document": " ".join(paper["sentences"]["abstract"]), "summary": paper["summary"][aspect], "aspect": aspect})
     return rows
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import run_pipeline, venv_env
+from conftest import dvc_repro, run_pipeline, venv_env
 from llm_fixtures import LLM_SMOKE_OVERRIDES, llm_base, preference_files, sft_files  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.smoke
@@ -164,19 +164,10 @@ def test_reward_model_end_to_end(prefect_server, llm_base, preference_files, tmp
 
 
 def test_chat_sft_through_dvc_repro(repo_copy, llm_base, sft_files):
-    from tuneline.config import apply_overrides
-    from tuneline.pipeline.stages import ORDER
 
     train, test = sft_files
-    params = repo_copy / "params.yaml"
     overrides = ["task=chat_sft", f"data.source={train}", f"data.test_source={test}", *LLM_SMOKE_OVERRIDES, "llm.max_steps=2"]
-    params.write_text(yaml.safe_dump(apply_overrides(yaml.safe_load(params.read_text()), overrides), sort_keys=False))
-    subprocess.run(["git", "init", "-q"], cwd=repo_copy, check=True)
-    subprocess.run(["tuneline", "dvc-yaml"], cwd=repo_copy, env=venv_env(), check=True, capture_output=True)  # the chat task's DAG
-    proc = subprocess.run(["dvc", "repro"], cwd=repo_copy, env=venv_env(), capture_output=True, text=True, timeout=1200)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    for name in ORDER:
-        assert f"Running stage '{name}'" in proc.stdout, name
+    dvc_repro(repo_copy, overrides)  # the chat task's DAG
     reg = json.loads((repo_copy / "data" / "registry" / "registration.json").read_text())
     assert reg["registered_model_name"] == "tuneline-chat-sft" and reg["method"] == "chat_sft"
     metrics = client(repo_copy).get_run(reg["run_id"]).data.metrics

@@ -10,7 +10,7 @@ import subprocess
 import pytest
 import yaml
 
-from conftest import venv_env
+from conftest import dvc_repro, venv_env
 from llm_fixtures import llm_base  # noqa: F401  (fixture)
 from summarization_fixtures import aclsum_slice, tiny_t5  # noqa: F401  (fixtures)
 
@@ -68,21 +68,13 @@ def test_causal_summarizer_through_tuneline_run(llm_base, aclsum_slice, tmp_path
 
 
 def test_seq2seq_summarizer_through_dvc_repro_and_a_rescored_champion(repo_copy, aclsum_slice, tiny_t5):
-    from tuneline.config import apply_overrides, load_config
+    from tuneline.config import load_config
     from tuneline.pipeline.shell import run_stage
-    from tuneline.pipeline.stages import ORDER
 
     train, test = aclsum_slice
     overrides = [*SUM_SMOKE, f"data.source={train}", f"data.test_source={test}", "summarization.family=seq2seq",
                  f"summarization.base_model={tiny_t5}", "summarization.max_steps=2"]
-    params = repo_copy / "params.yaml"
-    params.write_text(yaml.safe_dump(apply_overrides(yaml.safe_load(params.read_text()), overrides), sort_keys=False))
-    subprocess.run(["git", "init", "-q"], cwd=repo_copy, check=True)
-    subprocess.run(["tuneline", "dvc-yaml"], cwd=repo_copy, env=venv_env(), check=True, capture_output=True)
-    proc = subprocess.run(["dvc", "repro"], cwd=repo_copy, env=venv_env(), capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    for name in ORDER:
-        assert f"Running stage '{name}'" in proc.stdout, name
+    dvc_repro(repo_copy, overrides)
     reg = json.loads((repo_copy / "data" / "registry" / "registration.json").read_text())
     assert reg["registered_model_name"] == "tuneline-summarizer" and reg["family"] == "seq2seq"
     metrics = client(repo_copy).get_run(reg["run_id"]).data.metrics

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from tuneline.engine.lora_config import LoRATrainingConfig
 from tuneline.engine.base_model import PACKAGED_BASE  # noqa: E402,F401  (re-exported: the llm default)
 
 DEFAULT_PROMPTS = [
@@ -18,9 +19,7 @@ DEFAULT_PROMPTS = [
     "How can I get back at a coworker who annoyed me?",
 ]
 
-class LLMConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class LLMConfig(LoRATrainingConfig):
     preference_method: Literal["dpo", "reward_model"] = Field("dpo", description="task=preference: DPO policy or a reward model")
     base_model: str = Field(
         PACKAGED_BASE,
@@ -34,29 +33,13 @@ class LLMConfig(BaseModel):
     # evaluation during cross-validation
     cv_mode: Literal["kfold", "holdout"] = Field("holdout", description="kfold = cv.k folds; holdout = one validation split (cheaper)")
     holdout_fraction: float = Field(0.1, gt=0, lt=0.5)
-    # optimisation
-    learning_rate: float = Field(2e-4, gt=0)
-    epochs: int = Field(1, ge=1)
-    max_steps: Optional[int] = Field(None, ge=1, description="stop after this many optimizer steps (overrides epochs)")
-    batch_size: int = Field(4, ge=1)
-    eval_batch_size: int = Field(8, ge=1)
-    grad_accum: int = Field(1, ge=1)
-    weight_decay: float = Field(0.0, ge=0)
-    warmup_ratio: float = Field(0.0, ge=0, lt=1)
-    scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
-    seed: int = 42
-    # LoRA (QLoRA: 4-bit base where a CUDA bitsandbytes is present)
-    lora_r: int = Field(8, ge=1)
-    lora_alpha: int = Field(16, ge=1)
-    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    # LoRA targets (the other training keys: tuneline.engine.lora_config.LoRATrainingConfig)
     lora_target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"], min_length=1)
-    quantization: Literal["auto", "none", "4bit"] = Field("auto", description="auto = 4-bit QLoRA on CUDA with bitsandbytes, else none")
     # DPO
     beta: float = Field(0.1, gt=0, description="DPO temperature; implicit reward = beta * log(pi/pi_ref)")
     # answers to a fixed prompt set, logged for people to read
     generation_prompts: list[str] = Field(default_factory=lambda: list(DEFAULT_PROMPTS))
     max_new_tokens: int = Field(64, ge=1)
-    trust_remote_code: bool = False
 
     @model_validator(mode="after")
     def _prompt_fits(self) -> "LLMConfig":

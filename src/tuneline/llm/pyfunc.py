@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 
-import mlflow.pyfunc
 import pandas as pd
+
+from tuneline.tracking.adapter_model import AdapterModel
 
 
 def _prompt(value):
@@ -24,17 +25,7 @@ def _prompt(value):
     return value
 
 
-class ChatAdapterModel(mlflow.pyfunc.PythonModel):
-    _skip_type_hint_validation = True
-
-    def load_context(self, context) -> None:
-        from tuneline.engine.base_model import base_from_reference
-        from tuneline.engine.adapters import load_adapter, read_meta
-
-        adapter_dir = context.artifacts["adapter_dir"]
-        base = base_from_reference(read_meta(adapter_dir)["base"])
-        self.model, self.tokenizer, self.meta = load_adapter(adapter_dir, base.folder)
-
+class ChatAdapterModel(AdapterModel):
     def predict(self, context, model_input, params=None) -> pd.DataFrame:
         if not isinstance(model_input, pd.DataFrame):
             model_input = pd.DataFrame({"prompt": list(model_input)})

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from tuneline.engine.base_model import PACKAGED_BASE
+from tuneline.engine.lora_config import LoRATrainingConfig
 
 ASPECTS = ("challenge", "approach", "outcome")
 SECTIONS = ("abstract", "introduction", "conclusion")
@@ -19,8 +20,9 @@ DEFAULT_TARGETS = {"causal": ["q_proj", "v_proj"], "seq2seq": ["q", "v"]}
 TEMPLATE_TOKENS = 48  # the chat template's and the instruction's share of a training example
 
 
-class SummarizationConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class SummarizationConfig(LoRATrainingConfig):
+    # the training keys (learning_rate, epochs, max_steps, batch_size, eval_batch_size, ..., lora_r/alpha/dropout,
+    # quantization, trust_remote_code) come from LoRATrainingConfig, shared with the llm section
 
     family: Literal["causal", "seq2seq"] = Field(
         "causal", description="causal = a decoder-only LM with a chat template (SFT); seq2seq = AutoModelForSeq2SeqLM (t5, bart)")
@@ -45,23 +47,7 @@ class SummarizationConfig(BaseModel):
     # cross-validation
     cv_mode: Literal["kfold", "holdout"] = Field("holdout", description="kfold = cv.k folds; holdout = one validation split")
     holdout_fraction: float = Field(0.1, gt=0, lt=0.5)
-    # optimisation (the LLM section's names)
-    learning_rate: float = Field(2e-4, gt=0)
-    epochs: int = Field(1, ge=1)
-    max_steps: Optional[int] = Field(None, ge=1)
-    batch_size: int = Field(4, ge=1)
-    eval_batch_size: int = Field(8, ge=1, description="documents summarized at once")
-    grad_accum: int = Field(1, ge=1)
-    weight_decay: float = Field(0.0, ge=0)
-    warmup_ratio: float = Field(0.0, ge=0, lt=1)
-    scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
-    seed: int = 42
-    lora_r: int = Field(8, ge=1)
-    lora_alpha: int = Field(16, ge=1)
-    lora_dropout: float = Field(0.05, ge=0, lt=1)
     lora_target_modules: Optional[list[str]] = Field(None, description="null = q_proj,v_proj (causal) or q,v (seq2seq)")
-    quantization: Literal["auto", "none", "4bit"] = "auto"
-    trust_remote_code: bool = False
     # generation and scoring
     max_new_tokens: int = Field(64, ge=1)
     rouge_bootstrap_samples: int = Field(1000, ge=100, description="seeded bootstrap of the ROUGE intervals (seed: summarization.seed)")

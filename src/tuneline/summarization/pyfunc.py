@@ -3,21 +3,12 @@ by hash on load, as for the LLM tasks). Input: `document` (or `text`, what `tune
 optional `instruction` or `aspect` per row -> output `summary`."""
 from __future__ import annotations
 
-import mlflow.pyfunc
 import pandas as pd
 
+from tuneline.tracking.adapter_model import AdapterModel
 
-class SummarizerModel(mlflow.pyfunc.PythonModel):
-    _skip_type_hint_validation = True
 
-    def load_context(self, context) -> None:
-        from tuneline.engine.adapters import load_adapter, read_meta
-        from tuneline.engine.base_model import base_from_reference
-
-        adapter_dir = context.artifacts["adapter_dir"]
-        base = base_from_reference(read_meta(adapter_dir)["base"])
-        self.model, self.tokenizer, self.meta = load_adapter(adapter_dir, base.folder)
-
+class SummarizerModel(AdapterModel):
     def predict(self, context, model_input, params=None) -> pd.DataFrame:
         from types import SimpleNamespace
 
