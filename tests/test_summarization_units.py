@@ -184,3 +184,36 @@ def test_gate_promotes_a_clear_rouge_l_gain_over_documents_and_not_a_tie():
     assert tie["promote"] is False and "ties" in tie["reason"]
     blind = PLUGIN.gate(c, better, None, "OSError: gone")
     assert blind["promote"] is False and "cannot be re-scored" in blind["reason"]
+
+
+@pytest.mark.unit
+def test_the_tasks_dag_and_cache_keys_follow_the_keys_it_reads(tmp_path):
+    import yaml
+
+    from tuneline.config import load_config
+    from tuneline.pipeline.dvcfile import render
+    from tuneline.pipeline.fingerprint import stage_key
+
+    config = load_config(None, ["task=summarization"])
+    stages = yaml.safe_load(render(config))["stages"]
+    assert stages["crossval"]["params"] == ["task", "summarization", "cv.k", "cv.seed"]
+    assert all(not {"llm", "train", "select", "validate"} & set(s["params"]) for s in stages.values())
+    assert "src/tuneline/summarization" in stages["refit"]["deps"] and "src/tuneline/llm" not in stages["refit"]["deps"]
+    key = lambda *o: stage_key("crossval", load_config(None, ["task=summarization", *o]), tmp_path)  # noqa: E731
+    assert key("llm.beta=0.3", "train.learning_rate=0.5") == key()
+    assert key("summarization.lora_r=4") != key()
+
+
+@pytest.mark.data
+def test_the_packaged_aclsum_sample_has_one_row_per_paper_and_aspect_and_disjoint_splits():
+    from tuneline.config import load_config
+    from tuneline.summarization.data import document_key, read_aclsum
+
+    raw = read_aclsum(load_config(None, ["task=summarization"]).summarization)
+    assert set(raw["aspect"]) == {"challenge", "approach", "outcome"} and raw[["document", "summary"]].notna().all().all()
+    keys = [document_key(d) for d in raw["document"]]
+    assert len(set(zip(keys, raw["aspect"]))) == len(raw)  # (document, aspect) is unique
+    train = {k for k, s in zip(keys, raw["split"]) if s == "train"}
+    test = {k for k, s in zip(keys, raw["split"]) if s == "test"}
+    assert len(train) >= 140 and len(test) >= 95 and not train & test
+    assert raw["where"].str.contains(r"aclsum/(train|val|test)\.jsonl:\d+ \(.+, (challenge|approach|outcome)\)").all()
