@@ -14,7 +14,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 TOP, SHELL, PLUGIN, BASE = 3, 2, 1, 0
-PLUGIN_PACKAGES = ("tuneline.classification", "tuneline.llm")
+PLUGIN_PACKAGES = ("tuneline.classification", "tuneline.llm", "tuneline.summarization")
 
 
 def _layer(module: str) -> int:

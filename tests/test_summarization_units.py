@@ -217,3 +217,17 @@ def test_the_packaged_aclsum_sample_has_one_row_per_paper_and_aspect_and_disjoin
     test = {k for k, s in zip(keys, raw["split"]) if s == "test"}
     assert len(train) >= 140 and len(test) >= 95 and not train & test
     assert raw["where"].str.contains(r"aclsum/(train|val|test)\.jsonl:\d+ \(.+, (challenge|approach|outcome)\)").all()
+
+
+@pytest.mark.unit
+def test_summarization_training_and_scoring_import_no_mlflow_prefect_or_dvc():
+    """model, scoring, data and preprocess run where only torch/transformers/peft/trl are (a GPU box)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "import tuneline.summarization.model, tuneline.summarization.scoring, tuneline.summarization.data, "
+            "tuneline.summarization.preprocess, tuneline.summarization.validation\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules if m.split('.')[0] in ('mlflow', 'prefect', 'dvc')}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    assert out.stdout.strip() == "[]"
