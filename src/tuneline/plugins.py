@@ -41,6 +41,43 @@ class Registration:
     extra: dict[str, Any] = field(default_factory=dict)  # added to registration.json
 
 
+def adapter_registration(f, metric: str, labels: dict[str, str], table: list, table_file: str, python_model: Path,
+                         signature, artifacts: list[Path], note: str = "") -> Registration:
+    """What a LoRA-adapter task registers (chat SFT, preference, summarization): the adapter folder
+    with its base's reference, test and CV figures in the description, `labels` ({"method": …, and
+    e.g. "family"}) as tags and in registration.json, and `table` (rows people read: generations,
+    summaries) as an MLflow table."""
+    from datetime import datetime, timezone
+
+    from tuneline.storage import read_json
+    from tuneline.tracking.runs import pinned
+
+    base, cv, test = read_json(f.selection)["base"], read_json(f.cv_summary), read_json(f.eval_metrics)
+    base_tags = {f"base.{k}": str(v) for k, v in base.items()}
+    value, stats = test[f"test_{metric}"], cv["metrics"][metric]
+    kind = labels["method"] + "".join(f" ({v})" for k, v in labels.items() if k != "method")
+
+    def children(mlflow, exp_id: str, lineage: dict[str, str]) -> None:
+        if table:
+            import pandas as pd
+
+            mlflow.log_table(pd.DataFrame(table), artifact_file=table_file)
+
+    return Registration(
+        run_name=f"{'-'.join(labels.values())}-{Path(base['id']).name}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}",
+        python_model=python_model, model_artifacts={"adapter_dir": str(f.model_dir)}, signature=signature,
+        requirements=pinned("torch", "transformers", "peft", "trl", "gguf", "safetensors", "pandas"),
+        description=(f"{kind} LoRA adapter on {base['id']} (sha256 {base['sha256'][:12]}…) — test {metric} {value:.4f}{note}; "
+                     f"{cv['mode']} CV {stats['mean']:.4f} ± {stats['std']:.4f}"),
+        version_tags={**labels, f"test.{metric}": f"{value:.6f}", **base_tags},
+        artifacts=[f.eval_scores, *artifacts],
+        tags=base_tags | {f"tuneline.{k}": v for k, v in labels.items()}
+        | {"cv.mode": f"{cv['mode']} ({cv['k']} split{'s' if cv['k'] > 1 else ''})"},
+        fold_metrics=read_json(f.fold_metrics), log_children=children,
+        extra={**labels, "test_metrics": test, "base": base},
+    )
+
+
 class TaskPlugin:
     """The protocol every task implements. Steps take (config, files) — files: the project's paths
     (tuneline.pipeline.stages.Files) — and return a small JSON-able dict.

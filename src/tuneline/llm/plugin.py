@@ -5,14 +5,13 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
 from tuneline.llm.config import LLMConfig
-from tuneline.plugins import Registration, TaskPlugin
+from tuneline.plugins import Registration, TaskPlugin, adapter_registration
 
 log = logging.getLogger(__name__)
 
@@ -203,33 +202,10 @@ class LLMTask(TaskPlugin):
         return TASK_METRICS[_method(c)]
 
     def registration(self, c, f) -> Registration:
-        import pandas as pd
-
         from tuneline.storage import read_json
-        from tuneline.tracking.runs import pinned
 
-        method, (metric, _) = _method(c), self.metric(c)
-        base, cv, test = read_json(f.selection)["base"], read_json(f.cv_summary), read_json(f.eval_metrics)
-        generations = read_json(f.eval_dir / "generations.json")
-        base_tags = {f"base.{k}": str(v) for k, v in base.items()}
-        value, stats = test[f"test_{metric}"], cv["metrics"][metric]
-
-        def children(mlflow, exp_id: str, lineage: dict[str, str]) -> None:
-            if generations:
-                mlflow.log_table(pd.DataFrame(generations), artifact_file="generated_answers.json")
-
-        return Registration(
-            run_name=f"{method}-{Path(base['id']).name}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}",
-            python_model=MODEL_CODE, model_artifacts={"adapter_dir": str(f.model_dir)}, signature=_signature(method),
-            requirements=pinned("torch", "transformers", "peft", "trl", "gguf", "safetensors", "pandas"),
-            description=(f"{method} LoRA adapter on {base['id']} (sha256 {base['sha256'][:12]}…) — test {metric} {value:.4f}; "
-                         f"{cv['mode']} CV {stats['mean']:.4f} ± {stats['std']:.4f}"),
-            version_tags={"method": method, f"test.{metric}": f"{value:.6f}", **base_tags},
-            artifacts=[f.eval_scores, f.eval_dir / "generations.json"],
-            tags=base_tags | {"tuneline.method": method, "cv.mode": f"{cv['mode']} ({cv['k']} split{'s' if cv['k'] > 1 else ''})"},
-            fold_metrics=read_json(f.fold_metrics), log_children=children,
-            extra={"method": method, "test_metrics": test, "base": base},
-        )
+        return adapter_registration(f, self.metric(c)[0], {"method": _method(c)}, read_json(f.eval_dir / "generations.json"),
+                                    "generated_answers.json", MODEL_CODE, _signature(_method(c)), [f.eval_dir / "generations.json"])
 
     def candidate_scores(self, c, f) -> dict:
         from tuneline.storage import read_json

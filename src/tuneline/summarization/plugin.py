@@ -5,13 +5,12 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
-from tuneline.plugins import Registration, TaskPlugin
+from tuneline.plugins import Registration, TaskPlugin, adapter_registration
 from tuneline.summarization.config import SummarizationConfig
 
 log = logging.getLogger(__name__)
@@ -225,34 +224,13 @@ class Summarization(TaskPlugin):
         return GATE_METRIC, True
 
     def registration(self, c, f) -> Registration:
-        import pandas as pd
-
         from tuneline.storage import read_json
-        from tuneline.tracking.runs import pinned
 
-        s, (metric, _) = c.summarization, self.metric(c)
-        base, cv, test = read_json(f.selection)["base"], read_json(f.cv_summary), read_json(f.eval_metrics)
-        table = read_json(f.eval_dir / TABLE)[: s.table_rows]
-        base_tags = {f"base.{k}": str(v) for k, v in base.items()}
-        value, stats = test[f"test_{metric}"], cv["metrics"][metric]
-
-        def children(mlflow, exp_id: str, lineage: dict[str, str]) -> None:
-            if table:
-                mlflow.log_table(pd.DataFrame(table), artifact_file="summaries_table.json")
-
-        return Registration(
-            run_name=f"summarization-{s.family}-{Path(base['id']).name}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}",
-            python_model=MODEL_CODE, model_artifacts={"adapter_dir": str(f.model_dir)}, signature=_signature(),
-            requirements=pinned("torch", "transformers", "peft", "trl", "gguf", "safetensors", "pandas"),
-            description=(f"summarization LoRA adapter ({s.family}) on {base['id']} (sha256 {base['sha256'][:12]}…) — test "
-                         f"ROUGE-L {value:.4f} (base {test[f'base_test_{metric}']:.4f}); {cv['mode']} CV "
-                         f"{stats['mean']:.4f} ± {stats['std']:.4f}"),
-            version_tags={"method": "summarization", "family": s.family, f"test.{metric}": f"{value:.6f}", **base_tags},
-            artifacts=[f.eval_scores, f.eval_dir / TABLE],
-            tags=base_tags | {"tuneline.family": s.family, "cv.mode": f"{cv['mode']} ({cv['k']} split{'s' if cv['k'] > 1 else ''})"},
-            fold_metrics=read_json(f.fold_metrics), log_children=children,
-            extra={"family": s.family, "test_metrics": test, "base": base},
-        )
+        s, metric = c.summarization, self.metric(c)[0]
+        base_value = read_json(f.eval_metrics)[f"base_test_{metric}"]
+        return adapter_registration(f, metric, {"method": "summarization", "family": s.family},
+                                    read_json(f.eval_dir / TABLE)[: s.table_rows], "summaries_table.json", MODEL_CODE,
+                                    _signature(), [f.eval_dir / TABLE], note=f" (base {base_value:.4f})")
 
     def candidate_scores(self, c, f) -> dict:
         from tuneline.storage import read_json
