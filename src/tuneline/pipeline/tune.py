@@ -173,6 +173,8 @@ def run_trial(run_fold: Callable[[dict], dict], map_jobs, score: Callable[[dict]
     Returns {"state": complete|pruned, "value", "results"}; telling the study is the caller's."""
     import optuna
 
+    from tuneline.tracking.runs import fault
+
     study = optuna.load_study(study_name=handle.study, storage=storage(handle.url), pruner=make_pruner(handle.tune_cfg))
     trial = optuna.trial.Trial(study, handle.trial_id)
     results: list[dict] = []
@@ -181,6 +183,7 @@ def run_trial(run_fold: Callable[[dict], dict], map_jobs, score: Callable[[dict]
         value = statistics.fmean(score(r) for r in results)
         trial.report(value, step=len(results))
         trial.set_user_attr("folds", results)  # the best trial's folds become the candidate's CV results
+        fault(f"tune-trial{handle.number}-fold{len(results)}")
         if not handle.configured and len(results) < len(handle.jobs) and trial.should_prune():
             log.info("trial %d pruned after %d fold(s): running mean %.4f", handle.number, len(results), value)
             return {"state": "pruned", "value": value, "results": results}
