@@ -298,3 +298,31 @@ def test_sequential_threads_and_dask_trials_give_the_same_scores(prepared, tmp_p
     results["dask"] = scores("dask")
     assert results["threads"] == results["sequential"] and results["dask"] == results["sequential"]
     assert sorted(results["sequential"]) == [0.05, 0.5, 1.0, 3.0]
+
+
+@pytest.mark.integration
+def test_in_team_mode_the_study_lives_in_the_teams_postgresql(tmp_path, monkeypatch):
+    """TUNELINE_OPTUNA_STORAGE names the team's PostgreSQL: two runs, as from two machines, share one study."""
+    import optuna
+    from services import require_postgres
+
+    require_postgres()
+    from team_servers import PG, create_database, drop_database
+
+    database = create_database("tune")
+    try:
+        url = f"{PG.replace('postgresql://', 'postgresql+psycopg://')}/{database}"
+        monkeypatch.setenv(tune.ENV_STORAGE, url)
+        config = load_config(None, ["tune.enabled=true", "tune.n_trials=5", "tune.pruner=none"])
+        first = Quadratic()
+        out = tune.search(first, config, _Files(tmp_path / "a"), first.cv_plan(config, None), lambda run, jobs: [run(j) for j in jobs])
+        assert out["toy"]["storage"].startswith("postgresql+psycopg://") and not (tmp_path / "a" / tune.STUDY_DB).exists()
+        (summary,) = optuna.get_all_study_summaries(url)
+        assert summary.study_name == out["toy"]["study"] and summary.n_trials == 5
+        bigger = load_config(None, ["tune.enabled=true", "tune.n_trials=7", "tune.pruner=none"])
+        second = Quadratic()
+        again = tune.search(second, bigger, _Files(tmp_path / "b"), second.cv_plan(bigger, None), lambda run, jobs: [run(j) for j in jobs])
+        assert len(again["toy"]["trials"]) == 7 and len(second.calls) == 2 * 3  # only the two new trials ran
+    finally:
+        tune._storages.pop(url, None)
+        drop_database(database)
