@@ -22,7 +22,6 @@ import io
 import json
 import logging
 import os
-import re
 import socket
 import statistics
 import threading
@@ -33,6 +32,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from tuneline.storage import slug
+from tuneline.tracking.runs import fault, redact
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +49,6 @@ _storage_lock = threading.Lock()
 def storage_url(config, root: Path | str) -> str:
     """tune.storage, else TUNELINE_OPTUNA_STORAGE (a team's PostgreSQL), else SQLite in the project."""
     return config.tune.storage or os.environ.get(ENV_STORAGE) or f"sqlite:///{(Path(root) / STUDY_DB).resolve()}"
-
-
-def redact(url: str) -> str:
-    return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
 
 
 def storage(url: str):
@@ -172,8 +168,6 @@ def run_trial(run_fold: Callable[[dict], dict], map_jobs, score: Callable[[dict]
     """Run one trial's folds chunk by chunk, reporting the running CV mean after each to the study.
     Returns {"state": complete|pruned, "value", "results"}; telling the study is the caller's."""
     import optuna
-
-    from tuneline.tracking.runs import fault
 
     study = optuna.load_study(study_name=handle.study, storage=storage(handle.url), pruner=make_pruner(handle.tune_cfg))
     trial = optuna.trial.Trial(study, handle.trial_id)
@@ -320,8 +314,11 @@ def plots(study) -> dict[str, bytes]:
 
 def search(plugin, config, files, plan: dict, map_jobs, map_trials=sequential_trials) -> dict[str, dict]:
     """{candidate: outcome} for every target the task offers in this plan."""
-    return {t["name"]: Search(plugin, config, files, plan, t, map_jobs).run(map_trials)
-            for t in plugin.tune_targets(config, files, plan)}
+    targets = plugin.tune_targets(config, files, plan)
+    if not targets:
+        log.warning("tune.enabled, but task %r offers nothing to tune in this plan (tune.candidates=%s): no search",
+                    config.task, config.tune.candidates)
+    return {t["name"]: Search(plugin, config, files, plan, t, map_jobs).run(map_trials) for t in targets}
 
 
 def cv_files(outcomes: dict[str, dict]) -> dict[str, Any]:
