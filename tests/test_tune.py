@@ -124,6 +124,17 @@ def test_pruning_reports_after_each_fold_and_never_prunes_trial0(tmp_path):
 
 
 @pytest.mark.unit
+def test_a_timeout_stops_new_trials_and_parallel_trials_stay_within_the_cores(tmp_path):
+    out = _search(tmp_path, Quadratic(), "tune.n_trials=50", "tune.timeout_s=0.001", "tune.pruner=none")
+    assert len(out["trials"]) == 1 and out["trials"][0]["configured"]  # the first batch runs, then the clock says stop
+    cores = os.cpu_count() or 1
+    assert tune.trial_workers(load_config(None, ["tune.parallel=64", "cv.parallel=1"])) == min(64, cores)
+    assert tune.trial_workers(load_config(None, [f"tune.parallel={cores}", f"cv.parallel={cores}"])) == 1
+    dask = ["tune.parallel=64", "tune.task_runner=dask", "cv.dask_address=tcp://127.0.0.1:1"]
+    assert tune.trial_workers(load_config(None, dask)) == 64  # a cluster's workers are its own to size
+
+
+@pytest.mark.unit
 def test_a_trial_left_running_by_a_dead_process_is_enqueued_again_with_its_parameters(tmp_path):
     import optuna
 
@@ -297,6 +308,18 @@ def test_sequential_threads_and_dask_trials_give_the_same_scores(prepared, tmp_p
                                           f"tune.storage=sqlite:///{tmp_path / 'dask.db'}"]), str(root))
     results["dask"] = scores("dask")
     assert results["threads"] == results["sequential"] and results["dask"] == results["sequential"]
+
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
+
+    async def trial_runs():
+        async with get_client() as client:
+            runs = await client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="trial")))
+        return [r for r in runs if r.state.is_completed()]
+
+    assert len(asyncio.run(trial_runs())) >= 8  # every trial a Prefect task: 4 on threads, 4 on Dask
     assert sorted(results["sequential"]) == [0.05, 0.5, 1.0, 3.0]
 
 
