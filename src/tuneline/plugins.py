@@ -119,6 +119,29 @@ class TaskPlugin:
         return the test metrics (metric names as in `metric`, prefixed test_ where the task logs them so)."""
         raise NotImplementedError
 
+    # --- hyperparameter search (tuneline.pipeline.tune; a task without these is never tuned) ----
+    def tune_targets(self, config, files, plan: dict) -> list[dict]:
+        """What a search may tune in `plan`: [{"name": the candidate, "space": {param: spec} (config.tune.space's
+        form), "values": {param: its configured value} (trial 0), "jobs": indices into plan["jobs"] that score it,
+        in fold order, "key": what else decides its scores (model, fixed training config, data, folds)}]."""
+        return []
+
+    def trial_jobs(self, config, plan: dict, target: dict, params: dict) -> list[dict]:
+        """The target's fold jobs trained with `params`: the same folds and training seeds, in fold order."""
+        raise NotImplementedError
+
+    def adopt(self, config, plan: dict, target: dict, params: dict, info: dict) -> dict:
+        """The plan with the target trained on `params` from now on (what the summary records, refit trains)."""
+        raise NotImplementedError
+
+    def tuned_overrides(self, config, params: dict) -> dict[str, Any]:
+        """{dotted params.yaml key: value} that pin `params` (`tuneline tune --apply` writes them)."""
+        raise NotImplementedError
+
+    def fold_score(self, config, result: dict) -> float:
+        """One fold's value of the task's metric (`metric`), which a search optimises in its direction."""
+        return float(result["metrics"][self.metric(config)[0]])
+
     # --- registry -------------------------------------------------------------------------------
     def registered_name(self, config) -> str: raise NotImplementedError
     def metric(self, config) -> tuple[str, bool]:

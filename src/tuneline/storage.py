@@ -5,6 +5,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -74,3 +75,8 @@ def file_md5(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         for block in iter(lambda: fh.read(chunk), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def slug(name: str) -> str:
+    """A candidate or study name as a file name."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)

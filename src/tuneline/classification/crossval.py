@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import re
 import time
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from tuneline.engine.features import DiskCache, cache_key, embed
 from tuneline.metrics import classification_metrics, corrected_ttest, majority_rate, summarize
 from tuneline.engine.models import load_encoder
 from tuneline.classification.selection import candidate_name
-from tuneline.storage import read_json
+from tuneline.storage import read_json, slug  # noqa: F401 (slug: the plugin's, from here)
 from tuneline.classification.head import LinearHead
 
 log = logging.getLogger(__name__)
@@ -128,6 +127,9 @@ def resolve_candidates(candidates: list[dict], train_cfg: TrainConfig) -> list[d
 def candidate_config(candidate: dict, train_cfg: TrainConfig) -> TrainConfig:
     """The training config one candidate runs with (strategy, precision, defaults resolved)."""
     cfg = hardware.resolve(train_cfg, candidate["strategy"] if candidate["strategy"] != "baseline" else "feature_extraction")
+    if candidate.get("train"):  # a tuned candidate's hyperparameters (tuneline.pipeline.tune), validated as params.yaml's
+        checked = TrainConfig.model_validate(candidate["train"])  # its values checked as params.yaml's would be
+        cfg = cfg.model_copy(update={k: getattr(checked, k) for k in candidate["train"]})
     return cfg.model_copy(update={"prefix_cache": bool(candidate.get("prefix_cache", False))}) if cfg.strategy == "partial" else cfg
 
 
@@ -218,10 +220,6 @@ def choose(rows: list[dict], metric: str) -> dict:
     return min(eligible, key=lambda r: (-round(r["metrics"][metric]["mean"], 4), r["parameters"] or 0, r["latency_ms"]))
 
 
-def slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
-
-
 def plan(cv_cfg: CVConfig, train_cfg: TrainConfig, processed_dir: Path, selection_path: Path, cache_dir: Path) -> dict:
     """Identical folds for every candidate, one job per (candidate, fold), and the work done once per
     dataset before any job reads it: each candidate's features or frozen prefix, encoded once —
@@ -269,6 +267,7 @@ def summarize_candidates(plan: dict, results: list[dict], train_cfg: TrainConfig
             latency += 1000.0 * FrozenPrefix(cand, cfg, cache_dir, names).seconds_per_text(texts)
         rows.append({**cand, "latency_ms": latency, "encoder_passes": plan["passes"].get(cand["name"], 0),
                      "training": {k: getattr(cfg, k) for k in ("strategy", "precision", "learning_rate", "epochs", "batch_size")}
+                     | dict(cand.get("train") or {})
                      | ({"freeze_layers": cfg.freeze_layers, "prefix_cache": cfg.prefix_cache} if cfg.strategy == "partial" else {}),
                      "metrics": summarize([{k: v for k, v in m.items() if k != "majority_rate"} for m in fold_metrics])})
     base = next((r for r in rows if r["strategy"] == "baseline"), None)
@@ -279,6 +278,8 @@ def summarize_candidates(plan: dict, results: list[dict], train_cfg: TrainConfig
             if row is not base:
                 row["vs_baseline"] = corrected_ttest([m[select_cfg.metric] for m in per_candidate[row["name"]]],
                                                      [m[select_cfg.metric] for m in per_candidate[base["name"]]], n_train, n_test)
+                if row.get("tuned"):  # the best of N trials on these folds: optimistic, judge it on the test split
+                    row["vs_baseline"]["after_selection"] = True
     winner = choose(rows, select_cfg.metric)
     beats_baseline = base is None or winner is not base
     if not beats_baseline:
@@ -301,12 +302,85 @@ def comparison_markdown(rows: list[dict], metric: str, winner: str) -> str:
     for r in rows:
         cells = [f"{r['metrics'][c]['mean']:.4f} ± {r['metrics'][c]['std']:.4f}" for c in cols]
         vs = r.get("vs_baseline")
-        delta = f"{vs['diff']:+.4f} (p={vs['p']:.3g})" if vs else "-"
+        delta = f"{vs['diff']:+.4f} (p={vs['p']:.3g}{', after selection' if vs.get('after_selection') else ''})" if vs else "-"
         mark = "**winner**" if r["name"] == winner else ("baseline" if r["strategy"] == "baseline" else "")
         how = f"{r['strategy']} / {r.get('precision', '-')}"
         lines.append(f"| {r['name']} | {how} | " + " | ".join(cells) + f" | {delta} | {r['parameters'] or '-'} | "
                      f"{r['latency_ms']:.2f} | {mark} |")
     return (f"Candidates scored on identical folds; choice by CV mean {metric}. p: corrected resampled t-test "
-            "(Nadeau & Bengio) of the fold scores against the TF-IDF baseline, two-sided.\n\n" + "\n".join(lines) + "\n")
+            "(Nadeau & Bengio) of the fold scores against the TF-IDF baseline, two-sided; 'after selection': the candidate's "
+            "hyperparameters were tuned on these folds, so its p is optimistic.\n\n" + "\n".join(lines) + "\n")
 
 
+
+
+# --- hyperparameter search (tuneline.pipeline.tune) ------------------------------------------------
+NOT_SEARCHABLE = ("strategy", "precision", "seed", "work_pool", "checkpoint_every", "trust_remote_code", "allow_pickle_weights")
+
+
+def _searched_value(name: str, value):
+    """A train value as a search parameter: a module list as 'query,value', null as 'auto'."""
+    if name == "lora_target_modules":
+        return "auto" if value is None else ",".join(value)
+    return value
+
+
+def train_values(params: dict) -> dict:
+    """Search parameters as train.* values (the inverse of _searched_value)."""
+    out = dict(params)
+    if "lora_target_modules" in out:
+        v = out["lora_target_modules"]
+        out["lora_target_modules"] = None if v == "auto" else [m.strip() for m in str(v).split(",") if m.strip()]
+    return out
+
+
+def tune_targets(plan: dict, train_cfg: TrainConfig, tune_cfg, train_file: Path) -> list[dict]:
+    """The plan's candidates that tune.candidates names (by name or strategy; null: all but the baseline),
+    each with its strategy's search space and its configured values."""
+    import hashlib
+    import json
+
+    from tuneline.storage import file_md5
+
+    candidates = [c for c in plan["candidates"] if c["strategy"] != "baseline"]
+    wanted = tune_cfg.candidates
+    if wanted is not None:
+        known = {c["name"] for c in candidates} | {c["strategy"] for c in candidates} | {c.get("requested_strategy") for c in candidates}
+        if unknown := [w for w in wanted if w not in known]:
+            raise ValueError(f"tune.candidates: {unknown} match no candidate; candidates: "
+                             f"{', '.join(c['name'] for c in candidates)} (or their strategies)")
+        candidates = [c for c in candidates if {c["name"], c["strategy"], c.get("requested_strategy")} & set(wanted)]
+    allowed = [k for k in TrainConfig.model_fields if k not in NOT_SEARCHABLE]
+    folds = hashlib.sha256(json.dumps(plan["folds"]).encode()).hexdigest()
+    out = []
+    for cand in candidates:
+        space = tune_cfg.space.get(cand["strategy"])
+        if not space:
+            log.warning("%s: tune.space has no %r entry; not tuned", cand["name"], cand["strategy"])
+            continue
+        if bad := [k for k in space if k not in allowed]:
+            raise ValueError(f"tune.space.{cand['strategy']}.{bad[0]}: not a searchable train key; allowed: {', '.join(allowed)}")
+        cfg = candidate_config(cand, train_cfg)
+        fixed = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in space and k not in ("work_pool", "checkpoint_every")}
+        out.append({"name": cand["name"], "space": space, "values": {k: _searched_value(k, getattr(cfg, k)) for k in space},
+                    "jobs": [i for i, j in enumerate(plan["jobs"]) if j["candidate"]["name"] == cand["name"]],
+                    "key": {"model": cand["fingerprint"], "strategy": cand["strategy"], "train": fixed,
+                            "data": file_md5(train_file), "folds": folds}})
+    return out
+
+
+def trial_jobs(plan: dict, target: dict, params: dict) -> list[dict]:
+    """The target's fold jobs with `params`: same folds, same seeds (cv.seed + fold)."""
+    jobs = [plan["jobs"][i] for i in target["jobs"]]
+    cand = {**jobs[0]["candidate"], "train": train_values(params)}
+    return [{**job, "candidate": cand} for job in jobs]
+
+
+def adopt(plan: dict, target: dict, params: dict, info: dict) -> dict:
+    """The plan with the target's candidate carrying its tuned values: the summary, the registered
+    version and refit (candidate_config) all read them from there."""
+    def tuned(c: dict) -> dict:
+        return {**c, "train": train_values(params), "tuned": info} if c["name"] == target["name"] else c
+
+    return {**plan, "candidates": [tuned(c) for c in plan["candidates"]],
+            "jobs": [{**j, "candidate": tuned(j["candidate"])} for j in plan["jobs"]]}

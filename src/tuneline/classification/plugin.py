@@ -21,9 +21,9 @@ class Classification(TaskPlugin):
         "validate": ("validate",),
         "preprocess": ("preprocess",),
         "select": ("select", "train"),
-        "crossval": ("cv", "train", "select"),
+        "crossval": ("cv", "train", "select", "tune"),
         "refit": ("train",),
-        "register": ("data", "validate", "preprocess", "select", "cv", "train", "tracking.registered_model_name"),
+        "register": ("data", "validate", "preprocess", "select", "cv", "train", "tune", "tracking.registered_model_name"),
         "promote": ("promote", "tracking.registered_model_name"),
     }
     columns = {"ingest": ("data.text_column", "data.label_column"), "validate": ("data.text_column", "data.label_column"),
@@ -67,6 +67,26 @@ class Classification(TaskPlugin):
 
         return summarize_candidates(plan, results, c.train, c.select, f.processed_dir, f.feature_cache_dir)
 
+    def tune_targets(self, c, f, plan: dict) -> list[dict]:
+        from tuneline.classification.crossval import tune_targets
+
+        return tune_targets(plan, c.train, c.tune, f.train)
+
+    def trial_jobs(self, c, plan: dict, target: dict, params: dict) -> list[dict]:
+        from tuneline.classification.crossval import trial_jobs
+
+        return trial_jobs(plan, target, params)
+
+    def adopt(self, c, plan: dict, target: dict, params: dict, info: dict) -> dict:
+        from tuneline.classification.crossval import adopt
+
+        return adopt(plan, target, params, info)
+
+    def tuned_overrides(self, c, params: dict) -> dict:
+        from tuneline.classification.crossval import train_values
+
+        return {f"train.{k}": v for k, v in train_values(params).items()}
+
     def refit(self, c, f) -> dict:
         from tuneline.classification.refit import refit_and_test
 
@@ -98,7 +118,7 @@ class Classification(TaskPlugin):
 
         from tuneline.classification.crossval import slug
         from tuneline.storage import read_json
-        from tuneline.tracking.runs import fold_runs, pinned
+        from tuneline.tracking.runs import fold_runs, pinned, trial_runs
 
         cv, test = read_json(f.cv_summary), read_json(f.eval_metrics)
         comparison = read_json(f.cv_dir / "comparison.json")
@@ -123,6 +143,10 @@ class Classification(TaskPlugin):
                                        | ({"cv_diff_vs_baseline": vs["diff"], "p_vs_baseline": vs["p"]} if vs else {}))
                     fold_runs(mlflow, exp_id, row["name"], read_json(f.cv_dir / "candidates" / slug(row["name"]) / "fold_metrics.json"),
                               {"candidate": row["name"], **lineage})
+                    search = f.cv_dir / "tune" / slug(row["name"])
+                    if search.is_dir():  # candidate run -> trial runs -> fold runs; the study's plots on the candidate
+                        trial_runs(mlflow, exp_id, row["name"], read_json(search / "trials.json"), {"candidate": row["name"], **lineage})
+                        mlflow.log_artifacts(str(search), "tune")
 
         f1 = cv["metrics"]["f1_macro"]
         version_tags = {f"cv.{n}.{s}": f"{v[s]:.6f}" for n, v in cv["metrics"].items() for s in ("mean", "std")}

@@ -23,7 +23,8 @@ from tuneline.storage import file_md5, read_json, write_json
 
 # Keys that change how or where a step runs, never what it produces: left out of every key so that
 # the same pipeline run in-process and on a work pool (or with other checkpoint spacing) is one cache.
-EXECUTION_ONLY: dict[str, tuple[str, ...]] = {"train": ("work_pool", "checkpoint_every")}
+EXECUTION_ONLY: dict[str, tuple[str, ...]] = {"train": ("work_pool", "checkpoint_every"),
+                                               "tune": ("parallel", "task_runner", "storage")}
 
 MANIFEST_DIR = ".cache/stages"
 ABSENT = "absent"
@@ -95,6 +96,8 @@ def _value(config, key: str):
             value = {k: v for k, v in value.items() if k not in EXECUTION_ONLY.get(section, ())}
             if section == "train":
                 value |= resolved_training(config.train)
+            if section == "tune" and not value.get("enabled"):
+                value = {"enabled": False}  # a search that is off changes nothing
         return value
     if section == "train" and rest in ("strategy", "precision"):
         return resolved_training(config.train).get(rest, value[rest])  # on a pool only `auto` is re-spelled

@@ -8,6 +8,7 @@ own comes from its plugin (tuneline.plugins.TaskPlugin), found by `config.task`.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 from functools import partial
@@ -37,19 +38,43 @@ def _preprocess(p, c, f: Files) -> dict:
     return p.preprocess(c, f)
 
 
-def _crossval(p, c, f: Files, map_jobs=sequential) -> dict:
+def _crossval(p, c, f: Files, map_jobs=sequential, map_trials=None) -> dict:
     """The task's fold jobs, mapped by `map_jobs(run, jobs)` (sequential here; the Prefect task maps
-    them over its task runner): results come back in job order, so any schedule gives the same files."""
+    them over its task runner): results come back in job order, so any schedule gives the same files.
+    With tune.enabled, each candidate the task can tune is searched first (tuneline.pipeline.tune,
+    trials mapped by `map_trials`), and scored by its best trial's folds."""
     plan = p.cv_plan(c, f)
-    results = map_jobs(partial(p.run_fold, c, f, plan), plan["jobs"])
+    tuned: dict[str, dict] = {}
+    if c.tune.enabled:
+        from tuneline.pipeline import tune
+
+        tuned = tune.search(p, c, f, plan, map_jobs, map_trials or tune.sequential_trials)
+    fixed = {i: r for o in tuned.values() for i, r in zip(o["jobs"], o["results"])}
+    todo = [i for i in range(len(plan["jobs"])) if i not in fixed]
+    fixed |= dict(zip(todo, map_jobs(partial(p.run_fold, c, f, plan), [plan["jobs"][i] for i in todo])))
+    results = [fixed[i] for i in range(len(plan["jobs"]))]
+    extra_tune: dict[str, Any] = {}
+    if tuned:
+        from tuneline.pipeline.tune import cv_files
+
+        extra_tune = cv_files(tuned)
+        for name, o in tuned.items():
+            target = {"name": name, "jobs": o["jobs"]}
+            plan = p.adopt(c, plan, target, o["params"], extra_tune["tune.json"][name])
     summary, extra = p.cv_summary(c, f, plan, results)
+    extra |= extra_tune
     with atomic_path(f.cv_dir) as tmp:
         tmp.mkdir()
         write_json(tmp / f.folds.name, plan.get("meta", {}) | {"folds": plan["folds"]})
         write_json(tmp / f.fold_metrics.name, summary.pop("fold_metrics"))
         for rel, value in extra.items():
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-            (tmp / rel).write_text(value, encoding="utf-8") if isinstance(value, str) else write_json(tmp / rel, value)
+            if isinstance(value, bytes):
+                (tmp / rel).write_bytes(value)
+            elif isinstance(value, str):
+                (tmp / rel).write_text(value, encoding="utf-8")
+            else:
+                write_json(tmp / rel, value)
         write_json(tmp / f.cv_summary.name, summary)
     write_json(f.metrics["crossval"], {"winner": summary["name"]} | {f"cv_{k}": v for k, v in summary["metrics"].items()})
     return summary
@@ -89,6 +114,14 @@ def _register(p, c, f: Files) -> dict:
             read_json(f.cv_summary), read_json(f.eval_metrics), artifacts, reg.python_model, reg.model_artifacts,
             reg.signature, reg.requirements, reg.description, {"task": c.task, "metric": metric} | reg.version_tags, key, children)
 
+    tuned = read_json(f.cv_dir / "tune.json").get(read_json(f.cv_summary)["name"]) if (f.cv_dir / "tune.json").is_file() else None
+    if tuned:  # the winner was refit with its best trial's values: the version says which, and from which study
+        reg.version_tags |= {f"tune.{k}": json.dumps(v) for k, v in tuned["overrides"].items()}
+        reg.version_tags |= {"tune.study": tuned["study"], "tune.best_trial": str(tuned["best_trial"]),
+                             "tune.best_cv": f"{tuned['best_value']:.6f}", "tune.trial0_cv": f"{tuned['configured_value']:.6f}"
+                             if tuned["configured_value"] is not None else "none"}
+        reg.params |= {"tuned": tuned["overrides"]}
+        artifacts.append(f.cv_dir / "tune.json")
     key = stage_key("register", c, f.root)
     retire_leftovers(uri, c.tracking.experiment)  # what killed registrations left, whatever their inputs
     registration = tracking.find_registration(uri, c.tracking.experiment, name, key) or log_run(key)

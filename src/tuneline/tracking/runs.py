@@ -137,6 +137,21 @@ def fold_runs(mlflow, exp_id: str, prefix: str, fold_metrics: list[dict], tags: 
             mlflow.log_metrics(dict(fm))
 
 
+def trial_runs(mlflow, exp_id: str, prefix: str, trials: list[dict], tags: dict[str, str]) -> None:
+    """One nested run per search trial (under the current, candidate, run), its fold runs under it."""
+    for t in trials:
+        with mlflow.start_run(experiment_id=exp_id, run_name=f"{prefix}-trial{t['number']}", nested=True):
+            mlflow.set_tags({"tuneline.run_kind": "trial", "trial": str(t["number"]), "trial.state": t["state"],
+                             "trial.configured": str(t["configured"]).lower(), **tags})
+            mlflow.log_params({**t["params"], "trial_seed": t["seed"]})
+            for step, value in t["intermediate"].items():
+                mlflow.log_metric("cv_running_mean", value, step=int(step))
+            if t["value"] is not None:
+                mlflow.log_metric("cv_mean", t["value"])
+            fold_runs(mlflow, exp_id, f"{prefix}-trial{t['number']}", [r["metrics"] for r in t["folds"]],
+                      {**tags, "trial": str(t["number"])})
+
+
 def cv_metrics(summary: dict[str, dict[str, float]]) -> dict[str, float]:
     """MLflow metric names of a `tuneline.metrics.summarize` result: cv_<metric>_{mean,std,ci95_low,ci95_high}."""
     return {f"cv_{name}_{stat}": s[stat] for name, s in summary.items() for stat in ("mean", "std", "ci95_low", "ci95_high")}
