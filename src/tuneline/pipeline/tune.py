@@ -261,8 +261,6 @@ class Search:
                         self.config.cv.parallel)
 
     def outcome(self, study) -> dict:
-        from optuna.trial import TrialState
-
         trials = []
         for t in study.get_trials(deepcopy=False):
             trials.append({"number": t.number, "state": t.state.name.lower(), "value": t.value, "params": t.params,
