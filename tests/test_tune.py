@@ -114,6 +114,34 @@ def test_trial0_is_the_configured_values_seeds_follow_the_trial_number_and_the_d
     assert plugin.calls == []
 
 
+class Seeded(Quadratic):
+    """Jobs carry a training seed, and the loss moves a little with it (seed noise)."""
+
+    def cv_plan(self, config, files):
+        return {"folds": [0, 1, 2], "jobs": [{"fold": i, "seed": 42 + i, "params": None} for i in range(3)]}
+
+    def run_fold(self, config, files, plan, job):
+        out = super().run_fold(config, files, plan, job)
+        self.calls[-1] += (job["seed"],)
+        return {**out, "metrics": {"loss": out["metrics"]["loss"] + (job["seed"] % 7) / 100}}
+
+
+@pytest.mark.unit
+def test_the_best_trial_is_rerun_with_other_training_seeds_and_its_spread_reported(tmp_path):
+    plugin = Seeded()
+    out = _search(tmp_path, plugin, "tune.n_trials=4", "tune.startup_trials=2", "tune.pruner=none", "tune.seed_repeats=2")
+    spread = out["seed_spread"]
+    assert spread["seed_offsets"] == [0, tune.SEED_STEP, 2 * tune.SEED_STEP] and spread["cv_means"][0] == out["best_value"]
+    best = tuple(sorted(out["params"].items()))
+    reruns = [call for call in plugin.calls if call[2] >= 42 + tune.SEED_STEP]
+    assert sorted(c[2] for c in reruns) == sorted(42 + i + tune.SEED_STEP * r for r in (1, 2) for i in range(3))
+    assert all(c[1] == best for c in reruns)  # the winner's values, the same folds, other seeds
+    assert len(set(spread["cv_means"])) == 3 and spread["std"] > 0  # seed noise shows up
+    off = _search(tmp_path / "off", Seeded(), "tune.n_trials=2", "tune.pruner=none", "tune.seed_repeats=0")
+    assert off["seed_spread"] is None
+    assert _search(tmp_path / "noseed", Quadratic(), "tune.n_trials=2", "tune.pruner=none")["seed_spread"] is None
+
+
 @pytest.mark.unit
 def test_pruning_reports_after_each_fold_and_never_prunes_trial0(tmp_path):
     out = _search(tmp_path, Quadratic({"x": 0.99, "kind": "b"}), "tune.n_trials=10", "tune.startup_trials=2",

@@ -263,6 +263,9 @@ def cmd_tune(args) -> int:
         print(f"{name}{mark}: best trial {o['best_trial']} {o['metric']} {o['best_value']:.4f} (trial 0: "
               f"{o['configured_value'] if o['configured_value'] is None else round(o['configured_value'], 4)}), "
               f"{o['n_complete']} complete, {o['n_pruned']} pruned; study {o['study']}")
+        if o.get("seed_spread"):
+            sp = o["seed_spread"]
+            print(f"  over {len(sp['cv_means'])} training seeds: {sp['mean']:.4f} ± {sp['std']:.4f}")
         for key, value in o["overrides"].items():
             print(f"  {key} = {value!r}")
     if args.apply:

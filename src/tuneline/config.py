@@ -225,6 +225,8 @@ class TuneConfig(_Section):
     candidates: Optional[list[str]] = Field(None, description="candidate names (all-MiniLM-L6-v2:partial) or strategies "
                                             "(partial) to tune; null = every candidate the task can tune")
     enqueue: list[dict[str, Any]] = Field(default_factory=list, description="parameter sets tried right after trial 0")
+    seed_repeats: int = Field(2, ge=0, le=10, description="after the search, the best trial re-run on the same folds with this "
+                              "many other training seeds: its CV spread over seeds (the best of N trials is optimistic)")
     parallel: int = Field(1, ge=1, description="trials at once through Prefect's task runner; with cv.parallel, "
                           "tune.parallel x cv.parallel fold jobs run at once: keep it <= the cores (README)")
     task_runner: Literal["thread", "dask"] = Field("thread", description="dask: trials on the cluster at cv.dask_address")

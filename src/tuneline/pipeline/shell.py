@@ -120,6 +120,10 @@ def _register(p, c, f: Files) -> dict:
         reg.version_tags |= {"tune.study": tuned["study"], "tune.best_trial": str(tuned["best_trial"]),
                              "tune.best_cv": f"{tuned['best_value']:.6f}", "tune.trial0_cv": f"{tuned['configured_value']:.6f}"
                              if tuned["configured_value"] is not None else "none"}
+        if tuned.get("seed_spread"):
+            reg.version_tags |= {"tune.seed_cv_mean": f"{tuned['seed_spread']['mean']:.6f}",
+                                 "tune.seed_cv_std": f"{tuned['seed_spread']['std']:.6f}",
+                                 "tune.seed_repeats": str(len(tuned["seed_spread"]["cv_means"]) - 1)}
         reg.params |= {"tuned": tuned["overrides"]}
         artifacts.append(f.cv_dir / "tune.json")
     key = stage_key("register", c, f.root)

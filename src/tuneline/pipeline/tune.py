@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 STUDY_DB = ".cache/tune/optuna.db"
 ENV_STORAGE = "TUNELINE_OPTUNA_STORAGE"
 CONFIGURED = "configured"  # user attr of trial 0
+SEED_STEP = 1000  # the winner's extra seeds: far from the cv.seed + fold seeds of the trials
 PLOTS = {"optimization_history.png": "plot_optimization_history", "param_importances.png": "plot_param_importances",
          "parallel_coordinate.png": "plot_parallel_coordinate"}
 
@@ -244,7 +245,27 @@ class Search:
                 study.tell(h.number, outcome["value"] if state == TrialState.COMPLETE else None, state=state)
                 log.info("trial %d %s: %s %.4f %s", h.number, outcome["state"], self.metric, outcome["value"], h.params)
             done = len(study.get_trials(deepcopy=False, states=finished))
-        return self.outcome(study)
+        best = self.outcome(study)
+        return best | {"seed_spread": self.seed_spread(best)}
+
+    def seed_spread(self, best: dict) -> Optional[dict]:
+        """The best trial re-run on the same folds with tune.seed_repeats other training seeds (job seed +
+        SEED_STEP x r): trials differ by configuration at one seed, so how much a seed moves the winner's
+        CV mean says how much of its lead the search may owe to luck. None when off, or when the task's
+        jobs carry no training seed."""
+        jobs = self.plugin.trial_jobs(self.config, self.plan, self.target, best["params"])
+        if not self.cfg.seed_repeats or not all("seed" in j for j in jobs):
+            return None
+        run, score = partial(self.plugin.run_fold, self.config, self.files, self.plan), partial(self.plugin.fold_score, self.config)
+        offsets, means = [0], [best["best_value"]]
+        for r in range(1, self.cfg.seed_repeats + 1):
+            results = self.map_jobs(run, [{**j, "seed": j["seed"] + SEED_STEP * r} for j in jobs])
+            offsets.append(SEED_STEP * r)
+            means.append(statistics.fmean(score(x) for x in results))
+        spread = {"seed_offsets": offsets, "cv_means": means, "mean": statistics.fmean(means), "std": statistics.stdev(means)}
+        log.info("%s, best trial %d over %d training seeds: %s %.4f ± %.4f (%s)", self.target["name"], best["best_trial"],
+                 len(means), self.metric, spread["mean"], spread["std"], ", ".join(f"{m:.4f}" for m in means))
+        return spread
 
     def _ask(self, study) -> TrialRun:
         import optuna
