@@ -231,3 +231,18 @@ def test_summarization_training_and_scoring_import_no_mlflow_prefect_or_dvc():
             "print(sorted({m.split('.')[0] for m in sys.modules if m.split('.')[0] in ('mlflow', 'prefect', 'dvc')}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
     assert out.stdout.strip() == "[]"
+
+
+
+@pytest.mark.unit
+def test_the_pyfunc_cuts_a_long_document_where_training_cut_it(tokenizer):
+    """A document past summarization.max_document_tokens reaches the model as its head (the cut the
+    training rows had), not whole; the aspect picks its instruction as in training."""
+    from tuneline.summarization.pyfunc import input_rows
+
+    meta = {"instruction": "Summarize:", "aspect_instruction": "Summarize the {aspect}:", "max_document_tokens": 4}
+    rows = input_rows(meta, tokenizer, pd.DataFrame({"text": ["a b c d e f g h", "a b"], "aspect": ["outcome", None]}))
+    assert [r["document"] for r in rows] == ["a b c d", "a b"]
+    assert [r["instruction"] for r in rows] == ["Summarize the outcome:", "Summarize:"]
+    with pytest.raises(ValueError, match="'document' \\(or 'text'\\) column; got \\['body'\\]"):
+        input_rows(meta, tokenizer, pd.DataFrame({"body": ["a"]}))
