@@ -3,7 +3,6 @@ intervals, the sentence splitter, the data contract's errors, truncation and the
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
