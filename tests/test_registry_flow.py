@@ -1,7 +1,6 @@
 """Promotion against a real MLflow registry (SQLite store): races, rollback, batch predict."""
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 from pathlib import Path
