@@ -2,7 +2,9 @@
 idempotent registration (SQLite MLflow), the tracking pre-flight, prefect.yaml."""
 from __future__ import annotations
 
+import contextlib
 import json
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -132,39 +134,78 @@ def test_preflight_names_the_unreachable_server_without_its_credentials(tmp_path
     check_tracking(f"sqlite:///{tmp_path}/mlflow.db")
 
 
-def test_preflight_sends_the_credentials_of_the_uri_or_of_the_environment(monkeypatch):
-    """A server that wants basic auth (a local one, no MLflow): the URI's own user:password@ part is
-    sent, though urllib drops it; without credentials the server's refusal is named."""
-    import base64
+@contextlib.contextmanager
+def local_server(status, certfile=None):
+    """A local HTTP(S) server (no MLflow) answering GET with `status(headers)`; yields host:port."""
+    import ssl
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    from tuneline.tracking.runs import TrackingUnavailable, check_tracking
-
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):
-            expected = "Basic " + base64.b64encode(b"bot:s3cret").decode()
-            self.send_response(200 if self.headers.get("Authorization") == expected else 401)
+            self.send_response(status(self.headers))
             self.end_headers()
 
         def log_message(self, *args):
             pass
 
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    if certfile:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(certfile)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_preflight_sends_the_credentials_of_the_uri_or_of_the_environment(monkeypatch):
+    """A server that wants basic auth (a local one, no MLflow): the URI's own user:password@ part is
+    sent, though urllib drops it; without credentials the server's refusal is named."""
+    import base64
+
+    from tuneline.tracking.runs import TrackingUnavailable, check_tracking
+
+    expected = "Basic " + base64.b64encode(b"bot:s3cret").decode()
     for var in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"):
         monkeypatch.delenv(var, raising=False)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    host = f"127.0.0.1:{server.server_address[1]}"
-    try:
+    with local_server(lambda headers: 200 if headers.get("Authorization") == expected else 401) as host:
         check_tracking(f"http://bot:s3cret@{host}", timeout=0.5)
         with pytest.raises(TrackingUnavailable, match="refused a client without credentials"):
             check_tracking(f"http://{host}", timeout=0.5)
         monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "bot")
         monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "s3cret")
         check_tracking(f"http://{host}", timeout=0.5)
-    finally:
-        server.shutdown()
-        server.server_close()
+
+
+def test_preflight_trusts_what_mlflow_is_told_to_trust_over_https(tmp_path, monkeypatch):
+    """A server with a self-signed certificate: refused at once with the variable to set, then
+    accepted through MLFLOW_TRACKING_SERVER_CERT_PATH or MLFLOW_TRACKING_INSECURE_TLS, as MLflow's
+    own client would be."""
+    import time
+
+    from tuneline.tracking.runs import TrackingUnavailable, check_tracking
+
+    pem = tmp_path / "server.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(pem), "-out", str(tmp_path / "cert.pem")],
+                   check=True, capture_output=True)
+    pem.write_text(pem.read_text() + (tmp_path / "cert.pem").read_text())
+    for var in ("MLFLOW_TRACKING_INSECURE_TLS", "MLFLOW_TRACKING_SERVER_CERT_PATH", "MLFLOW_TRACKING_CLIENT_CERT_PATH"):
+        monkeypatch.delenv(var, raising=False)
+    with local_server(lambda headers: 200, certfile=str(pem)) as host:
+        started = time.monotonic()
+        with pytest.raises(TrackingUnavailable, match="TLS certificate is not trusted .*MLFLOW_TRACKING_SERVER_CERT_PATH"):
+            check_tracking(f"https://{host}", timeout=30)
+        assert time.monotonic() - started < 10  # not retried until the timeout
+        monkeypatch.setenv("MLFLOW_TRACKING_SERVER_CERT_PATH", str(tmp_path / "cert.pem"))
+        check_tracking(f"https://{host}", timeout=0.5)
+        monkeypatch.delenv("MLFLOW_TRACKING_SERVER_CERT_PATH")
+        monkeypatch.setenv("MLFLOW_TRACKING_INSECURE_TLS", "true")
+        check_tracking(f"https://{host}", timeout=0.5)
 
 
 def test_run_summaries_name_the_tracking_store_without_its_credentials():

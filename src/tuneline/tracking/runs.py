@@ -347,8 +347,24 @@ def ui_hint(uri: str, view: str = "") -> str:
     return f"{uri}/{view}" if view else uri
 
 
+def _tls_context():
+    """TLS as MLflow's own client sets it up from the environment: MLFLOW_TRACKING_INSECURE_TLS,
+    MLFLOW_TRACKING_SERVER_CERT_PATH (a CA bundle) and MLFLOW_TRACKING_CLIENT_CERT_PATH (a PEM)."""
+    import ssl
+
+    if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() in ("1", "true"):
+        context = ssl.create_default_context()
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    else:
+        context = ssl.create_default_context(cafile=os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or None)
+    if os.environ.get("MLFLOW_TRACKING_CLIENT_CERT_PATH"):
+        context.load_cert_chain(os.environ["MLFLOW_TRACKING_CLIENT_CERT_PATH"])
+    return context
+
+
 def _http_check(uri: str, timeout: float) -> None:
     import base64
+    import ssl
     import time
     import urllib.request
     from urllib.parse import unquote, urlsplit
@@ -362,10 +378,11 @@ def _http_check(uri: str, timeout: float) -> None:
         request.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
     elif os.environ.get("MLFLOW_TRACKING_TOKEN"):
         request.add_header("Authorization", f"Bearer {os.environ['MLFLOW_TRACKING_TOKEN']}")
+    context = _tls_context() if parts.scheme == "https" else None
     deadline = time.monotonic() + timeout
     while True:
         try:
-            with urllib.request.urlopen(request, timeout=5):
+            with urllib.request.urlopen(request, timeout=5, context=context):
                 return
         except OSError as exc:  # an HTTPError carries the status; a URLError or a timeout has none
             code = getattr(exc, "code", None)
@@ -375,6 +392,11 @@ def _http_check(uri: str, timeout: float) -> None:
                     f"MLflow tracking server {redact(uri)} refused {who} (HTTP {code}); set MLFLOW_TRACKING_USERNAME "
                     "and MLFLOW_TRACKING_PASSWORD in the environment to an account with access") from None
             reason = f"HTTP {code}" if code else str(getattr(exc, "reason", exc))
+            if isinstance(getattr(exc, "reason", exc), ssl.SSLCertVerificationError):  # no blip: waiting will not help
+                raise TrackingUnavailable(
+                    f"MLflow tracking server {redact(uri)}: its TLS certificate is not trusted ({reason}); set "
+                    "MLFLOW_TRACKING_SERVER_CERT_PATH to the CA bundle that signed it (or MLFLOW_TRACKING_INSECURE_TLS=true "
+                    "to skip the check). Nothing was trained.") from None
         if time.monotonic() >= deadline:
             raise TrackingUnavailable(
                 f"MLflow tracking server {redact(uri)} is unreachable ({reason}); start it or point MLFLOW_TRACKING_URI "
