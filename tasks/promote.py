@@ -20,4 +20,4 @@ def decision_artifact(config: Config, root: Path) -> None:
     )
 
 
-promote_task = stage_task("promote", retries=3, retry_delay_seconds=[5, 10, 20], report=decision_artifact, cached=False)
+promote_task = stage_task("promote", retries=3, retry_delay_seconds=[10, 30, 60], report=decision_artifact, cached=False)
