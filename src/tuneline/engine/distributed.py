@@ -2,7 +2,7 @@
 
 With train.devices = N > 1, `trainer.fit` writes the job (model folder, labels, texts, config) to a
 temporary folder and runs `python -m torch.distributed.run --standalone --nproc-per-node N -m
-tuneline.engine.distributed JOB` on this machine: N processes, one per GPU (NCCL) or, on a CPU,
+tuneline.engine.ddp_rank JOB` on this machine: N processes, one per GPU (NCCL) or, on a CPU,
 gloo processes sharing the cores. Each builds the same model (same seed) and trains it with
 `trainer.train_model` inside the process group; rank 0 writes the trained weights and the run's
 record into the job folder, and the calling process loads them into its own copy of the model.
@@ -23,9 +23,6 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Optional
-
-import numpy as np
 import torch
 
 log = logging.getLogger(__name__)
@@ -104,7 +101,7 @@ def launch(devices: int, job: dict, desc: str) -> tuple[dict[str, torch.Tensor],
     with tempfile.TemporaryDirectory(prefix="tuneline-ddp-") as folder:
         Path(folder, JOB).write_text(json.dumps(job), encoding="utf-8")
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={devices}",
-               "-m", "tuneline.engine.distributed", folder]
+               "-m", "tuneline.engine.ddp_rank", folder]
         env = dict(os.environ)
         if not torch.cuda.is_available():  # gloo processes share the cores (torchrun would give each one thread)
             env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // devices)))
@@ -115,46 +112,3 @@ def launch(devices: int, job: dict, desc: str) -> tuple[dict[str, torch.Tensor],
             raise DistributedError(f"{desc}: the data-parallel fine-tune over train.devices={devices} processes failed "
                                    f"(torchrun exit code {rc}); each rank's error is printed above")
         return load_file(str(weights)), json.loads(record.read_text(encoding="utf-8"))
-
-
-def _run(folder: Path) -> None:
-    """One rank: build the job's model, train it in the process group, rank 0 writes the result."""
-    from safetensors.torch import save_file
-
-    from tuneline.config import TrainConfig
-    from tuneline.engine.checkpoints import trainable_state
-    from tuneline.engine.trainer import build_model, train_model
-
-    job = json.loads((folder / JOB).read_text(encoding="utf-8"))
-    cfg = TrainConfig.model_validate(job["cfg"])
-    model, tokenizer = build_model(job["resolved"], job["labels"], cfg, job["strategy"])
-    val = None if job["val"] is None else (job["val"]["texts"], np.asarray(job["val"]["y"], dtype=np.int64))
-    ckpt: Optional[str] = job["checkpoint_dir"]
-    fit = train_model(model, tokenizer, job["texts"], np.asarray(job["y"], dtype=np.int64), cfg, val=val, desc=job["desc"],
-                      checkpoint_dir=None if ckpt is None else Path(ckpt), frozen_layers=job["frozen_layers"])
-    if world()[0] == 0:
-        save_file(trainable_state(fit.model), str(folder / WEIGHTS))
-        record = {"history": fit.history, "best_epoch": fit.best_epoch, "samples_per_s": fit.samples_per_s,
-                  "steps": fit.steps, "resumed_from": fit.resumed_from, "step_losses": fit.step_losses}
-        tmp = folder / f".{RECORD}.tmp"
-        tmp.write_text(json.dumps(record), encoding="utf-8")
-        os.replace(tmp, folder / RECORD)  # written last: its presence means the weights are complete
-
-
-def main(argv: list[str]) -> None:
-    import torch.distributed as dist
-
-    rank = int(os.environ["RANK"])
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
-                        format=f"%(asctime)s rank {rank} %(levelname)s %(name)s: %(message)s")
-    if torch.cuda.is_available():
-        torch.cuda.set_device(device())
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    try:
-        _run(Path(argv[0]))
-    finally:
-        dist.destroy_process_group()
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

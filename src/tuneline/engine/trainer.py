@@ -311,11 +311,11 @@ def fit(resolved: str, labels: Sequence[str], strategy: str, texts: Sequence[str
     in this process, or with train.devices > 1 in that many data-parallel processes launched
     through torchrun (tuneline.engine.distributed), then loaded here. Partial over the frozen-prefix
     cache (`states`) trains in this process whatever train.devices says (README)."""
-    model, tokenizer = build_model(resolved, labels, cfg, strategy)
     if cfg.devices > 1 and states is not None:
         log.warning("%s: train.devices=%d, but partial over the frozen-prefix cache trains in one process "
                     "(README, 'Data-parallel fine-tuning')", desc, cfg.devices)
     if cfg.devices == 1 or states is not None:
+        model, tokenizer = build_model(resolved, labels, cfg, strategy)
         return train_model(model, tokenizer, texts, y, cfg, val=val, desc=desc, checkpoint_dir=checkpoint_dir,
                            frozen_layers=frozen_layers, states=states, val_states=val_states)
     job = {"resolved": resolved, "labels": list(labels), "strategy": strategy, "cfg": cfg.model_dump(mode="json"),
@@ -323,7 +323,8 @@ def fit(resolved: str, labels: Sequence[str], strategy: str, texts: Sequence[str
            "val": None if val is None else {"texts": list(val[0]), "y": [int(v) for v in val[1]]},
            "checkpoint_dir": None if checkpoint_dir is None else str(Path(checkpoint_dir).resolve())}
     weights, record = distributed.launch(cfg.devices, job, desc)
-    missing, unexpected = model.load_state_dict(weights, strict=False)
+    model, tokenizer = build_model(resolved, labels, cfg, strategy)  # after: no idle copy while the ranks train
+    unexpected = model.load_state_dict(weights, strict=False).unexpected_keys
     if unexpected or set(weights) != set(checkpoints.trainable_state(model)):
         raise distributed.DistributedError(f"{desc}: the data-parallel result does not fit the model (unexpected "
                                            f"{sorted(unexpected)[:3]})")
