@@ -165,7 +165,7 @@ def train_model(
     cfg = resolve(cfg)  # a no-op for a resolved config; makes `auto` and null defaults concrete
     rank, world = distributed.world()
     dev = distributed.device()
-    if world > 1 and dev.type == "cpu":  # gloo ranks share the cores
+    if world > 1 and dev.type == "cpu" and not os.environ.get("OMP_NUM_THREADS"):  # gloo ranks share the cores
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     torch.manual_seed(cfg.seed + rank)  # one process: cfg.seed; ranks draw different dropout, as for different rows
     model.to(dev)
