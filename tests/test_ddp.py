@@ -64,8 +64,12 @@ def train(tiny: str, strategy: str, devices: int, checkpoint_dir=None):
     from tuneline.engine.trainer import fit
 
     frozen = 1 if strategy == "partial" else None
-    return fit(tiny, LABELS, strategy, *TRAIN, config(strategy, devices), desc=f"{strategy} x{devices}",
-               checkpoint_dir=checkpoint_dir, frozen_layers=frozen)
+    # one thread per process in both runs: a width-32 model gains nothing from two, and on a loaded
+    # 2-core machine a second thread only waits (BENCHMARKS.md, "Data-parallel fine-tuning")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("OMP_NUM_THREADS", "1")
+        return fit(tiny, LABELS, strategy, *TRAIN, config(strategy, devices), desc=f"{strategy} x{devices}",
+                   checkpoint_dir=checkpoint_dir, frozen_layers=frozen)
 
 
 def held_out(result) -> tuple[np.ndarray, dict]:
