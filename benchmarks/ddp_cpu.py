@@ -91,7 +91,9 @@ def main(argv=None) -> None:
         "2 procs vs 1 (2 threads) | 2 procs vs 1 (1 thread) | wall s, 1 (2 threads) | wall s, 2 | \\|Δ loss\\| |\n"
         "|---|---|---|---|---|---|---|---|---|\n" + "\n".join(lines) + "\n\n"
         "Where the 2-thread column falls far below the 1-thread one, the machine's other load (load average below) "
-        "starves the second thread of each parallel region; DDP's own cost is then the 1-thread comparison.\n\n"
+        "starves the second thread of each parallel region; DDP's own cost is then the 1-thread comparison. On a "
+        "machine loaded beyond its cores the scheduler gives each runnable thread a share, so two processes get "
+        "more CPU time than one single-threaded process: a figure above 1x there is that share, not a DDP speed-up.\n\n"
         + stamp(" ".join(["python -m benchmarks.ddp_cpu", *(argv if argv is not None else sys.argv[1:])]))))
 
 
