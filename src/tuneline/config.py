@@ -157,6 +157,16 @@ class TrainConfig(_Section):
     work_pool: Optional[str] = Field(None, description="Prefect work pool that runs fine-tuning (deployment "
                                      "'tuneline-finetune/<work_pool>'); null = in the pipeline's own process")
     checkpoint_every: Optional[int] = Field(200, ge=1, description="optimizer steps between fine-tuning checkpoints; null = none")
+    devices: int = Field(1, ge=1, description="data-parallel processes for full, partial and LoRA fine-tuning (torch "
+                         "DDP through torchrun: one per GPU on CUDA, gloo processes on CPU); 1 = this process. "
+                         "train.batch_size stays the GLOBAL batch (each optimizer step sees the same rows, split "
+                         "across the processes) and train.learning_rate is not scaled; partial over the "
+                         "frozen-prefix cache trains in one process")
+
+
+# train.* keys that say how or where fine-tuning runs, never what it computes (DDP follows the
+# one-process maths up to float rounding): left out of every cache key, work folder and search.
+TRAIN_EXECUTION_ONLY = ("work_pool", "checkpoint_every", "devices")
 
 
 # Practitioners' search ranges, per strategy (tune.space). Learning rates on a log scale: one range for

@@ -21,7 +21,7 @@ from tuneline.classification import baseline
 from tuneline.engine import hardware
 from tuneline.engine import prefix
 from tuneline.engine import resume
-from tuneline.config import CVConfig, SelectConfig, TrainConfig
+from tuneline.config import TRAIN_EXECUTION_ONLY, CVConfig, SelectConfig, TrainConfig
 from tuneline.engine.features import DiskCache, cache_key, embed
 from tuneline.metrics import classification_metrics, corrected_ttest, majority_rate, summarize
 from tuneline.engine.models import load_encoder
@@ -153,10 +153,9 @@ def finetune(candidate: dict, texts: list[str], y: np.ndarray, names: list[str],
     """Fine-tune a fresh copy of the candidate; early stopping carves its own validation rows.
     With `checkpoint_dir`, checkpoints go there and an interrupted run continues from them;
     with `states` (the frozen prefix of `texts`), `partial` trains on them."""
-    from tuneline.engine.trainer import build_model, train_model
+    from tuneline.engine.trainer import fit
 
     cfg = cfg.model_copy(update={"seed": seed})
-    model, tokenizer = build_model(candidate["resolved"], names, cfg, candidate["strategy"])
     val, val_states = None, None
     if cfg.early_stopping_patience is not None:
         idx_tr, idx_va = train_test_split(np.arange(len(y)), test_size=cfg.validation_fraction, stratify=y, random_state=seed)
@@ -165,8 +164,8 @@ def finetune(candidate: dict, texts: list[str], y: np.ndarray, names: list[str],
         if states is not None:
             states, val_states = states.take(idx_tr), states.take(idx_va)
     frozen = cfg.freeze_layers if candidate["strategy"] == "partial" else None
-    return train_model(model, tokenizer, texts, y, cfg, val=val, desc=desc, checkpoint_dir=checkpoint_dir,
-                       frozen_layers=frozen, states=states, val_states=val_states)
+    return fit(candidate["resolved"], names, candidate["strategy"], texts, y, cfg, val=val, desc=desc,
+               checkpoint_dir=checkpoint_dir, frozen_layers=frozen, states=states, val_states=val_states)
 
 
 def fold_jobs(candidates: list[dict], folds: list[dict], cv_cfg: CVConfig) -> list[dict]:
@@ -315,7 +314,7 @@ def comparison_markdown(rows: list[dict], metric: str, winner: str) -> str:
 
 
 # --- hyperparameter search (tuneline.pipeline.tune) ------------------------------------------------
-NOT_SEARCHABLE = ("strategy", "precision", "seed", "work_pool", "checkpoint_every", "trust_remote_code", "allow_pickle_weights")
+NOT_SEARCHABLE = ("strategy", "precision", "seed", *TRAIN_EXECUTION_ONLY, "trust_remote_code", "allow_pickle_weights")
 
 
 def _searched_value(name: str, value):
@@ -361,7 +360,7 @@ def tune_targets(plan: dict, train_cfg: TrainConfig, tune_cfg, train_file: Path)
         if bad := [k for k in space if k not in allowed]:
             raise ValueError(f"tune.space.{cand['strategy']}.{bad[0]}: not a searchable train key; allowed: {', '.join(allowed)}")
         cfg = candidate_config(cand, train_cfg)
-        fixed = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in space and k not in ("work_pool", "checkpoint_every")}
+        fixed = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in space and k not in TRAIN_EXECUTION_ONLY}
         out.append({"name": cand["name"], "space": space, "values": {k: _searched_value(k, getattr(cfg, k)) for k in space},
                     "jobs": [i for i, j in enumerate(plan["jobs"]) if j["candidate"]["name"] == cand["name"]],
                     "key": {"model": cand["fingerprint"], "strategy": cand["strategy"], "train": fixed,

@@ -40,6 +40,31 @@ class LengthGroupedBatches:
         return -(-len(self.lengths) // self.batch_size)
 
 
+IGNORE = -100  # torch's ignore_index: a row that is there only to keep a rank in step (Shard)
+
+
+class Shard:
+    """One data-parallel rank's part of every batch of `batches` (the global batches, in the order
+    one process would train on them): a contiguous share of near-equal size, so the ranks together
+    see exactly the one-process rows. A rank whose share of a short last batch would be empty still
+    has to run forward and backward (DDP's all-reduce waits for every rank): it gets the batch's
+    first row as ~row, which LabelledRows labels IGNORE and the loss counts zero times."""
+
+    def __init__(self, batches: LengthGroupedBatches, rank: int, world: int):
+        self.batches, self.rank, self.world = batches, rank, world
+
+    def set_epoch(self, epoch: int) -> None:
+        self.batches.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for idx in self.batches:
+            lo, hi = len(idx) * self.rank // self.world, len(idx) * (self.rank + 1) // self.world
+            yield idx[lo:hi] or [~idx[0]]
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
 def encode(tokenizer, texts: Sequence[str], max_length: int) -> list[list[int]]:
     """Token ids of `texts`, truncated and unpadded (each batch pads on its own)."""
     return tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
@@ -67,6 +92,8 @@ class LabelledRows(torch.utils.data.Dataset):
         return len(self.values)
 
     def __getitem__(self, i: int) -> dict:
+        if i < 0:  # a placeholder row (Shard): its values, no label
+            return {self.field: self.values[~i], "labels": IGNORE}
         item = {self.field: self.values[i]}
         if self.labels is not None:
             item["labels"] = self.labels[i]
@@ -89,5 +116,5 @@ def make_collate(pad_token_id: int):
     return collate
 
 
-def loader(dataset: torch.utils.data.Dataset, sampler: LengthGroupedBatches, collate, pin: bool) -> torch.utils.data.DataLoader:
+def loader(dataset: torch.utils.data.Dataset, sampler: LengthGroupedBatches | Shard, collate, pin: bool) -> torch.utils.data.DataLoader:
     return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, pin_memory=pin, num_workers=0)

@@ -15,9 +15,10 @@ log = logging.getLogger(__name__)
 
 
 def use_all_cores() -> None:
+    """Every core, unless OMP_NUM_THREADS says how many (torchrun sets it for each rank)."""
     import torch
 
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS") or 0) or os.cpu_count() or 1))
 
 
 def pool(hidden, attention_mask, how: str):

@@ -15,14 +15,13 @@ import shutil
 from pathlib import Path
 from typing import Optional
 
-from tuneline.config import TrainConfig
+from tuneline.config import TRAIN_EXECUTION_ONLY, TrainConfig
 from tuneline.storage import file_md5, read_json, write_json
 
 log = logging.getLogger(__name__)
 
 RESULT = "result.json"
 CHECKPOINTS = "checkpoints"
-_NOT_IN_KEY = ("work_pool", "checkpoint_every")  # how it runs, not what it computes
 
 
 def work_dir(cache_dir: Path, kind: str, candidate: dict, cfg: TrainConfig, seed: int, data_file: Path, rows=None) -> Path:
@@ -32,7 +31,7 @@ def work_dir(cache_dir: Path, kind: str, candidate: dict, cfg: TrainConfig, seed
         "kind": kind, "model": candidate.get("fingerprint") or candidate.get("resolved") or candidate["model"],
         "strategy": candidate["strategy"], "seed": seed, "data": file_md5(data_file),
         "rows": hashlib.sha256(json.dumps([int(r) for r in rows]).encode()).hexdigest() if rows is not None else None,
-        "train": {k: v for k, v in cfg.model_dump(mode="json").items() if k not in _NOT_IN_KEY and k != "seed"},
+        "train": {k: v for k, v in cfg.model_dump(mode="json").items() if k not in TRAIN_EXECUTION_ONLY and k != "seed"},
     }
     digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
     name = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in candidate["name"])

@@ -9,6 +9,7 @@ import contextlib
 import copy
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,8 +18,8 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from tuneline.engine import prefix
-from tuneline.engine.batching import LabelledRows, LengthGroupedBatches, encode, loader, make_collate
+from tuneline.engine import checkpoints, distributed, prefix
+from tuneline.engine.batching import IGNORE, LabelledRows, LengthGroupedBatches, Shard, encode, loader, make_collate
 from tuneline.config import TrainConfig
 from tuneline.engine.hardware import autocast
 from tuneline.engine.models import load_kwargs, quiet_transformers
@@ -87,7 +88,7 @@ class FitResult:
     samples_per_s: float = 0.0
     steps: int = 0
     resumed_from: int = 0  # global step of the checkpoint this run continued from (0: fresh start)
-    step_losses: list[float] = field(default_factory=list)  # per optimizer step (of this process)
+    step_losses: list[float] = field(default_factory=list)  # per optimizer step, over the global batch
 
 
 def _optimizer(model, cfg: TrainConfig, dev: torch.device) -> torch.optim.Optimizer:
@@ -100,22 +101,25 @@ def _optimizer(model, cfg: TrainConfig, dev: torch.device) -> torch.optim.Optimi
 
 
 def _batches(tokenizer, texts, y, max_length: int, batch_size: int, seed: int, shuffle: bool, dev: torch.device,
-             states: Optional[prefix.PrefixStates] = None):
-    """(sampler, loader): token batches, or the frozen prefix's cached states for the same rows."""
+             states: Optional[prefix.PrefixStates] = None, shard: tuple[int, int] = (0, 1)):
+    """(sampler, loader): token batches, or the frozen prefix's cached states for the same rows;
+    with `shard` (rank, world size), this rank's share of every global batch."""
     if states is not None:
-        sampler = LengthGroupedBatches(states.lengths, batch_size, seed, shuffle=shuffle)
-        rows = LabelledRows("row", range(len(states)), y)
-        return sampler, loader(rows, sampler, prefix.collate(states), dev.type == "cuda")
-    ids = encode(tokenizer, texts, max_length)
-    sampler = LengthGroupedBatches([len(i) for i in ids], batch_size, seed, shuffle=shuffle)
-    rows = LabelledRows("input_ids", ids, y)
-    return sampler, loader(rows, sampler, make_collate(tokenizer.pad_token_id), dev.type == "cuda")
+        lengths, rows, collate = states.lengths, LabelledRows("row", range(len(states)), y), prefix.collate(states)
+    else:
+        ids = encode(tokenizer, texts, max_length)
+        lengths, rows, collate = [len(i) for i in ids], LabelledRows("input_ids", ids, y), make_collate(tokenizer.pad_token_id)
+    sampler = LengthGroupedBatches(lengths, batch_size, seed, shuffle=shuffle)
+    if shard[1] > 1:
+        sampler = Shard(sampler, *shard)
+    return sampler, loader(rows, sampler, collate, dev.type == "cuda")
 
 
-def _logits(model, batch: dict, dev: torch.device, freeze: int):
+def _logits(model, batch: dict, dev: torch.device, freeze: int, net=None):
+    """`model`'s logits, through `net` (its DDP wrapper) when given."""
     batch = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
     with prefix.swapped(model, freeze) if "inputs_embeds" in batch else contextlib.nullcontext():
-        return model(**batch).logits
+        return (net or model)(**batch).logits
 
 
 def predict_proba(model, tokenizer, texts: Sequence[str], max_length: int, batch_size: int, desc: str = "predicting",
@@ -146,11 +150,12 @@ def train_model(
     With `checkpoint_dir`, save a checkpoint every train.checkpoint_every optimizer steps and, on
     start, continue from the newest one there (a lost process loses at most that many steps).
     `frozen_layers` (partial): the embeddings and that many bottom layers run in eval mode, as a
-    cache of their outputs implies; with `states` (that cache for `texts`) they do not run at all."""
+    cache of their outputs implies; with `states` (that cache for `texts`) they do not run at all.
+    Inside a torch.distributed process group (tuneline.engine.distributed) it is one DDP rank: it
+    trains on its share of every global batch, and only rank 0 writes checkpoints."""
     from tqdm.auto import tqdm
     from transformers import get_scheduler
 
-    from tuneline.engine import checkpoints
     from tuneline.engine.features import use_all_cores
     from tuneline.metrics import classification_metrics
 
@@ -158,23 +163,25 @@ def train_model(
 
     use_all_cores()
     cfg = resolve(cfg)  # a no-op for a resolved config; makes `auto` and null defaults concrete
-    torch.manual_seed(cfg.seed)
-    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    rank, world = distributed.world()
+    dev = distributed.device()
+    if world > 1 and dev.type == "cpu" and not os.environ.get("OMP_NUM_THREADS"):  # gloo ranks share the cores
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    torch.manual_seed(cfg.seed + rank)  # one process: cfg.seed; ranks draw different dropout, as for different rows
     model.to(dev)
     n_classes = model.config.num_labels
     freeze = frozen_layers or 0
     frozen = prefix.frozen_modules(model, freeze) if frozen_layers is not None else []
-    batches, data = _batches(tokenizer, texts, y, cfg.max_length, cfg.batch_size, cfg.seed, True, dev, states)
+    batches, data = _batches(tokenizer, texts, y, cfg.max_length, cfg.batch_size, cfg.seed, True, dev, states, (rank, world))
     steps_per_epoch = math.ceil(len(batches) / cfg.grad_accum)
     total = cfg.max_steps or steps_per_epoch * cfg.epochs
     epochs = math.ceil(total / steps_per_epoch)
     optimizer = _optimizer(model, cfg, dev)
     scheduler = get_scheduler(cfg.scheduler, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total), num_training_steps=total)
-    weight = None
+    weight = torch.ones(n_classes, device=dev)
     if cfg.class_weight == "balanced":
         counts = np.bincount(y, minlength=n_classes).astype(float)
         weight = torch.tensor(len(y) / (n_classes * np.maximum(counts, 1)), dtype=torch.float32, device=dev)
-    loss_fn = torch.nn.CrossEntropyLoss(weight=weight)
     result = FitResult(model, tokenizer)
     best, best_score, patience, step, seen, train_time = None, -math.inf, 0, 0, 0, 0.0
     first_epoch, done_in_epoch, running_loss, n_done = 0, 0, 0.0, 0
@@ -190,13 +197,20 @@ def train_model(
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step, first_epoch, done_in_epoch = state["step"], state["epoch"], state["batches_done"]
-        running_loss, n_done, seen, train_time = state["running_loss"], state["n_batches"], state["seen"], state["train_time"]
+        # sums over all ranks: rank 0 carries them on (each rank adds only its own rows from here)
+        running_loss, seen = (state["running_loss"], state["seen"]) if rank == 0 else (0.0, 0)
+        n_done, train_time = state["n_batches"], state["train_time"]
         result.history, result.best_epoch = list(state["history"]), state["best_epoch"]
         best_score, patience, best = state["best_score"], state["patience"], state.get("best")
         result.resumed_from = step
         log.info("%s: resuming from %s at global step %d (epoch %d, batch %d)", desc, resume_from.name, step, first_epoch + 1, done_in_epoch)
+    net = model
+    if world > 1:  # after the checkpoint is loaded: DDP starts every rank from rank 0's weights
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
     step_losses, step_loss = [], 0.0
-    bar = tqdm(total=total, initial=step, desc=desc, unit="step", leave=False)
+    bar = tqdm(total=total, initial=step, desc=desc, unit="step", leave=False, disable=rank != 0)
     for epoch in range(first_epoch, epochs):
         model.train()
         for module in frozen:  # no dropout below the trainable top: the cache's outputs are these
@@ -207,20 +221,24 @@ def train_model(
         n_batches, start = (n_done if resumed else 0), time.perf_counter()
         batch_iter = iter(data)  # creating it draws from the torch RNG: restore the checkpoint's state after
         if resumed:
-            checkpoints.set_rng_state(state["rng"])
+            ranks_rng = state.get("rank_rng") or [state["rng"]]
+            checkpoints.set_rng_state(ranks_rng[rank] if len(ranks_rng) == world else state["rng"])
         for i, batch in enumerate(batch_iter):
             if resumed and i < done_in_epoch:
                 continue  # done before the checkpoint; the order is the same (seed, epoch)
-            labels = batch.pop("labels").to(dev, non_blocking=True)
-            with autocast(cfg.precision, dev.type):
-                logits = _logits(model, batch, dev, freeze)
-            loss = loss_fn(logits.float(), labels) / cfg.grad_accum
-            loss.backward()
-            running += loss.detach()
-            step_loss = step_loss + loss.detach()
+            labels = batch.pop("labels")
+            seen += int((labels != IGNORE).sum())
+            labels = labels.to(dev, non_blocking=True)
+            last = (i + 1) % cfg.grad_accum == 0 or i + 1 == len(batches)
+            with net.no_sync() if world > 1 and not last else contextlib.nullcontext():  # all-reduce once per step
+                with autocast(cfg.precision, dev.type):
+                    logits = _logits(model, batch, dev, freeze, net)
+                share = global_batch_loss(logits.float(), labels, weight) / cfg.grad_accum
+                (share * world).backward()  # DDP averages the ranks' gradients: x world makes that their sum
+            running += share.detach()
+            step_loss = step_loss + share.detach()
             n_batches += 1
-            seen += len(labels)
-            if (i + 1) % cfg.grad_accum == 0 or i + 1 == len(batches):
+            if last:
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -231,29 +249,36 @@ def train_model(
                 if step >= total:
                     break
                 if every and step % every == 0:
-                    checkpoints.save(checkpoint_dir, step, {
-                        "step": step, "total": total, "epoch": epoch, "batches_done": i + 1,
-                        "model": checkpoints.trainable_state(model), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(), "rng": checkpoints.rng_state(),
-                        "running_loss": running.item(), "n_batches": n_batches, "seen": seen,
-                        "train_time": train_time + time.perf_counter() - start, "history": result.history,
-                        "best_epoch": result.best_epoch, "best_score": best_score, "patience": patience,
-                        **({"best": best} if best is not None else {}),
-                    })
+                    ranks_rng = distributed.gathered(checkpoints.rng_state())
+                    totals = distributed.all_sum(torch.stack([running, torch.tensor(float(seen), device=dev)]))
+                    if rank == 0:  # one writer
+                        checkpoints.save(checkpoint_dir, step, {
+                            "step": step, "total": total, "epoch": epoch, "batches_done": i + 1,
+                            "model": checkpoints.trainable_state(model), "optimizer": optimizer.state_dict(),
+                            "scheduler": scheduler.state_dict(), "rng": ranks_rng[0],
+                            **({"rank_rng": ranks_rng} if world > 1 else {}),
+                            "running_loss": totals[0].item(), "n_batches": n_batches, "seen": int(totals[1].item()),
+                            "train_time": train_time + time.perf_counter() - start, "history": result.history,
+                            "best_epoch": result.best_epoch, "best_score": best_score, "patience": patience,
+                            **({"best": best} if best is not None else {}),
+                        })
         if dev.type == "cuda":
             torch.cuda.synchronize()
         train_time += time.perf_counter() - start
-        record = {"epoch": epoch + 1, "step": step, "train_loss": running.item() * cfg.grad_accum / max(n_batches, 1)}
+        record = {"epoch": epoch + 1, "step": step,
+                  "train_loss": distributed.all_sum(running).item() * cfg.grad_accum / max(n_batches, 1)}
         if val is not None:
-            proba = predict_proba(model, tokenizer, val[0], cfg.max_length, cfg.batch_size * 2, desc="validating",
-                                  precision=cfg.precision, states=val_states, freeze=freeze)
-            m = classification_metrics(val[1], proba)
-            record.update(val_loss=m["loss"], val_accuracy=m["accuracy"], val_f1_macro=m["f1_macro"])
-            if m["f1_macro"] > best_score:
-                best_score, patience, result.best_epoch = m["f1_macro"], 0, epoch + 1
-                best = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
-            else:
-                patience += 1
+            if rank == 0:  # the ranks' weights are equal: one validates, all follow its decision
+                proba = predict_proba(model, tokenizer, val[0], cfg.max_length, cfg.batch_size * 2, desc="validating",
+                                      precision=cfg.precision, states=val_states, freeze=freeze)
+                m = classification_metrics(val[1], proba)
+                record.update(val_loss=m["loss"], val_accuracy=m["accuracy"], val_f1_macro=m["f1_macro"])
+                if m["f1_macro"] > best_score:
+                    best_score, patience, result.best_epoch = m["f1_macro"], 0, epoch + 1
+                    best = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+                else:
+                    patience += 1
+            record, best_score, patience, result.best_epoch = distributed.from_main((record, best_score, patience, result.best_epoch))
         result.history.append(record)
         log.info("%s epoch %d: %s", desc, epoch + 1, {k: round(v, 4) for k, v in record.items() if isinstance(v, float)})
         if step >= total or (cfg.early_stopping_patience is not None and val is not None and patience >= cfg.early_stopping_patience):
@@ -261,6 +286,49 @@ def train_model(
     bar.close()
     if best is not None:
         model.load_state_dict(best)
+    seen = int(distributed.all_sum(torch.tensor(float(seen), device=dev)).item())
     result.steps, result.samples_per_s = step, seen / max(train_time, 1e-9)
-    result.step_losses = [float(v) for v in step_losses]
+    if step_losses:
+        result.step_losses = distributed.all_sum(torch.stack([torch.as_tensor(v, device=dev) for v in step_losses])).tolist()
     return result
+
+
+def global_batch_loss(logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """This rank's part of the global batch's class-weighted mean cross-entropy: its rows' weighted
+    losses over the weight sum of ALL ranks' rows (a per-rank mean would weigh the ranks' rows
+    differently whenever class weights differ). In one process, CrossEntropyLoss(weight)'s mean."""
+    keep = labels != IGNORE
+    ce = torch.nn.functional.cross_entropy(logits, labels, reduction="none", ignore_index=IGNORE)
+    w = weight[labels.clamp(min=0)] * keep
+    return (w * ce).sum() / distributed.all_sum(w.sum().detach())
+
+
+def fit(resolved: str, labels: Sequence[str], strategy: str, texts: Sequence[str], y: np.ndarray, cfg: TrainConfig,
+        val: Optional[tuple[Sequence[str], np.ndarray]] = None, desc: str = "fine-tuning",
+        checkpoint_dir: Optional[Path] = None, frozen_layers: Optional[int] = None,
+        states: Optional[prefix.PrefixStates] = None, val_states: Optional[prefix.PrefixStates] = None) -> FitResult:
+    """A fresh `strategy` model from the pre-trained `resolved`, trained (train_model's arguments):
+    in this process, or with train.devices > 1 in that many data-parallel processes launched
+    through torchrun (tuneline.engine.distributed), then loaded here. Partial over the frozen-prefix
+    cache (`states`) trains in this process whatever train.devices says (README)."""
+    if cfg.devices > 1 and states is not None:
+        log.warning("%s: train.devices=%d, but partial over the frozen-prefix cache trains in one process "
+                    "(README, 'Data-parallel fine-tuning')", desc, cfg.devices)
+    if cfg.devices == 1 or states is not None:
+        model, tokenizer = build_model(resolved, labels, cfg, strategy)
+        return train_model(model, tokenizer, texts, y, cfg, val=val, desc=desc, checkpoint_dir=checkpoint_dir,
+                           frozen_layers=frozen_layers, states=states, val_states=val_states)
+    job = {"resolved": resolved, "labels": list(labels), "strategy": strategy, "cfg": cfg.model_dump(mode="json"),
+           "texts": list(texts), "y": [int(v) for v in y], "desc": desc, "frozen_layers": frozen_layers,
+           "val": None if val is None else {"texts": list(val[0]), "y": [int(v) for v in val[1]]},
+           "checkpoint_dir": None if checkpoint_dir is None else str(Path(checkpoint_dir).resolve())}
+    weights, record = distributed.launch(cfg.devices, job, desc)
+    model, tokenizer = build_model(resolved, labels, cfg, strategy)  # after: no idle copy while the ranks train
+    unexpected = model.load_state_dict(weights, strict=False).unexpected_keys
+    if unexpected or set(weights) != set(checkpoints.trainable_state(model)):
+        raise distributed.DistributedError(f"{desc}: the data-parallel result does not fit the model (unexpected "
+                                           f"{sorted(unexpected)[:3]})")
+    model.to(distributed.device())
+    return FitResult(model, tokenizer, history=record["history"], best_epoch=record["best_epoch"],
+                     samples_per_s=record["samples_per_s"], steps=record["steps"], resumed_from=record["resumed_from"],
+                     step_losses=record["step_losses"])

@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import Optional
 
 from tuneline import plugins
+from tuneline.config import TRAIN_EXECUTION_ONLY
 from tuneline.storage import file_md5, read_json, write_json
 
 # Keys that change how or where a step runs, never what it produces: left out of every key so that
 # the same pipeline run in-process and on a work pool (or with other checkpoint spacing) is one cache.
-EXECUTION_ONLY: dict[str, tuple[str, ...]] = {"train": ("work_pool", "checkpoint_every"),
+EXECUTION_ONLY: dict[str, tuple[str, ...]] = {"train": TRAIN_EXECUTION_ONLY,
                                                "tune": ("parallel", "task_runner", "storage")}
 
 MANIFEST_DIR = ".cache/stages"
