@@ -8,7 +8,7 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, ClassVar, Literal, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -157,6 +157,19 @@ class TrainConfig(_Section):
     work_pool: Optional[str] = Field(None, description="Prefect work pool that runs fine-tuning (deployment "
                                      "'tuneline-finetune/<work_pool>'); null = in the pipeline's own process")
     checkpoint_every: Optional[int] = Field(200, ge=1, description="optimizer steps between fine-tuning checkpoints; null = none")
+    handoff: Optional[str] = Field(None, description="DVC remote (in .dvc/config) through which the pipeline and the "
+                                   "work pool's worker exchange inputs, outputs and checkpoints; null = a shared mount")
+
+    # The keys above that change how or where a fine-tune runs, never what it produces: left out of
+    # every cache key, work-area name and tuned configuration.
+    EXECUTION_ONLY: ClassVar[tuple[str, ...]] = ("work_pool", "checkpoint_every", "handoff")
+
+    @model_validator(mode="after")
+    def _handoff_needs_a_pool(self):
+        if self.handoff and not self.work_pool:
+            raise ValueError(f"train.handoff={self.handoff!r} hands fine-tuning to a work pool: set train.work_pool too "
+                             "(or train.handoff: null to fine-tune in the pipeline's own process)")
+        return self
 
 
 # Practitioners' search ranges, per strategy (tune.space). Learning rates on a log scale: one range for
