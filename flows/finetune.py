@@ -15,7 +15,6 @@ from typing import Optional
 from prefect import flow
 
 from tuneline.config import load_config
-from tuneline.engine import checkpoints
 from tuneline.pipeline import handoff as remote
 from tuneline.storage import write_json
 from tuneline.tasks.caching import run_step
@@ -39,7 +38,7 @@ def finetune(params: Optional[str] = "params.yaml", overrides: Optional[list[str
     library_logging()
     if handoff:
         store, config = remote.take(handoff, Path(root))
-        with checkpoints.publishing(store.publish_work):
+        with remote.running(handoff, store):
             results = _steps(config, str(store.root))
         remote.finish(store, config, handoff, results)
         return results

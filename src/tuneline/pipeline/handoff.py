@@ -19,13 +19,16 @@ SDK's variables for S3/GCS/Azure), or `dvc remote modify --local` on that machin
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import uuid
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 from tuneline.config import Config, load_config, save_config
+from tuneline.engine import checkpoints
 from tuneline.pipeline import fingerprint
 from tuneline.pipeline.stages import StageError, outputs
 from tuneline.storage import atomic_path, read_json, write_json
@@ -36,6 +39,7 @@ STEPS = ("crossval", "refit")
 PARAMS = ".cache/handoff/params.yaml"  # the resolved params, as handed to the worker
 PREFIX = "tuneline"  # beside DVC's files/md5/ on the remote: work/ (checkpoints), jobs/ (records)
 CHECKPOINT_GLOB = "step-*.pt"
+PROJECT_DIR = "TUNELINE_PROJECT_DIR"  # a worker machine's checkout (prefect.yaml's pull step uses it too)
 
 
 class HandoffError(StageError):
@@ -103,6 +107,8 @@ class Store:
         # a folder's listing first, then the files it names
         self._fetch({hi for info in infos.values() if info.isdir for _, (_, hi) in load(self.cache, info).iteritems()})
         for rel, info in infos.items():
+            if (self.root / rel).exists() and self.digest(self.root / rel) == info.value:
+                continue  # already here, byte for byte (a Dask worker's second fold job)
             with atomic_path(self.root / rel) as tmp:
                 checkout(str(tmp), self.cache.fs, load(self.cache, info), self.cache)
                 if (found := self.digest(tmp)) != info.value:
@@ -224,6 +230,61 @@ def take(job: dict, root: Path) -> tuple[Store, Config]:
     config = load_config(store.root / PARAMS)
     store.restore_work()
     return store, config
+
+
+_job: ContextVar[Optional[dict]] = ContextVar("tuneline_handoff_job", default=None)
+
+
+@contextlib.contextmanager
+def running(job: dict, store: Store) -> Iterator[None]:
+    """While a worker runs `job`: push each checkpoint as it lands, and let fold jobs sent to a
+    Dask cluster (cv.task_runner=dask) take their inputs from the remote too (`on_dask`)."""
+    token = _job.set(job)
+    try:
+        with checkpoints.publishing(store.publish_work):
+            yield
+    finally:
+        _job.reset(token)
+
+
+def on_dask(run):
+    """`run` (a FoldRun) as a Dask worker of the running job should call it; unchanged outside a job."""
+    job = _job.get()
+    return DaskFold(run, job) if job is not None and hasattr(run, "at") else run
+
+
+class DaskFold:
+    """A fold job on a Dask worker: in that worker's own folder (its local_directory), on inputs pulled
+    from the remote exactly as the GPU worker pulled them, pushing its checkpoints to the remote."""
+
+    def __init__(self, run, job: dict):
+        self.run, self.job = run, job
+
+    def __call__(self, item: dict) -> dict:
+        from distributed import get_worker
+
+        checkout = os.environ.get(PROJECT_DIR)
+        if not checkout:
+            raise HandoffError(f"a Dask worker of a hand-off job needs {PROJECT_DIR}: its machine's checkout of the "
+                               f"project, whose .dvc/config names the remote {self.job['remote']!r}")
+        root = Path(get_worker().local_directory) / "tuneline" / self.job["id"]
+        if not (root / ".dvc" / "config").is_file():
+            _copy_remote_config(Path(checkout), root, self.job["remote"])
+        store, _ = take(self.job, root)
+        with checkpoints.publishing(store.publish_work):
+            return self.run.at(store.root)(item)
+
+
+def _copy_remote_config(src_root: Path, root: Path, remote: str) -> None:
+    """Give a fresh scratch project the remote's entry (URL and options, which hold no credential)."""
+    from dvc.repo import Repo
+
+    entry = dict(Store(src_root, remote).repo.config["remote"][remote])
+    root.mkdir(parents=True, exist_ok=True)
+    repo = Repo.init(str(root), no_scm=True, force=True)
+    with repo.config.edit() as conf:
+        conf["remote"][remote] = entry
+    repo.close()
 
 
 def finish(store: Store, config: Config, job: dict, results: dict) -> None:
