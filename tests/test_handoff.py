@@ -263,11 +263,31 @@ def test_dask_workers_take_fold_inputs_from_the_remote_not_from_the_gpu_workers_
             run_stage(name, config, pipeline_dir)
         job = handoff.publish(config, pipeline_dir)
         finetune(root=str(gpu_dir), handoff=job)  # the flow, as the gpu worker runs it
+        # (checked before the cluster closes: it removes its workers' folders)
         scratch = [Path(w.local_directory) / "tuneline" / job["id"] for w in cluster.workers.values()]
-    train = "data/processed/train.parquet"
-    used = [d for d in scratch if (d / train).is_file()]
-    assert used, f"no Dask worker pulled the inputs into its own folder ({scratch})"
-    assert all(file_md5(d / train) == job["inputs"][train] for d in used)
-    assert not any((d / "data/cv").exists() for d in used)  # the fold results went back through Dask, not files
+        train = "data/processed/train.parquet"
+        used = [d for d in scratch if (d / train).is_file()]
+        assert used, f"no Dask worker pulled the inputs into its own folder ({scratch})"
+        assert all(file_md5(d / train) == job["inputs"][train] for d in used)
+        assert not any((d / "data/cv").exists() for d in used)  # the fold results went back through Dask, not files
     run_stage("crossval", load_config(None, TINY + two), pipeline_dir)  # the plain sequential loop, for reference
     assert cv_outputs(gpu_dir) == cv_outputs(pipeline_dir)
+
+
+def test_restore_fetches_each_work_areas_result_or_else_its_newest_checkpoint(ssh, tmp_path, monkeypatch):
+    monkeypatch.setenv("SSH_AUTH_SOCK", ssh.client_env()["SSH_AUTH_SOCK"])
+    a, b = (with_remote(make_project(tmp_path / n, []), ssh, "restore") for n in ("a", "b"))
+    store = handoff.Store(a, "team")
+    written = []
+    for rel in ("fold0-x/checkpoints/step-000000002.pt", "fold0-x/result.json",
+                "fold1-y/checkpoints/step-000000002.pt", "fold1-y/checkpoints/step-000000004.pt"):
+        path = a / ".cache/finetune" / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(rel)
+        store.publish_work(path)
+        written.append(path)
+    store.publish_work(written[-1])  # a name is written once: the second push of a step is a no-op
+    fetched = handoff.Store(b, "team").restore_work()
+    assert fetched == [".cache/finetune/fold0-x/result.json", ".cache/finetune/fold1-y/checkpoints/step-000000004.pt"]
+    assert (b / fetched[1]).read_text() == "fold1-y/checkpoints/step-000000004.pt"
+    assert handoff.Store(b, "team").restore_work() == []  # already here

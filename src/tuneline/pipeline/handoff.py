@@ -130,15 +130,16 @@ class Store:
     def _key(self, *parts: str) -> str:
         return self.fs.join(self.remote.path, PREFIX, *parts)
 
-    def put_once(self, local: Path, *parts: str) -> None:
+    def put_once(self, local: Path, *parts: str) -> bool:
         """Upload `local` under `parts` unless that name exists (a name is written once, atomically)."""
         dest = self._key(*parts)
         if self.fs.exists(dest):
-            return
+            return False
         self.fs.makedirs(self.fs.parent(dest), exist_ok=True)
         tmp = f"{dest}.tmp-{uuid.uuid4().hex}"
         self.fs.put_file(str(local), tmp)
         self.fs.mv(tmp, dest)
+        return True
 
     def get(self, local: Path, *parts: str) -> bool:
         src = self._key(*parts)
@@ -151,8 +152,8 @@ class Store:
     def publish_work(self, path: Path) -> None:
         """checkpoints.publishing's listener: a checkpoint or result just written under the root."""
         rel = Path(path).resolve().relative_to(self.root)
-        self.put_once(path, "work", *rel.parts)
-        log.info("pushed %s to %s", rel, self.url())
+        if self.put_once(path, "work", *rel.parts):
+            log.info("pushed %s to %s", rel, self.url())
 
     def restore_work(self) -> list[str]:
         """Fetch, for every work area on the remote, its result or else its newest checkpoint."""
@@ -168,8 +169,7 @@ class Store:
                 newest[str(area)] = max(newest.get(str(area), ""), rel)
         fetched = []
         for rel in sorted({r for r in found if Path(r).name == "result.json"} | set(newest.values())):
-            if not (self.root / rel).exists():
-                self.get(self.root / rel, *Path(rel).parts)
+            if not (self.root / rel).exists() and self.get(self.root / rel, "work", *Path(rel).parts):
                 fetched.append(rel)
         if fetched:
             log.info("fetched from %s: %s", self.url(), ", ".join(fetched))
