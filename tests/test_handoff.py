@@ -117,6 +117,13 @@ def test_pipeline_and_gpu_worker_share_nothing_but_the_ssh_remote(handed_off, te
     assert set(job) == {"id", "remote", "task", "code", "params", "inputs"} and job["remote"] == "team"
     assert str(project) not in json.dumps(params) and "/tmp" not in json.dumps(params)
     assert all(re.fullmatch(r"[0-9a-f]{32}(\.dir)?", k) for k in [job["params"], *job["inputs"].values()])
+    # The SSH credential stayed in each process's environment: not in the parameters, the deployment
+    # or either project's DVC config (which names the remote by URL only).
+    key = (ssh.root.parent / "client_key").read_text().strip().splitlines()[1]
+    deployment = team_prefect.api("GET", "/deployments/name/tuneline-finetune/gpu")
+    for where in (json.dumps(params), json.dumps(deployment), (project / ".dvc/config").read_text(),
+                  (worker.checkout / ".dvc/config").read_text()):
+        assert key not in where and str(ssh.agent_sock) not in where and "SSH_AUTH_SOCK" not in where
 
     # The worker worked in its own checkout, on inputs it pulled (byte-identical to the pipeline's).
     assert worker.checkout.resolve() != project.resolve()
