@@ -12,6 +12,7 @@ from prefect import flow
 
 from tuneline.tracking import runs as tracking
 from tuneline.config import load_config
+from tuneline.pipeline import handoff
 from tuneline.flows.finetune import library_logging
 from tuneline.tasks.caching import run_step
 from tuneline.tasks.crossval import crossval_task
@@ -34,6 +35,8 @@ def pipeline(params: Optional[str] = "params.yaml", overrides: Optional[list[str
     tracking.check_tracking(tracking.tracking_uri(Path(root)))
     if config.train.work_pool:
         check_deployment(config.train.work_pool)
+    if config.train.handoff:
+        handoff.check(config, Path(root))
     results = {}
     for name, step in (("ingest", ingest_task), ("validate", validate_task), ("preprocess", preprocess_task), ("select", select_task)):
         results[name] = run_step(step, config, root)

@@ -6,6 +6,7 @@ from prefect import task
 from prefect.cache_policies import NONE
 
 from tuneline.config import Config
+from tuneline.pipeline import handoff
 from tuneline.tasks._common import stage_task
 
 
@@ -31,6 +32,8 @@ def _runner(config: Config, workers: int, kind: str):
 
 def _mapper(config: Config, task_fn, workers: int, kind: str, name: str):
     def map_all(run, items: list) -> list:
+        if kind == "dask" and name == "job":  # in a hand-off job, Dask workers pull their inputs from the remote
+            run = handoff.on_dask(run)
         with _runner(config, workers, kind) as runner:
             futures = [runner.submit(task_fn, {"run": run, name: item}) for item in items]
             return [f.result() for f in futures]

@@ -1,8 +1,10 @@
 """Fine-tuning on a work pool: the pipeline hands crossval + refit to the `tuneline-finetune`
 deployment of `train.work_pool` (e.g. a GPU machine's worker), waits, and continues with its result.
 
-Both sides pass paths, never objects: the project root, the params file and a result file must be
-on storage both see (the same mount; see README "Team setup" for a DVC remote / S3 layout).
+Both sides pass paths, never objects. Without train.handoff the project root, the params file and a
+result file must be on storage both see (the same mount). With train.handoff (a DVC remote both
+reach) nothing is shared but that remote: the inputs go there by content hash, the deployment gets
+only the keys, and the outputs come back hash-checked (tuneline.pipeline.handoff).
 A lost worker or a killed flow-run process ends the child run Crashed: this task is retried, the
 child starts again, finished steps are cache hits, finished folds are reused and the interrupted
 fine-tune continues from its last checkpoint.
@@ -19,7 +21,7 @@ from typing import Optional
 
 from prefect import task
 
-from tuneline.pipeline import fingerprint
+from tuneline.pipeline import fingerprint, handoff
 from tuneline.config import Config
 from tuneline.pipeline.stages import StageError
 from tuneline.storage import read_json
@@ -74,8 +76,10 @@ def finetune_cache_key(context, parameters: dict) -> Optional[str]:
 @task(name="finetune", retries=2, retry_delay_seconds=5, cache_key_fn=finetune_cache_key, persist_result=True)
 def finetune_on_pool(config: Config, params: Optional[str], overrides: list[str], root: str) -> dict:
     """Run the fine-tune deployment of train.work_pool and return its {crossval, refit} results."""
-    from prefect.deployments import run_deployment
-
+    if config.train.handoff:
+        job = handoff.publish(config, Path(root))
+        _run_on_pool(config, handoff.job_parameters(job))
+        return handoff.collect(config, Path(root), job)
     root_path = Path(root).resolve()
     result_path = root_path / ".cache" / "finetune" / f"result-{uuid.uuid4().hex}.json"
     parameters = {
@@ -84,16 +88,23 @@ def finetune_on_pool(config: Config, params: Optional[str], overrides: list[str]
         "root": str(root_path),
         "result_path": str(result_path),
     }
+    try:
+        _run_on_pool(config, parameters)
+        return read_json(result_path)
+    finally:
+        result_path.unlink(missing_ok=True)
+
+
+def _run_on_pool(config: Config, parameters: dict) -> None:
+    """Run the pool's fine-tune deployment with `parameters` and wait; raise unless it completed."""
+    from prefect.deployments import run_deployment
+
     flow_run = run_deployment(deployment_name(config.train.work_pool), parameters=parameters,
                               poll_interval=float(os.environ.get("TUNELINE_POLL_SECONDS", "2")))
     state = flow_run.state
     if state is None or not state.is_completed():
         raise FinetuneDispatchError(f"fine-tuning flow run {flow_run.name!r} on work pool {config.train.work_pool!r} "
                                     f"ended {getattr(state, 'name', 'without a state')}: {getattr(state, 'message', '')}")
-    try:
-        return read_json(result_path)
-    finally:
-        result_path.unlink(missing_ok=True)
 
 
 def finetune_remote(config: Config, params: Optional[str], overrides: list[str], root: str) -> dict:

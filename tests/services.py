@@ -1,4 +1,4 @@
-"""Services some tests need and a machine may lack (PostgreSQL, Chromium).
+"""Services some tests need and a machine may lack (PostgreSQL, Chromium, OpenSSH's sshd).
 
 A missing service skips the test with a reason that names the service and how to get it. With
 TUNELINE_REQUIRE_SERVICES=1 (.ci/run sets it) it fails the test instead, so CI cannot pass by skipping.
@@ -36,3 +36,15 @@ def require_chromium() -> str:
     if exe is None:
         missing("Chromium (headless, for the page tests)", "install it: apt-get install chromium (.ci/run does)")
     return exe
+
+
+SSHD = "/usr/sbin/sshd"  # sshd must be started by its absolute path
+
+
+def require_sshd() -> str:
+    """OpenSSH's server and client tools (ssh-keygen, ssh-agent, ssh-add), for the SSH/SFTP remote."""
+    tools = [shutil.which(t) for t in ("ssh-keygen", "ssh-agent", "ssh-add")]
+    if not os.access(SSHD, os.X_OK) or None in tools:
+        missing("OpenSSH's sshd (an SSH/SFTP server for the DVC ssh remote of the hand-off tests)",
+                "install it: apt-get install openssh-server (.ci/run does)")
+    return SSHD

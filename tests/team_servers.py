@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import secrets
+import signal
 import subprocess
 import time
 import urllib.error
@@ -252,6 +253,25 @@ def make_project(dest: Path, overrides: list[str]) -> Path:
     params = dest / "params.yaml"
     params.write_text(yaml.safe_dump(apply_overrides(yaml.safe_load(params.read_text()), overrides), sort_keys=False))
     return dest
+
+
+def run_pipeline(project: Path, env: dict, *overrides: str, timeout: float = 900) -> tuple[subprocess.CompletedProcess, float]:
+    """`tuneline run` as a team member's process: (the finished process, its wall time in seconds)."""
+    cmd = ["tuneline", "run", *sum((["--set", o] for o in overrides), [])]
+    start = time.monotonic()
+    proc = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True, timeout=timeout)
+    return proc, time.monotonic() - start
+
+
+def kill_flow_run_processes(worker: subprocess.Popen) -> list[int]:
+    """SIGKILL what the worker started (the flow-run process): a lost machine, an OOM kill."""
+    import psutil
+
+    children = psutil.Process(worker.pid).children(recursive=True)
+    for child in children:
+        child.send_signal(signal.SIGKILL)
+    psutil.wait_procs(children, timeout=30)
+    return [c.pid for c in children]
 
 
 def step(task_run: dict) -> str:

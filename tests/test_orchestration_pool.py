@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -17,7 +16,8 @@ from types import SimpleNamespace
 import pytest
 
 from conftest import REPO, stop_process
-from team_servers import client_env, http, make_project, prefect_cli, psql_rows, step, wait_for
+from team_servers import (client_env, http, kill_flow_run_processes, make_project, prefect_cli, psql_rows, run_pipeline, step,
+                          wait_for)
 from tuneline.pipeline.stages import ORDER
 
 pytestmark = pytest.mark.integration
@@ -54,13 +54,6 @@ def gpu_worker(team_prefect, tmp_path_factory):
     finally:
         stop_process(proc)
         log.close()
-
-
-def run_pipeline(project: Path, env: dict, *overrides: str, timeout: float = 900) -> tuple[subprocess.CompletedProcess, float]:
-    cmd = ["tuneline", "run", *sum((["--set", o] for o in overrides), [])]
-    start = time.monotonic()
-    proc = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True, timeout=timeout)
-    return proc, time.monotonic() - start
 
 
 @pytest.fixture(scope="module")
@@ -241,17 +234,6 @@ def test_no_credential_in_any_param_tag_artifact_or_log(team_runs, team_prefect,
             blobs[f"project file {f.relative_to(team_runs.project)}"] = f.read_bytes()
     assert any("prefect-results" in k for k in blobs)
     assert find_secrets(blobs, secrets) == []
-
-
-def kill_flow_run_processes(worker: subprocess.Popen) -> list[int]:
-    """SIGKILL what the worker started (the flow-run process): a lost machine, an OOM kill."""
-    import psutil
-
-    children = psutil.Process(worker.pid).children(recursive=True)
-    for child in children:
-        child.send_signal(signal.SIGKILL)
-    psutil.wait_procs(children, timeout=30)
-    return [c.pid for c in children]
 
 
 def test_killed_finetune_resumes_from_checkpoints_and_matches_an_uninterrupted_run(team_prefect, team_mlflow, gpu_worker, tmp_path_factory):

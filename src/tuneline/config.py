@@ -8,7 +8,7 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, ClassVar, Literal, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -162,11 +162,19 @@ class TrainConfig(_Section):
                          "train.batch_size stays the GLOBAL batch (each optimizer step sees the same rows, split "
                          "across the processes) and train.learning_rate is not scaled; partial over the "
                          "frozen-prefix cache trains in one process")
+    handoff: Optional[str] = Field(None, description="DVC remote (in .dvc/config) through which the pipeline and the "
+                                   "work pool's worker exchange inputs, outputs and checkpoints; null = a shared mount")
 
+    # The keys above that change how or where a fine-tune runs, never what it produces (DDP follows the
+    # one-process maths up to float rounding): left out of every cache key, work-area name and tuned configuration.
+    EXECUTION_ONLY: ClassVar[tuple[str, ...]] = ("work_pool", "checkpoint_every", "handoff", "devices")
 
-# train.* keys that say how or where fine-tuning runs, never what it computes (DDP follows the
-# one-process maths up to float rounding): left out of every cache key, work folder and search.
-TRAIN_EXECUTION_ONLY = ("work_pool", "checkpoint_every", "devices")
+    @model_validator(mode="after")
+    def _handoff_needs_a_pool(self):
+        if self.handoff and not self.work_pool:
+            raise ValueError(f"train.handoff={self.handoff!r} hands fine-tuning to a work pool: set train.work_pool too "
+                             "(or train.handoff: null to fine-tune in the pipeline's own process)")
+        return self
 
 
 # Practitioners' search ranges, per strategy (tune.space). Learning rates on a log scale: one range for

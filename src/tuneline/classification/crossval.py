@@ -21,7 +21,7 @@ from tuneline.classification import baseline
 from tuneline.engine import hardware
 from tuneline.engine import prefix
 from tuneline.engine import resume
-from tuneline.config import TRAIN_EXECUTION_ONLY, CVConfig, SelectConfig, TrainConfig
+from tuneline.config import CVConfig, SelectConfig, TrainConfig
 from tuneline.engine.features import DiskCache, cache_key, embed
 from tuneline.metrics import classification_metrics, corrected_ttest, majority_rate, summarize
 from tuneline.engine.models import load_encoder
@@ -314,7 +314,7 @@ def comparison_markdown(rows: list[dict], metric: str, winner: str) -> str:
 
 
 # --- hyperparameter search (tuneline.pipeline.tune) ------------------------------------------------
-NOT_SEARCHABLE = ("strategy", "precision", "seed", *TRAIN_EXECUTION_ONLY, "trust_remote_code", "allow_pickle_weights")
+NOT_SEARCHABLE = ("strategy", "precision", "seed", "trust_remote_code", "allow_pickle_weights", *TrainConfig.EXECUTION_ONLY)
 
 
 def _searched_value(name: str, value):
@@ -360,7 +360,7 @@ def tune_targets(plan: dict, train_cfg: TrainConfig, tune_cfg, train_file: Path)
         if bad := [k for k in space if k not in allowed]:
             raise ValueError(f"tune.space.{cand['strategy']}.{bad[0]}: not a searchable train key; allowed: {', '.join(allowed)}")
         cfg = candidate_config(cand, train_cfg)
-        fixed = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in space and k not in TRAIN_EXECUTION_ONLY}
+        fixed = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in space and k not in TrainConfig.EXECUTION_ONLY}
         out.append({"name": cand["name"], "space": space, "values": {k: _searched_value(k, getattr(cfg, k)) for k in space},
                     "jobs": [i for i, j in enumerate(plan["jobs"]) if j["candidate"]["name"] == cand["name"]],
                     "key": {"model": cand["fingerprint"], "strategy": cand["strategy"], "train": fixed,

@@ -5,20 +5,41 @@ states (dropout), the global step and the position inside the current epoch; bat
 pure function of (seed, epoch), so skipping the batches already done replays the same stream.
 Files are written atomically and only the newest is kept. torch only (rule 8: the engine runs on
 a GPU image without MLflow/Prefect/DVC).
+
+A caller may watch the files written (`publishing`): a work pool's worker that shares no disk with
+the next one copies each checkpoint, as it lands, to the team's store (tuneline.pipeline.handoff).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 
 log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^step-(\d{9})\.pt$")
+_listeners: list[Callable[[Path], None]] = []
+
+
+@contextlib.contextmanager
+def publishing(listener: Callable[[Path], None]) -> Iterator[None]:
+    """While inside, call `listener(path)` after each file of resumable state is complete on disk
+    (a checkpoint, a finished fine-tune's result), before training goes on."""
+    _listeners.append(listener)
+    try:
+        yield
+    finally:
+        _listeners.remove(listener)
+
+
+def written(path: Path) -> None:
+    for listener in list(_listeners):
+        listener(Path(path))
 
 
 def _steps(folder: Path) -> list[tuple[int, Path]]:
@@ -60,6 +81,7 @@ def save(folder: Path, step: int, state: dict) -> Path:
     tmp = folder / f".{final.name}.{os.getpid()}.tmp"
     torch.save(state, tmp)
     os.replace(tmp, final)
+    written(final)
     for s, p in _steps(folder):
         if s < step:
             p.unlink(missing_ok=True)

@@ -15,7 +15,8 @@ import shutil
 from pathlib import Path
 from typing import Optional
 
-from tuneline.config import TRAIN_EXECUTION_ONLY, TrainConfig
+from tuneline.config import TrainConfig
+from tuneline.engine import checkpoints
 from tuneline.storage import file_md5, read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ def work_dir(cache_dir: Path, kind: str, candidate: dict, cfg: TrainConfig, seed
         "kind": kind, "model": candidate.get("fingerprint") or candidate.get("resolved") or candidate["model"],
         "strategy": candidate["strategy"], "seed": seed, "data": file_md5(data_file),
         "rows": hashlib.sha256(json.dumps([int(r) for r in rows]).encode()).hexdigest() if rows is not None else None,
-        "train": {k: v for k, v in cfg.model_dump(mode="json").items() if k not in TRAIN_EXECUTION_ONLY and k != "seed"},
+        "train": {k: v for k, v in cfg.model_dump(mode="json").items() if k not in TrainConfig.EXECUTION_ONLY and k != "seed"},
     }
     digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
     name = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in candidate["name"])
@@ -54,6 +55,7 @@ def finished(work: Path) -> Optional[dict]:
 def save_result(work: Path, result: dict) -> None:
     """Keep the result; the checkpoints have done their job."""
     write_json(Path(work) / RESULT, result)
+    checkpoints.written(Path(work) / RESULT)
     shutil.rmtree(checkpoint_dir(work), ignore_errors=True)
 
 

@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Optional
 
 from tuneline import plugins
-from tuneline.config import TRAIN_EXECUTION_ONLY
+from tuneline.config import TrainConfig
 from tuneline.storage import file_md5, read_json, write_json
 
 # Keys that change how or where a step runs, never what it produces: left out of every key so that
 # the same pipeline run in-process and on a work pool (or with other checkpoint spacing) is one cache.
-EXECUTION_ONLY: dict[str, tuple[str, ...]] = {"train": TRAIN_EXECUTION_ONLY,
+EXECUTION_ONLY: dict[str, tuple[str, ...]] = {"train": TrainConfig.EXECUTION_ONLY,
                                                "tune": ("parallel", "task_runner", "storage")}
 
 MANIFEST_DIR = ".cache/stages"
@@ -141,13 +141,18 @@ def stage_key(name: str, config, root: Path) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def group_key(names: tuple[str, ...], config, root: Path) -> str:
-    """The key of consecutive steps run as one unit (crossval + refit on a work pool): the files they
-    read from outside the group, the config sections any of them reads, and the code."""
+def group_inputs(names: tuple[str, ...], config) -> list[str]:
+    """The files consecutive steps read from outside the group (what a work pool must be given)."""
     from tuneline.pipeline.stages import inputs, outputs
 
     produced = {o for n in names for o in outputs(n, config.paths)}
-    files = sorted({i for n in names for i in inputs(n, config.paths)} - produced)
+    return sorted({i for n in names for i in inputs(n, config.paths)} - produced)
+
+
+def group_key(names: tuple[str, ...], config, root: Path) -> str:
+    """The key of consecutive steps run as one unit (crossval + refit on a work pool): the files they
+    read from outside the group, the config sections any of them reads, and the code."""
+    files = group_inputs(names, config)
     values: dict = {}
     for n in names:
         values |= read_values(config, n)

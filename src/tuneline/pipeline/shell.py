@@ -11,14 +11,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from tqdm.auto import tqdm
 
 from tuneline import plugins
-from tuneline.pipeline.stages import ORDER, Files, StageError, inputs, outputs
+from tuneline.pipeline.stages import ORDER, Files, FoldRun, StageError, inputs, outputs
 from tuneline.storage import atomic_path, read_json, remove_outputs, write_json
 
 log = logging.getLogger(__name__)
@@ -51,7 +50,7 @@ def _crossval(p, c, f: Files, map_jobs=sequential, map_trials=None) -> dict:
         tuned = tune.search(p, c, f, plan, map_jobs, map_trials or tune.sequential_trials)
     fixed = {i: r for o in tuned.values() for i, r in zip(o["jobs"], o["results"])}
     todo = [i for i in range(len(plan["jobs"])) if i not in fixed]
-    fixed |= dict(zip(todo, map_jobs(partial(p.run_fold, c, f, plan), [plan["jobs"][i] for i in todo])))
+    fixed |= dict(zip(todo, map_jobs(FoldRun(p, c, f, plan), [plan["jobs"][i] for i in todo])))
     results = [fixed[i] for i in range(len(plan["jobs"]))]
     extra_tune: dict[str, Any] = {}
     if tuned:

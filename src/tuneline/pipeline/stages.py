@@ -81,3 +81,17 @@ class Files:
     def data(self) -> dict[str, Path]:
         """The data files by short name, for lineage hashes (dvc.md5.<name> tags)."""
         return {"raw": self.raw, "train": self.train, "test": self.test, "label_map": self.label_map, "report": self.preprocess_report}
+
+
+class FoldRun:
+    """One plan's fold job as a picklable callable, `run(job)`. A Dask worker that cannot see
+    `files.root` runs it `at` a root of its own (tuneline.pipeline.handoff pulls the inputs there)."""
+
+    def __init__(self, plugin, config, files: Files, plan: dict):
+        self.plugin, self.config, self.files, self.plan = plugin, config, files, plan
+
+    def __call__(self, job: dict) -> dict:
+        return self.plugin.run_fold(self.config, self.files, self.plan, job)
+
+    def at(self, root: Path | str) -> "FoldRun":
+        return FoldRun(self.plugin, self.config, Files(self.config.paths, root), self.plan)

@@ -31,6 +31,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from tuneline.pipeline.stages import FoldRun
 from tuneline.storage import slug
 from tuneline.tracking.runs import fault, redact
 
@@ -229,7 +230,7 @@ class Search:
         log.info("tuning %s: study %s (%s), %d of %d trials finished", self.target["name"], self.name, redact(self.url),
                  done, self.cfg.n_trials)
         start, workers = time.monotonic(), trial_workers(self.config)
-        run = partial(run_trial, partial(self.plugin.run_fold, self.config, self.files, self.plan), self.map_jobs,
+        run = partial(run_trial, FoldRun(self.plugin, self.config, self.files, self.plan), self.map_jobs,
                       partial(self.plugin.fold_score, self.config))
         while done < self.cfg.n_trials and (self.cfg.timeout_s is None or time.monotonic() - start < self.cfg.timeout_s):
             handles = [self._ask(study) for _ in range(min(workers, self.cfg.n_trials - done))]
@@ -256,7 +257,7 @@ class Search:
         jobs = self.plugin.trial_jobs(self.config, self.plan, self.target, best["params"])
         if not self.cfg.seed_repeats or not all("seed" in j for j in jobs):
             return None
-        run, score = partial(self.plugin.run_fold, self.config, self.files, self.plan), partial(self.plugin.fold_score, self.config)
+        run, score = FoldRun(self.plugin, self.config, self.files, self.plan), partial(self.plugin.fold_score, self.config)
         offsets, means = [0], [best["best_value"]]
         for r in range(1, self.cfg.seed_repeats + 1):
             results = self.map_jobs(run, [{**j, "seed": j["seed"] + SEED_STEP * r} for j in jobs])
