@@ -79,6 +79,45 @@ def sft_files(tmp_path_factory):
     return write_jsonl(d / "train.jsonl", train), write_jsonl(d / "test.jsonl", test)
 
 
+TOPICS = ["my homework", "a recipe for soup", "fixing my bike", "learning French", "writing a letter", "planning a trip",
+          "my garden", "a job interview", "baking bread", "my tax form", "a birthday gift", "my resume", "a chess opening",
+          "painting a room", "my sore back", "a science project", "training my dog", "a budget", "a poem", "my laptop"]
+ASKS = ["Can you help me with {}?", "I need advice about {}.", "What should I do about {}?", "Any tips on {}?"]
+
+
+def polite_rude_pairs(n: int, skip: int = 0) -> list[dict]:
+    """A clearly learnable preference set: the chosen answer is always polite, the rejected one always rude
+    (a reward model learns it in a few steps, so its gate passes on CPU). Prompts are distinct."""
+    rows = []
+    for i in range(skip, skip + n):
+        topic, ask = TOPICS[i % len(TOPICS)], ASKS[(i // len(TOPICS)) % len(ASKS)]
+        rows.append({"prompt": ask.format(topic),
+                     "chosen": f"Of course, I would be glad to help with {topic}. Thank you for asking, kindly let me know more.",
+                     "rejected": f"No. {topic.capitalize()} is your problem, idiot. Stop bothering me, you stupid fool."})
+    return rows
+
+
+# Tiny RL settings: a handful of prompts, 2 completions of 8 tokens each, two optimizer steps.
+RL_SMOKE_OVERRIDES = [
+    "llm.max_length=128", "llm.max_prompt_length=64", "llm.cv_mode=holdout", "llm.holdout_fraction=0.34", "llm.batch_size=4",
+    "llm.max_steps=2", "llm.learning_rate=0.002", "llm.rl_num_generations=2", "llm.rl_max_completion_length=8",
+    "llm.score_max_new_tokens=8", "llm.eval_batch_size=8", "promote.bootstrap_samples=500",
+]
+# The reward model those tests share: a few steps on the polite/rude pairs.
+REWARD_SMOKE_OVERRIDES = [
+    "task=preference", "llm.preference_method=reward_model", "llm.max_length=128", "llm.max_prompt_length=64",
+    "llm.cv_mode=holdout", "llm.holdout_fraction=0.25", "llm.batch_size=8", "llm.max_steps=4", "llm.learning_rate=0.003",
+    "llm.eval_batch_size=16",
+]
+
+
+@pytest.fixture(scope="session")
+def polite_files(tmp_path_factory):
+    """(train, test) polite/rude pair files: 16 training pairs, 12 held-out ones (distinct prompts)."""
+    d = tmp_path_factory.mktemp("polite")
+    return write_jsonl(d / "train.jsonl", polite_rude_pairs(16)), write_jsonl(d / "test.jsonl", polite_rude_pairs(12, skip=16))
+
+
 def registrable_dpo_project(root: Path):
     """The files a DPO run's register and promote steps read, laid out as the earlier steps leave
     them, with small made-up scores (no model is trained): the Config that reads them."""
