@@ -118,30 +118,33 @@ def polite_files(tmp_path_factory):
     return write_jsonl(d / "train.jsonl", polite_rude_pairs(16)), write_jsonl(d / "test.jsonl", polite_rude_pairs(12, skip=16))
 
 
-def registrable_dpo_project(root: Path):
-    """The files a DPO run's register and promote steps read, laid out as the earlier steps leave
-    them, with small made-up scores (no model is trained): the Config that reads them."""
+def registrable_dpo_project(root: Path, method: str = "dpo"):
+    """The files a DPO (or, with `method`, reward-model) run's register and promote steps read, laid out
+    as the earlier steps leave them, with small made-up scores (no model is trained; the pairwise
+    accuracy is near chance): the Config that reads them."""
     import numpy as np
 
     from tuneline.config import load_config
-    from tuneline.llm.metrics import preference_metrics
+    from tuneline.llm.metrics import preference_metrics, reward_metrics
     from tuneline.metrics import summarize
     from tuneline.storage import write_json
 
-    config = load_config(None, ["task=preference"])
+    config = load_config(None, ["task=preference", f"llm.preference_method={method}"])
+    metrics_of = reward_metrics if method == "reward_model" else preference_metrics
     p = config.paths
     rng = np.random.default_rng(0)
     scores = {"reward_chosen": rng.normal(0.2, 1, 12), "reward_rejected": rng.normal(0, 1, 12),
               "policy_chosen": rng.normal(-20, 2, 12), "policy_rejected": rng.normal(-21, 2, 12),
               "reference_chosen": rng.normal(-20, 2, 12), "reference_rejected": rng.normal(-20, 2, 12)}
-    folds = [{k: float(v) for k, v in preference_metrics({k: s[i::2] for k, s in scores.items()}).items()} for i in range(2)]
+    folds = [{k: float(v) for k, v in metrics_of({k: s[i::2] for k, s in scores.items()}).items()} for i in range(2)]
     write_json(root / p.selection, {"model": "smollm2-135m-instruct", "base": {"id": "smollm2-135m-instruct", "sha256": "ab" * 32,
                                                                                "kind": "gguf-package"}})
     write_json(root / p.cv_dir / "fold_metrics.json", folds)
     write_json(root / p.cv_dir / "summary.json", {"k": 2, "mode": "kfold", "model": "smollm2-135m-instruct", "strategy": "lora",
-                                                  "task": "preference", "method": "dpo", "metric": "preference_accuracy",
+                                                  "task": "preference", "method": method,
+                                                  "metric": "pairwise_accuracy" if method == "reward_model" else "preference_accuracy",
                                                   "metrics": summarize(folds)})
-    test = {f"test_{k}": v for k, v in preference_metrics(scores).items()}
+    test = {f"test_{k}": v for k, v in metrics_of(scores).items()}
     write_json(root / p.eval_dir / "metrics.json", test | {"train_samples_per_second": 1.5, "train_loss": 0.6})
     write_json(root / p.eval_dir / "generations.json", [{"prompt": "Hi?", "answer": "Hello.", "base_answer": "Hi."}])
     write_json(root / p.eval_dir / "scores.json", {"prompt_key": [f"p{i}" for i in range(12)]} | {k: v.tolist() for k, v in scores.items()})

@@ -150,8 +150,8 @@ class LLMTask(TaskPlugin):
             from tuneline.llm.reward import resolve
             from tuneline.tracking.runs import tracking_uri
 
-            selection["reward_model"] = resolve(c.llm.reward_model, tracking_uri(f.root), _rows(c, f.test)[0], c.promote.alpha,
-                                                c.llm.eval_batch_size)
+            selection["reward_model"] = resolve(c.llm.reward_model, tracking_uri(f.root), lambda: _rows(c, f.test)[0],
+                                                c.promote.alpha, c.llm.eval_batch_size)
         write_json(f.selection, selection)
         log.info("base model %s (%s, sha256 %s…)", c.llm.base_model, base.folder, base.ref["sha256"][:12])
         return selection

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import shutil
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -34,11 +34,12 @@ def _refuse(what: str, accuracy: Optional[float], p_value: Optional[float], test
         "would learn noise. Train a reward model that passes (more or cleaner pairs), or name another version")
 
 
-def resolve(spec: str, uri: str, test_pairs: list, alpha: float, batch_size: int) -> dict:
-    """The checked reward model: {spec, kind, name, version, run_id, folder, sha256, pairwise_accuracy, floor_p_value, ...}."""
+def resolve(spec: str, uri: str, test_pairs: Callable[[], list], alpha: float, batch_size: int) -> dict:
+    """The checked reward model: {spec, kind, name, version, run_id, folder, sha256, pairwise_accuracy, floor_p_value, ...}.
+    `test_pairs()`: the project's held-out pairs, which check a folder (a registered version carries its own test)."""
     if spec.startswith("models:/"):
         return _registered(spec, uri)
-    return _folder(spec, test_pairs, alpha, batch_size)
+    return _folder(spec, test_pairs(), alpha, batch_size)
 
 
 def _registered(spec: str, uri: str) -> dict:
