@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, dvc_repro, repo_files, venv_env
-from llm_fixtures import (REWARD_SMOKE_OVERRIDES, RL_SMOKE_OVERRIDES, llm_base, polite_files,  # noqa: F401  (fixtures)
+from llm_fixtures import (REWARD_SMOKE_OVERRIDES, RL_SMOKE_OVERRIDES, llm_base, polite_files,  # noqa: F401,F811  (fixtures)
                           polite_rude_pairs, registrable_dpo_project, write_jsonl)
 
 pytestmark = pytest.mark.smoke
