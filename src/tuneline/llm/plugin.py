@@ -180,9 +180,10 @@ class LLMTask(TaskPlugin):
     def _rl_fold(self, c, selection: dict, train: list, val: list, job: dict, k: int) -> dict:
         from tuneline.llm import rl
 
+        scorer = _scorer(c, selection)
         with tempfile.TemporaryDirectory(prefix="tuneline-fold-") as tmp:
-            stats = rl.train_policy(_method(c), selection["resolved"], train, c.llm, Path(tmp), _meta(c, selection), selection["reward_model"])
-            scores = rl.score_policy(Path(tmp), selection["resolved"], rl.prompts_of(val), _scorer(c, selection), c.llm, kl=False)
+            stats = rl.train_policy(_method(c), selection["resolved"], train, c.llm, Path(tmp), _meta(c, selection), scorer)
+            scores = rl.score_policy(Path(tmp), selection["resolved"], rl.prompts_of(val), scorer, c.llm, kl=False)
         result = rl.policy_metrics(scores, c.promote.bootstrap_samples, c.cv.seed) | _train_stats(stats)
         log.info("fold %d/%d: %s", job["fold"] + 1, k, {k: round(v, 4) for k, v in result.items()})
         return result
@@ -231,10 +232,10 @@ class LLMTask(TaskPlugin):
         from tuneline.llm import rl
         from tuneline.storage import atomic_path, write_json
 
+        scorer, test_prompts = _scorer(c, selection), rl.prompts_of(test_rows)
         with atomic_path(f.model_dir) as tmp:
             tmp.mkdir()
-            stats = rl.train_policy(_method(c), selection["resolved"], train_rows, c.llm, tmp, _meta(c, selection), selection["reward_model"])
-        scorer, test_prompts = _scorer(c, selection), rl.prompts_of(test_rows)
+            stats = rl.train_policy(_method(c), selection["resolved"], train_rows, c.llm, tmp, _meta(c, selection), scorer)
         test = rl.score_policy(f.model_dir, selection["resolved"], test_prompts, scorer, c.llm)
         train = rl.score_policy(f.model_dir, selection["resolved"], rl.prompts_of(train_rows, TRAIN_SCORED_MAX), scorer, c.llm, kl=False)
         samples, seed = c.promote.bootstrap_samples, c.cv.seed

@@ -32,12 +32,11 @@ def decoding(cfg) -> dict:
             "kl_sampling": "temperature 1, no top-k/top-p", "kl_seed": cfg.seed}
 
 
-def train_policy(method: str, base_folder: str, rows: list, cfg, adapter_dir: Path, meta: dict, reward_ref: dict) -> dict:
-    """LoRA policy trained by GRPO/RLOO on the rows' prompts; statistics incl. trl's logged KL (k3) and reward."""
+def train_policy(method: str, base_folder: str, rows: list, cfg, adapter_dir: Path, meta: dict, scorer) -> dict:
+    """LoRA policy trained by GRPO/RLOO on the rows' prompts against `scorer` (tuneline.llm.reward.RewardScorer);
+    training statistics with prompts/s."""
     from tuneline.engine.lora import train_adapter
-    from tuneline.llm.reward import RewardScorer
 
-    scorer = RewardScorer(reward_ref, cfg.eval_batch_size)
     stats = train_adapter(method, base_folder, rows, cfg, adapter_dir, meta, reward_funcs=scorer)
     prompts = stats["steps"] * cfg.batch_size * cfg.grad_accum / cfg.rl_num_generations
     stats["train_prompts_per_second"] = prompts / max(stats["train_seconds"], 1e-9)
