@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.unit
+from llm_fixtures import llm_base, llm_tokenizer, write_jsonl  # noqa: F401  (fixtures)
 
 
+
+@pytest.mark.unit
 def test_the_pairwise_floor_is_an_exact_one_sided_sign_test():
     from tuneline.tracking.gate import pairwise_floor
 
@@ -17,6 +19,7 @@ def test_the_pairwise_floor_is_an_exact_one_sided_sign_test():
     assert pairwise_floor(np.full(4, 0.5)).p_value == 1.0
 
 
+@pytest.mark.unit
 def test_the_floor_refuses_a_first_model_that_is_not_significantly_above_it():
     from tuneline.tracking.gate import Floor, pairwise_floor, paired_rows_gate
 
@@ -35,6 +38,7 @@ def test_the_floor_refuses_a_first_model_that_is_not_significantly_above_it():
     assert paired_rows_gate("x", stat, weak, None, **kwargs)["promote"] is True  # a task without a floor: as before
 
 
+@pytest.mark.unit
 def test_the_floor_is_recorded_on_the_version_as_tags():
     from tuneline.tracking.gate import apply_floor, decide, pairwise_floor
     from tuneline.tracking.promotion import floor_tags
@@ -46,6 +50,7 @@ def test_the_floor_is_recorded_on_the_version_as_tags():
     assert floor_tags(decide("perplexity", 3.0, None).to_dict()) == {}
 
 
+@pytest.mark.unit
 def test_policy_metrics_pair_the_tuned_and_base_rewards_over_prompts():
     from tuneline.llm.rl import base_floor, policy_metrics
 
@@ -64,6 +69,7 @@ def test_policy_metrics_pair_the_tuned_and_base_rewards_over_prompts():
     assert floor.value == pytest.approx(base.mean()) and floor.p_value < 0.01 and floor.what == "the base model"
 
 
+@pytest.mark.unit
 def test_rl_batch_must_hold_whole_groups_of_completions():
     from tuneline.config import ConfigError, load_config
 
@@ -74,6 +80,7 @@ def test_rl_batch_must_hold_whole_groups_of_completions():
         load_config(None, ["task=preference", "llm.preference_method=ppo"])
 
 
+@pytest.mark.unit
 def test_the_rl_dag_looks_up_the_reward_model_every_time_and_keys_on_it(tmp_path):
     from tuneline.config import load_config
     from tuneline.pipeline.dvcfile import stages
@@ -95,6 +102,7 @@ def test_the_rl_dag_looks_up_the_reward_model_every_time_and_keys_on_it(tmp_path
     assert stage_key("select", by_path, tmp_path) != before
 
 
+@pytest.mark.unit
 def test_the_flow_trains_no_policy_on_a_reward_model_that_was_refused():
     from tuneline.flows.rlhf import RewardGateError, reward_for_policy
 
@@ -107,6 +115,7 @@ def test_the_flow_trains_no_policy_on_a_reward_model_that_was_refused():
         reward_for_policy({"register": reg, "promote": refused})
 
 
+@pytest.mark.unit
 def test_a_reward_model_folder_is_checked_and_named_in_errors(tmp_path):
     from tuneline.llm.reward import RewardModelError, resolve
 
@@ -117,3 +126,23 @@ def test_a_reward_model_folder_is_checked_and_named_in_errors(tmp_path):
         resolve(str(tmp_path), "sqlite:///unused.db", list, 0.05, 8)
     with pytest.raises(RewardModelError, match="expected models:/NAME@ALIAS or models:/NAME/VERSION"):
         resolve("models:/x@", f"sqlite:///{tmp_path / 'mlflow.db'}", list, 0.05, 8)
+
+
+@pytest.mark.data
+def test_a_prompts_file_serves_grpo_and_rloo_but_not_dpo(llm_tokenizer, tmp_path):
+    from tuneline.config import load_config
+    from tuneline.expectations import DataValidationError
+    from tuneline.llm.data import read_jsonl
+    from tuneline.llm.preprocess import load_pairs, preprocess
+    from tuneline.llm.validation import validate
+
+    path = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"Can you help me with task {i}?"} for i in range(8)])
+    raw = read_jsonl(path, "preference").assign(where=lambda d: [f"prompts.jsonl:{n}" for n in d["line"]])
+    grpo = load_config(None, ["task=preference", "llm.preference_method=grpo", "preprocess.test_size=0.25"])
+    assert validate("preference", grpo.llm, raw, path.name, llm_tokenizer, tmp_path / "validation")["rows"] == 8
+    preprocess("preference", grpo.llm, grpo.preprocess, raw, llm_tokenizer, tmp_path / "processed")
+    rows = load_pairs(tmp_path / "processed" / "train.parquet")
+    assert len(rows) == 6 and rows[0]["prompt"][0]["role"] == "user" and rows[0]["chosen"] == ""
+    dpo = load_config(None, ["task=preference"])
+    with pytest.raises(DataValidationError, match="field 'chosen' is missing from the file"):
+        validate("preference", dpo.llm, raw, path.name, llm_tokenizer, tmp_path / "validation-dpo")
