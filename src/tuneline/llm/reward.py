@@ -44,9 +44,9 @@ def resolve(spec: str, uri: str, test_pairs: Callable[[], list], alpha: float, b
 
 def _registered(spec: str, uri: str) -> dict:
     from tuneline.engine.base_model import cache_root
-    from tuneline.llm.plugin import download_adapter
+    from tuneline.engine.lora import ADAPTER_META
     from tuneline.storage import atomic_path, path_digest
-    from tuneline.tracking.runs import registry_version
+    from tuneline.tracking.runs import download_folder, registry_version
 
     try:
         v = registry_version(uri, spec, KEY)
@@ -67,7 +67,7 @@ def _registered(spec: str, uri: str) -> dict:
     if not folder.is_dir():
         with atomic_path(folder) as tmp:
             tmp.mkdir(parents=True)
-            adapter = download_adapter(uri, name, version, tmp)
+            adapter = download_folder(uri, name, version, tmp, ADAPTER_META)
             if adapter != tmp:  # keep the adapter folder itself
                 staged = tmp.with_name(tmp.name + ".adapter")
                 shutil.move(str(adapter), staged)
