@@ -63,6 +63,7 @@ def rlhf_run(prefect_server, llm_base, polite_files, rl_files, project):
 
 
 def test_the_flow_gates_the_reward_model_then_trains_and_registers_a_grpo_policy(rlhf_run, project):
+    from tuneline.config import load_config
     from tuneline.storage import path_digest
 
     reward, policy = rlhf_run["reward_model"], rlhf_run["policy"]
@@ -77,7 +78,7 @@ def test_the_flow_gates_the_reward_model_then_trains_and_registers_a_grpo_policy
     # the RL half: a grpo version, with its reward model's version and hash in lineage
     reg, refit = policy["register"], policy["refit"]
     assert reg["registered_model_name"] == "tuneline-grpo" and reg["version"] == "1"
-    selection = json.loads((project / "data" / "selection.json").read_text())
+    selection = json.loads((project / load_config(None, []).paths.selection).read_text())
     ref = selection["reward_model"]
     assert (ref["name"], ref["version"], ref["kind"]) == ("tuneline-reward-model", "1", "registry")
     assert ref["sha256"] == path_digest(ref["folder"]) and ref["pairwise_accuracy"] == pytest.approx(reward["refit"]["test_pairwise_accuracy"], abs=1e-6)
@@ -96,7 +97,7 @@ def test_the_flow_gates_the_reward_model_then_trains_and_registers_a_grpo_policy
     assert len(scores["prompt_key"]) == refit["test_prompts"] == 4
     assert refit["test_mean_reward"] == pytest.approx(tuned.mean()) and refit["test_base_mean_reward"] == pytest.approx(base.mean())
     assert refit["test_reward_gain_ci95_low"] <= refit["test_reward_gain"] <= refit["test_reward_gain_ci95_high"]
-    assert refit["test_mean_response_tokens"] == pytest.approx(np.mean(scores["tokens"])) <= 8
+    assert refit["test_mean_response_tokens"] == pytest.approx(np.mean(scores["tokens"])) and refit["test_mean_response_tokens"] <= 8
     assert refit["test_kl_to_reference"] == pytest.approx(np.mean(scores["kl"]))
     assert refit["train_kl_k3"] >= 0  # trl's per-token k3 estimate during training: beta > 0 keeps a reference
 
