@@ -83,3 +83,19 @@ def spread(values: list[float], fmt: str = "{:.1f}") -> str:
 
 def command_line() -> str:
     return " ".join(["python -m benchmarks", *sys.argv[1:]]) if sys.argv[0].endswith("__main__.py") else " ".join(["python", *sys.argv])
+
+
+def rendered_only(args, key: str, render, results: Path) -> bool:
+    """With --render-only: rewrite section `key` from the saved `results` and say so (True). Otherwise set up
+    a measurement run (logging, offline hub, quiet tokenizers) and return False."""
+    import json
+    import logging
+    import os
+
+    if args.render_only:
+        update_section(key, render(json.loads(Path(results).read_text())))
+        return True
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return False

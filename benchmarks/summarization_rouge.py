@@ -13,14 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.report import ROOT, stamp, update_section  # noqa: E402
+from benchmarks.report import ROOT, rendered_only, stamp, update_section  # noqa: E402
 
 log = logging.getLogger("benchmarks.summarization_rouge")
 RESULTS = ROOT / "benchmarks" / "results" / "summarization_rouge.json"
@@ -79,12 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval-batch-size", type=int, default=16)
     ap.add_argument("--render-only", action="store_true", help="rewrite the section from benchmarks/results/summarization_rouge.json")
     args = ap.parse_args(argv)
-    if args.render_only:
-        update_section("summarization", render(json.loads(RESULTS.read_text())))
+    if rendered_only(args, "summarization", render, RESULTS):
         return 0
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import pandas as pd
     import torch
     from transformers import AutoTokenizer

@@ -79,30 +79,72 @@ def sft_files(tmp_path_factory):
     return write_jsonl(d / "train.jsonl", train), write_jsonl(d / "test.jsonl", test)
 
 
-def registrable_dpo_project(root: Path):
-    """The files a DPO run's register and promote steps read, laid out as the earlier steps leave
-    them, with small made-up scores (no model is trained): the Config that reads them."""
+TOPICS = ["my homework", "a recipe for soup", "fixing my bike", "learning French", "writing a letter", "planning a trip",
+          "my garden", "a job interview", "baking bread", "my tax form", "a birthday gift", "my resume", "a chess opening",
+          "painting a room", "my sore back", "a science project", "training my dog", "a budget", "a poem", "my laptop"]
+ASKS = ["Can you help me with {}?", "I need advice about {}.", "What should I do about {}?", "Any tips on {}?"]
+
+
+def polite_rude_pairs(n: int, skip: int = 0) -> list[dict]:
+    """A clearly learnable preference set: the chosen answer is always polite, the rejected one always rude
+    (a reward model learns it in a few steps, so its gate passes on CPU). Prompts are distinct."""
+    rows = []
+    for i in range(skip, skip + n):
+        topic, ask = TOPICS[i % len(TOPICS)], ASKS[(i // len(TOPICS)) % len(ASKS)]
+        rows.append({"prompt": ask.format(topic),
+                     "chosen": f"Of course, I would be glad to help with {topic}. Thank you for asking, kindly let me know more.",
+                     "rejected": f"No. {topic.capitalize()} is your problem, idiot. Stop bothering me, you stupid fool."})
+    return rows
+
+
+# Tiny RL settings: a handful of prompts, 2 completions of 8 tokens each, two optimizer steps.
+RL_SMOKE_OVERRIDES = [
+    "llm.max_length=128", "llm.max_prompt_length=64", "llm.cv_mode=holdout", "llm.holdout_fraction=0.34", "llm.batch_size=4",
+    "llm.max_steps=2", "llm.learning_rate=0.002", "llm.rl_num_generations=2", "llm.rl_max_completion_length=8",
+    "llm.score_max_new_tokens=8", "llm.eval_batch_size=8", "promote.bootstrap_samples=500",
+]
+# The reward model those tests share: a few steps on the polite/rude pairs.
+REWARD_SMOKE_OVERRIDES = [
+    "task=preference", "llm.preference_method=reward_model", "llm.max_length=128", "llm.max_prompt_length=64",
+    "llm.cv_mode=holdout", "llm.holdout_fraction=0.25", "llm.batch_size=8", "llm.max_steps=4", "llm.learning_rate=0.003",
+    "llm.eval_batch_size=16",
+]
+
+
+@pytest.fixture(scope="session")
+def polite_files(tmp_path_factory):
+    """(train, test) polite/rude pair files: 16 training pairs, 12 held-out ones (distinct prompts)."""
+    d = tmp_path_factory.mktemp("polite")
+    return write_jsonl(d / "train.jsonl", polite_rude_pairs(16)), write_jsonl(d / "test.jsonl", polite_rude_pairs(12, skip=16))
+
+
+def registrable_dpo_project(root: Path, method: str = "dpo"):
+    """The files a DPO (or, with `method`, reward-model) run's register and promote steps read, laid out
+    as the earlier steps leave them, with small made-up scores (no model is trained; the pairwise
+    accuracy is near chance): the Config that reads them."""
     import numpy as np
 
     from tuneline.config import load_config
-    from tuneline.llm.metrics import preference_metrics
+    from tuneline.llm.metrics import preference_metrics, reward_metrics
     from tuneline.metrics import summarize
     from tuneline.storage import write_json
 
-    config = load_config(None, ["task=preference"])
+    config = load_config(None, ["task=preference", f"llm.preference_method={method}"])
+    metrics_of = reward_metrics if method == "reward_model" else preference_metrics
     p = config.paths
     rng = np.random.default_rng(0)
     scores = {"reward_chosen": rng.normal(0.2, 1, 12), "reward_rejected": rng.normal(0, 1, 12),
               "policy_chosen": rng.normal(-20, 2, 12), "policy_rejected": rng.normal(-21, 2, 12),
               "reference_chosen": rng.normal(-20, 2, 12), "reference_rejected": rng.normal(-20, 2, 12)}
-    folds = [{k: float(v) for k, v in preference_metrics({k: s[i::2] for k, s in scores.items()}).items()} for i in range(2)]
+    folds = [{k: float(v) for k, v in metrics_of({k: s[i::2] for k, s in scores.items()}).items()} for i in range(2)]
     write_json(root / p.selection, {"model": "smollm2-135m-instruct", "base": {"id": "smollm2-135m-instruct", "sha256": "ab" * 32,
                                                                                "kind": "gguf-package"}})
     write_json(root / p.cv_dir / "fold_metrics.json", folds)
     write_json(root / p.cv_dir / "summary.json", {"k": 2, "mode": "kfold", "model": "smollm2-135m-instruct", "strategy": "lora",
-                                                  "task": "preference", "method": "dpo", "metric": "preference_accuracy",
+                                                  "task": "preference", "method": method,
+                                                  "metric": "pairwise_accuracy" if method == "reward_model" else "preference_accuracy",
                                                   "metrics": summarize(folds)})
-    test = {f"test_{k}": v for k, v in preference_metrics(scores).items()}
+    test = {f"test_{k}": v for k, v in metrics_of(scores).items()}
     write_json(root / p.eval_dir / "metrics.json", test | {"train_samples_per_second": 1.5, "train_loss": 0.6})
     write_json(root / p.eval_dir / "generations.json", [{"prompt": "Hi?", "answer": "Hello.", "base_answer": "Hi."}])
     write_json(root / p.eval_dir / "scores.json", {"prompt_key": [f"p{i}" for i in range(12)]} | {k: v.tolist() for k, v in scores.items()})

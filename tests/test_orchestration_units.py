@@ -315,9 +315,10 @@ def test_prefect_yaml_deploys_each_flow_on_its_pool():
 
     spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
     deployments = {d["name"]: d for d in spec["deployments"]}
-    assert {n: d["work_pool"]["name"] for n, d in deployments.items()} == {"retrain": "default", "gpu": "gpu", "manual": "default"}
+    assert {n: d["work_pool"]["name"] for n, d in deployments.items()} == {"retrain": "default", "gpu": "gpu", "manual": "default",
+                                                                           "rlhf": "default"}
     flows = {n: load_flow_from_entrypoint(str(REPO / d["entrypoint"])).name for n, d in deployments.items()}
-    assert flows == {"retrain": "tuneline-pipeline", "gpu": "tuneline-finetune", "manual": "tuneline-promote"}
+    assert flows == {"retrain": "tuneline-pipeline", "gpu": "tuneline-finetune", "manual": "tuneline-promote", "rlhf": "tuneline-rlhf"}
     assert deployment_name("gpu") == f"{flows['gpu']}/gpu"  # what the pipeline calls for train.work_pool=gpu
     assert deployments["retrain"]["schedules"][0]["cron"] == "{{ cron.stdout }}"
     assert "AUTH" not in json.dumps(spec) and "PASSWORD" not in json.dumps(spec)

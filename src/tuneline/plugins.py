@@ -166,6 +166,13 @@ class TaskPlugin:
         """Files outside the project that ingest reads (their hashes key the ingest step)."""
         return [Path(s) for s in (config.data.source, config.data.test_source) if s is not None and Path(s).is_file()]
 
+    def external_inputs(self, config, stage: str) -> list[str]:
+        """What stage `stage` reads from outside the project besides the data files: registered models by
+        URI (`models:/NAME@champion`) or folders. Their resolved identity (version and run, or content
+        hash) goes into the stage's key (tuneline.pipeline.fingerprint); dvc.yaml lists a folder as a dep
+        and re-runs a stage reading a registry URI every time (always_changed), as an alias can move."""
+        return []
+
     def summary_lines(self, config, results: dict) -> list[str]:
         """Task-specific lines of the run summary (rich markup)."""
         return []

@@ -80,3 +80,19 @@ def file_md5(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 def slug(name: str) -> str:
     """A candidate or study name as a file name."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+ABSENT = "absent"
+
+
+def path_digest(path: str | os.PathLike) -> str:
+    """MD5 of a file; for a folder, a hash of every file's relative path and MD5; 'absent' if missing."""
+    path = Path(path)
+    if path.is_file():
+        return file_md5(path)
+    if path.is_dir():
+        h = hashlib.sha256()
+        for f in sorted(p for p in path.rglob("*") if p.is_file()):
+            h.update(f"{f.relative_to(path).as_posix()}\0{file_md5(f)}\n".encode())
+        return "dir:" + h.hexdigest()
+    return ABSENT

@@ -1,11 +1,14 @@
-"""LoRA training of a causal LM with trl: SFTTrainer (loss on assistant tokens only), DPOTrainer
-and RewardTrainer. QLoRA (4-bit base) where CUDA and bitsandbytes are present. Shared by the LLM
+"""LoRA training of a causal LM with trl: SFTTrainer (loss on assistant tokens only), DPOTrainer,
+RewardTrainer, and GRPOTrainer / RLOOTrainer (a policy optimised against a reward function: trl 1.16
+has no PPOTrainer; GRPO keeps PPO's clipped surrogate with a group baseline in place of the value
+model, RLOO a leave-one-out baseline). QLoRA (4-bit base) where CUDA and bitsandbytes are present. Shared by the LLM
 tasks (chat SFT, preference) and summarization's causal path (an instruction turn, the summary as
 the assistant's answer).
 
 `cfg` is any config with the LLM training keys (tuneline.llm.config.LLMConfig's names: learning_rate,
 epochs, max_steps, batch_size, eval_batch_size, grad_accum, weight_decay, warmup_ratio, scheduler,
-seed, lora_*, quantization, max_length, trust_remote_code; beta for DPO).
+seed, lora_*, quantization, max_length, trust_remote_code; beta for DPO and as the KL coefficient of
+grpo/rloo, with rl_num_generations, rl_max_completion_length, rl_temperature).
 
 Imports only torch/transformers/peft/trl/datasets, so it runs on a GPU box without MLflow/Prefect/DVC.
 """
@@ -98,11 +101,16 @@ def load_base(base_folder: str, cfg, method: str, tokenizer, quantized: bool = T
     return model
 
 
+RL_METHODS = ("grpo", "rloo")
+
+
 def _dataset(method: str, rows: list):
     from datasets import Dataset
 
     if method == "chat_sft":
         return Dataset.from_list([{"messages": conv} for conv in rows])
+    if method in RL_METHODS:  # the prompts only: completions are sampled from the policy
+        return Dataset.from_list([{"prompt": r["prompt"]} for r in rows])
     return Dataset.from_list([
         {"prompt": r["prompt"], "chosen": [{"role": "assistant", "content": r["chosen"]}],
          "rejected": [{"role": "assistant", "content": r["rejected"]}]}
@@ -139,25 +147,39 @@ def quiet_progress(trainer) -> None:
     trainer.add_callback(QuietProgress())
 
 
-def make_trainer(method: str, model, tokenizer, rows: list, cfg, output_dir: str, quantized: bool):
-    from trl import DPOConfig, DPOTrainer, RewardConfig, RewardTrainer, SFTConfig, SFTTrainer
+def _rl_args(cfg) -> dict:
+    """GRPO/RLOO: beta > 0 keeps a KL penalty to the reference, which with a LoRA policy is the base
+    itself (trl disables the adapter to score it); batch_size counts completions, rl_num_generations per prompt."""
+    return {"beta": cfg.beta, "num_generations": cfg.rl_num_generations, "max_completion_length": cfg.rl_max_completion_length,
+            "temperature": cfg.rl_temperature, "log_completions": False}
 
-    trainers = {"chat_sft": (SFTTrainer, SFTConfig, lambda: {"assistant_only_loss": True}),
-                "dpo": (DPOTrainer, DPOConfig, lambda: {"beta": cfg.beta}), "reward_model": (RewardTrainer, RewardConfig, dict)}
+
+def make_trainer(method: str, model, tokenizer, rows: list, cfg, output_dir: str, quantized: bool, reward_funcs=None):
+    from trl import (DPOConfig, DPOTrainer, GRPOConfig, GRPOTrainer, RewardConfig, RewardTrainer, RLOOConfig, RLOOTrainer,
+                     SFTConfig, SFTTrainer)
+
+    lengths = {"max_length": cfg.max_length, "dataset_num_proc": None}
+    trainers = {"chat_sft": (SFTTrainer, SFTConfig, lambda: {"assistant_only_loss": True} | lengths),
+                "dpo": (DPOTrainer, DPOConfig, lambda: {"beta": cfg.beta} | lengths),
+                "reward_model": (RewardTrainer, RewardConfig, lambda: lengths),
+                "grpo": (GRPOTrainer, GRPOConfig, lambda: _rl_args(cfg)), "rloo": (RLOOTrainer, RLOOConfig, lambda: _rl_args(cfg))}
     if method not in trainers:
         raise ValueError(f"unknown LLM method {method!r}")
     trainer_cls, config_cls, extra = trainers[method]
-    args = config_cls(**extra(), **training_args(cfg, output_dir, quantized), max_length=cfg.max_length, dataset_num_proc=None)
-    trainer = trainer_cls(model=model, args=args,
-                          train_dataset=_dataset(method, rows), processing_class=tokenizer,
-                          peft_config=lora_config(cfg, method))
+    args = config_cls(**extra(), **training_args(cfg, output_dir, quantized))
+    if (method in RL_METHODS) != (reward_funcs is not None):
+        raise ValueError(f"{method}: reward_funcs {'missing' if reward_funcs is None else 'given to a method without a reward'}")
+    more = {"reward_funcs": reward_funcs} if reward_funcs is not None else {}
+    trainer = trainer_cls(model=model, args=args, train_dataset=_dataset(method, rows), processing_class=tokenizer,
+                          peft_config=lora_config(cfg, method), **more)
     quiet_progress(trainer)
     return trainer
 
 
 def train_adapter(method: str, base_folder: str, rows: list, cfg, adapter_dir: Path,
-                  meta: Optional[dict] = None) -> dict:
-    """Train a LoRA adapter on `rows` (conversations for SFT, pairs otherwise); save it with its tokenizer.
+                  meta: Optional[dict] = None, reward_funcs=None) -> dict:
+    """Train a LoRA adapter on `rows` (conversations for SFT, pairs otherwise; for grpo/rloo only their
+    prompts, with `reward_funcs` scoring the sampled completions); save it with its tokenizer.
 
     Returns training statistics: examples, steps, loss, seconds and samples/s (of the trainer loop).
     """
@@ -165,7 +187,7 @@ def train_adapter(method: str, base_folder: str, rows: list, cfg, adapter_dir: P
     quantized = quantization_config(cfg) is not None
     model = load_base(base_folder, cfg, method, tokenizer)
     with tempfile.TemporaryDirectory(prefix="tuneline-llm-train-", ignore_cleanup_errors=True) as work:
-        trainer = make_trainer(method, model, tokenizer, rows, cfg, work, quantized)
+        trainer = make_trainer(method, model, tokenizer, rows, cfg, work, quantized, reward_funcs)
         log.info("training %s LoRA (r=%d) on %d examples%s", method, cfg.lora_r, len(trainer.train_dataset),
                  " with a 4-bit base (QLoRA)" if quantized else "")
         return run_and_save(trainer, tokenizer, Path(adapter_dir), method, meta, quantized)

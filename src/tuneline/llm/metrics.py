@@ -164,11 +164,16 @@ def row_scores(method: str, scores: dict[str, np.ndarray]) -> dict[str, np.ndarr
     """The per-row arrays the task's promotion metric is a statistic of (see `row_statistic`)."""
     if method == "chat_sft":
         return {"logp": np.asarray(scores["logp"], float), "tokens": np.asarray(scores["tokens"], float)}
+    if method in ("grpo", "rloo"):  # a policy: the reward model's score of its answer to each held-out prompt
+        return {"reward": np.asarray(scores["reward"], float)}
     return {"wins": _wins(scores["reward_chosen"], scores["reward_rejected"])}
 
 
 def row_statistic(method: str, rows: dict[str, np.ndarray]) -> float:
-    """The promotion metric from per-row arrays: perplexity for chat_sft, the win rate for preference."""
+    """The promotion metric from per-row arrays: perplexity for chat_sft, the mean reward for a policy,
+    the win rate for the other preference methods."""
     if method == "chat_sft":
         return math.exp(-float(rows["logp"].sum()) / max(float(rows["tokens"].sum()), 1.0))
+    if "reward" in rows:
+        return float(rows["reward"].mean())
     return float(rows["wins"].mean())

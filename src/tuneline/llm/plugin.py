@@ -1,5 +1,6 @@
-"""The LLM tasks (chat SFT; preference: DPO or a reward model): a LoRA adapter on a given base,
-folds grouped by prompt, promotion gated by a paired bootstrap over the same held-out rows."""
+"""The LLM tasks (chat SFT; preference: DPO, a reward model, or a policy optimised against a reward
+model by GRPO/RLOO): a LoRA adapter on a given base, folds grouped by prompt, promotion gated by a
+paired bootstrap over the same held-out rows."""
 from __future__ import annotations
 
 import logging
@@ -22,7 +23,10 @@ TASK_METRICS: dict[str, tuple[str, bool]] = {
     "chat_sft": ("perplexity", False),
     "dpo": ("preference_accuracy", True),
     "reward_model": ("pairwise_accuracy", True),
+    "grpo": ("mean_reward", True),
+    "rloo": ("mean_reward", True),
 }
+RL_METHODS = ("grpo", "rloo")
 BASE_KEYS = ("llm.base_model", "llm.trust_remote_code")
 LENGTH_KEYS = ("llm.max_length", "llm.max_prompt_length")
 
@@ -51,14 +55,21 @@ def _rows(c, path: Path) -> tuple[list, list[str]]:
 
 
 def _meta(c, selection: dict) -> dict:
+    reward = {k: selection["reward_model"][k] for k in ("spec", "name", "version", "sha256")} if "reward_model" in selection else {}
     return {"task": c.task, "base": selection["base"], "beta": c.llm.beta, "max_length": c.llm.max_length,
             "max_prompt_length": c.llm.max_prompt_length, "lora_r": c.llm.lora_r, "lora_alpha": c.llm.lora_alpha,
-            "lora_target_modules": list(c.llm.lora_target_modules)}
+            "lora_target_modules": list(c.llm.lora_target_modules)} | ({"reward_model": reward} if reward else {})
 
 
 def _train_stats(stats: dict) -> dict[str, float]:
     return {"train_samples_per_second": stats["train_samples_per_second"], "train_loss": stats["train_loss"],
             "train_examples": float(stats["examples"]), "train_steps": float(stats["steps"])}
+
+
+def _scorer(c, selection: dict):
+    from tuneline.llm.reward import RewardScorer
+
+    return RewardScorer(selection["reward_model"], c.llm.eval_batch_size)
 
 
 def make_folds(keys: list[str], c) -> list[dict[str, list[int]]]:
@@ -75,7 +86,7 @@ class LLMTask(TaskPlugin):
         "ingest": ("data.source", "data.test_source", "data.format"),
         "validate": (*BASE_KEYS, "llm.max_length", "llm.max_overlength_fraction"),
         "preprocess": (*BASE_KEYS, *LENGTH_KEYS, "preprocess.sample_size", "preprocess.seed", "preprocess.test_size"),
-        "select": (*BASE_KEYS, "llm.preference_method"),
+        "select": (*BASE_KEYS, "llm.preference_method", "llm.reward_model", "promote.alpha"),
         "crossval": ("llm", "cv.k", "cv.seed"),
         "refit": ("llm",),
         "register": ("llm", "data.source", "data.test_source", "preprocess.sample_size", "preprocess.seed",
@@ -135,6 +146,12 @@ class LLMTask(TaskPlugin):
         training_chat_template(_tokenizer(base.folder, c))
         selection = {"model": c.llm.base_model, "resolved": base.folder, "base": base.ref, "fingerprint": base.ref["sha256"][:16],
                      "strategy": "lora", "task": c.task, "method": _method(c), "rule": "llm.base_model"}
+        if _method(c) in RL_METHODS:  # the reward must have passed its own gate before any RL
+            from tuneline.llm.reward import resolve
+            from tuneline.tracking.runs import tracking_uri
+
+            selection["reward_model"] = resolve(c.llm.reward_model, tracking_uri(f.root), lambda: _rows(c, f.test)[0],
+                                                c.promote.alpha, c.llm.eval_batch_size)
         write_json(f.selection, selection)
         log.info("base model %s (%s, sha256 %s…)", c.llm.base_model, base.folder, base.ref["sha256"][:12])
         return selection
@@ -151,11 +168,24 @@ class LLMTask(TaskPlugin):
 
         selection, (rows, _) = read_json(f.selection), _rows(c, f.train)
         fold = plan["folds"][job["fold"]]
+        if _method(c) in RL_METHODS:
+            return self._rl_fold(c, selection, [rows[j] for j in fold["train"]], [rows[j] for j in fold["val"]], job, len(plan["folds"]))
         with tempfile.TemporaryDirectory(prefix="tuneline-fold-") as tmp:
             stats = train_adapter(_method(c), selection["resolved"], [rows[j] for j in fold["train"]], c.llm, Path(tmp), _meta(c, selection))
             ev = evaluate_adapter(Path(tmp), selection["resolved"], [rows[j] for j in fold["val"]], c.llm.eval_batch_size)
         result = ev["metrics"] | _train_stats(stats)
         log.info("fold %d/%d: %s", job["fold"] + 1, len(plan["folds"]), {k: round(v, 4) for k, v in result.items()})
+        return result
+
+    def _rl_fold(self, c, selection: dict, train: list, val: list, job: dict, k: int) -> dict:
+        from tuneline.llm import rl
+
+        scorer = _scorer(c, selection)
+        with tempfile.TemporaryDirectory(prefix="tuneline-fold-") as tmp:
+            stats = rl.train_policy(_method(c), selection["resolved"], train, c.llm, Path(tmp), _meta(c, selection), scorer)
+            scores = rl.score_policy(Path(tmp), selection["resolved"], rl.prompts_of(val), scorer, c.llm, kl=False)
+        result = rl.policy_metrics(scores, c.promote.bootstrap_samples, c.cv.seed) | _train_stats(stats)
+        log.info("fold %d/%d: %s", job["fold"] + 1, k, {k: round(v, 4) for k, v in result.items()})
         return result
 
     def cv_summary(self, c, f, plan: dict, results: list[dict]):
@@ -177,6 +207,8 @@ class LLMTask(TaskPlugin):
         selection = read_json(f.selection)
         (train_rows, _), (test_rows, test_keys) = _rows(c, f.train), _rows(c, f.test)
         method = _method(c)
+        if method in RL_METHODS:
+            return self._rl_refit(c, f, selection, train_rows, test_rows, test_keys)
         with atomic_path(f.model_dir) as tmp:
             tmp.mkdir()
             stats = train_adapter(method, selection["resolved"], train_rows, c.llm, tmp, _meta(c, selection))
@@ -194,6 +226,31 @@ class LLMTask(TaskPlugin):
             write_json(tmp / f.eval_scores.name, {"prompt_key": test_keys} | {k: v.tolist() for k, v in ev["scores"].items()})
         return metrics
 
+    def _rl_refit(self, c, f, selection: dict, train_rows: list, test_rows: list, test_keys: list) -> dict:
+        """Train the policy on every training prompt; score it and the base on the held-out prompts
+        (reward, KL, lengths) and on (up to TRAIN_SCORED_MAX) training prompts."""
+        from tuneline.llm import rl
+        from tuneline.storage import atomic_path, write_json
+
+        scorer, test_prompts = _scorer(c, selection), rl.prompts_of(test_rows)
+        with atomic_path(f.model_dir) as tmp:
+            tmp.mkdir()
+            stats = rl.train_policy(_method(c), selection["resolved"], train_rows, c.llm, tmp, _meta(c, selection), scorer)
+        test = rl.score_policy(f.model_dir, selection["resolved"], test_prompts, scorer, c.llm)
+        train = rl.score_policy(f.model_dir, selection["resolved"], rl.prompts_of(train_rows, TRAIN_SCORED_MAX), scorer, c.llm, kl=False)
+        samples, seed = c.promote.bootstrap_samples, c.cv.seed
+        metrics = {f"test_{k}": v for k, v in rl.policy_metrics(test, samples, seed).items()} | _train_stats(stats)
+        metrics |= {f"train_{k}": v for k, v in rl.policy_metrics(train, samples, seed).items() if k != "prompts"}
+        metrics |= rl.history_stats(f.model_dir) | {"train_prompts_per_second": stats["train_prompts_per_second"]}
+        with atomic_path(f.eval_dir) as tmp:
+            tmp.mkdir()
+            write_json(tmp / f.eval_metrics.name, metrics)
+            write_json(tmp / "generations.json", rl.generations_table(test_prompts, test))
+            write_json(tmp / "decoding.json", rl.decoding(c.llm))
+            write_json(tmp / f.eval_scores.name, {"prompt_key": test_keys} | {k: list(v) if isinstance(v, list) else v.tolist()
+                                                                              for k, v in test.items()})
+        return metrics
+
     # --- registry ---------------------------------------------------------------------------------
     def registered_name(self, c) -> str:
         return c.llm.model_name(c.task)
@@ -204,8 +261,19 @@ class LLMTask(TaskPlugin):
     def registration(self, c, f) -> Registration:
         from tuneline.storage import read_json
 
-        return adapter_registration(f, self.metric(c)[0], {"method": _method(c)}, read_json(f.eval_dir / "generations.json"),
-                                    "generated_answers.json", MODEL_CODE, _signature(_method(c)), [f.eval_dir / "generations.json"])
+        method = _method(c)
+        extra = [f.eval_dir / "decoding.json"] if method in RL_METHODS else []
+        reg = adapter_registration(f, self.metric(c)[0], {"method": method}, read_json(f.eval_dir / "generations.json"),
+                                   "generated_answers.json", MODEL_CODE, _signature(method), [f.eval_dir / "generations.json", *extra])
+        if method in RL_METHODS:  # lineage: the reward model the policy was optimised against, and how it was scored
+            reward = read_json(f.selection)["reward_model"]
+            tags = {f"reward_model.{k}": str(reward[k]) for k in ("spec", "name", "version", "run_id", "sha256", "pairwise_accuracy")}
+            tags |= {f"scoring.{k}": str(v) for k, v in read_json(f.eval_dir / "decoding.json").items()}
+            reg.tags |= tags
+            reg.version_tags |= tags
+            reg.description += f"; reward model {reward['name']} v{reward['version']} (sha {reward['sha256'][4:16]}…)"
+            reg.extra["reward_model"] = reward
+        return reg
 
     def candidate_scores(self, c, f) -> dict:
         from tuneline.storage import read_json
@@ -230,7 +298,14 @@ class LLMTask(TaskPlugin):
         dst = Path(tempfile.mkdtemp(prefix="tuneline-champion-"))
         try:
             adapter = download_adapter(uri, name, version, dst)
-            result = evaluate_adapter(adapter, base_from_reference(read_meta(adapter)["base"]).folder, rows, c.llm.eval_batch_size)
+            base = base_from_reference(read_meta(adapter)["base"]).folder
+            if method in RL_METHODS:  # its greedy answers, with this project's decoding, scored by this project's reward model
+                from tuneline.llm import rl
+                from tuneline.storage import read_json
+
+                scores = rl.score_policy(adapter, base, rl.prompts_of(rows), _scorer(c, read_json(f.selection)), c.llm, kl=False)
+                return {"keys": keys, "scores": {k: v for k, v in scores.items() if k.endswith(("reward", "tokens"))}}
+            result = evaluate_adapter(adapter, base, rows, c.llm.eval_batch_size)
         finally:
             shutil.rmtree(dst, ignore_errors=True)
         return {"keys": keys, "scores": result["scores"]}
@@ -248,7 +323,27 @@ class LLMTask(TaskPlugin):
         return paired_rows_gate(metric, lambda rows: row_statistic(method, rows), row_scores(method, candidate["scores"]),
                                 None if champion is None else row_scores(method, champion["scores"]), higher_is_better=higher,
                                 min_delta=c.promote.min_delta, alpha=c.promote.alpha, samples=c.promote.bootstrap_samples,
-                                seed=c.cv.seed, champion_error=champion_error)
+                                seed=c.cv.seed, champion_error=champion_error, floor=self._floor(c, candidate["scores"]))
+
+    def _floor(self, c, scores: dict):
+        """What the candidate must beat significantly whatever the champion: chance (0.5) for a reward
+        model's pairwise accuracy (exact sign test), the base's mean reward for a policy (paired bootstrap)."""
+        from tuneline.tracking.gate import pairwise_floor
+
+        method = _method(c)
+        if method == "reward_model":
+            from tuneline.llm.metrics import row_scores
+
+            return pairwise_floor(row_scores(method, scores)["wins"])
+        if method in RL_METHODS:
+            from tuneline.llm import rl
+
+            return rl.base_floor(scores, c.promote.bootstrap_samples, c.cv.seed)
+        return None
+
+    def external_inputs(self, c, stage: str) -> list[str]:
+        """select reads the reward model of grpo/rloo (llm.reward_model): its version is part of what decides a rerun."""
+        return [c.llm.reward_model] if stage == "select" and _method(c) in RL_METHODS else []
 
     # --- what people read -------------------------------------------------------------------------
     def summary_lines(self, c, results: dict) -> list[str]:

@@ -36,7 +36,8 @@ def examples(raw: pd.DataFrame, task: str) -> list[dict]:
     for r in raw.to_dict("records"):
         if task == "preference":
             prompt = to_messages(field_value(r["prompt"]))
-            ex = {"prompt": prompt} | {k: response_text(field_value(r[k])).strip() for k in ("chosen", "rejected")}
+            # a prompts file (grpo/rloo) has no answers: they stay empty
+            ex = {"prompt": prompt} | {k: (response_text(field_value(r.get(k))) or "").strip() for k in ("chosen", "rejected")}
         else:
             conv = sft_conversation(r)
             prompt, ex = conv[:-1], {"prompt": conv[:-1], "response": conv[-1]["content"].strip()}

@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 
 from tuneline.engine import chat
-from tuneline.llm.config import LLMConfig
+from tuneline.llm.config import RL_METHODS, LLMConfig
 from tuneline.llm.data import (
     conversation_problem, field_value, last_user_turn, prompt_key, response_text, sft_conversation, to_messages,
 )
@@ -59,7 +59,11 @@ def derived_frame(raw: pd.DataFrame, task: str, tokenizer) -> pd.DataFrame:
         none = [None] * len(records)
         pairs = zip(out["chosen"] if "chosen" in out else none, out["rejected"] if "rejected" in out else none)
         responses = [[v for v in pair if isinstance(v, str) and v.strip()] for pair in pairs]
-        tokens = [chat.pair_tokens(tokenizer, last_user_turn(p), rs) if p and len(rs) == 2 else None for p, rs in zip(prompts, responses)]
+        if "chosen" not in decoded and "rejected" not in decoded:  # a prompts file (grpo/rloo): the prompt alone
+            tokens = [chat.n_tokens(tokenizer, last_user_turn(p)) if p else None for p in prompts]
+        else:
+            tokens = [chat.pair_tokens(tokenizer, last_user_turn(p), rs) if p and len(rs) == 2 else None
+                      for p, rs in zip(prompts, responses)]
     else:  # each row: `messages`, or `prompt` + `response`
         convs = [sft_conversation(r) for r in records]
         out["conversation"] = pd.Series([_text(c) if c is not None else None for c in convs], index=out.index, dtype=object)
@@ -77,6 +81,16 @@ def derived_frame(raw: pd.DataFrame, task: str, tokenizer) -> pd.DataFrame:
     return out
 
 
+def _required(frame: pd.DataFrame, task: str, cfg: LLMConfig) -> list[str]:
+    """The fields every row needs: a policy optimised against a reward model (grpo/rloo) reads only
+    prompts, so a prompts file ({"prompt": …} lines) will do; a file with either answer field is checked as pairs."""
+    if task != "preference":
+        return []
+    if cfg.preference_method in RL_METHODS and not {"chosen", "rejected"} & set(frame.columns):
+        return ["prompt"]
+    return ["prompt", "chosen", "rejected"]
+
+
 def build_suite(frame: pd.DataFrame, task: str, cfg: LLMConfig) -> list[tuple[Any, str]]:
     """(expectation, what it means in plain words) pairs."""
     E = _gx().expectations
@@ -84,7 +98,7 @@ def build_suite(frame: pd.DataFrame, task: str, cfg: LLMConfig) -> list[tuple[An
     if task == "chat_sft":
         suite.append((E.ExpectColumnValuesToNotBeNull(column="conversation"),
                       "neither field 'messages' nor both fields 'prompt' and 'response' are present"))
-    for f in (["prompt", "chosen", "rejected"] if task == "preference" else []):
+    for f in _required(frame, task, cfg):
         suite.append((E.ExpectColumnToExist(column=f), f"field {f!r} is missing from the file"))
         if f in frame.columns:
             suite.append((E.ExpectColumnValuesToNotBeNull(column=f), f"field {f!r} is missing, null or not text"))

@@ -54,8 +54,12 @@ def stages(config) -> dict:
         outs = [m for m in made if m not in metric]
         code = [f"src/tuneline/{p}" for p in (*SHARED_PACKAGES, *_modules())] + ["src/" + plugin.package.replace(".", "/")]
         data = user_data(config) if name == "ingest" else []
+        external = plugin.external_inputs(config, name)
+        data += [e for e in external if not e.startswith("models:/")]
         stage = {"cmd": f"tuneline stage {name}", "deps": code + data + inputs(name, paths), "params": list(reads(task, name)),
                  "outs": [{o: {"cache": False}} for o in outs] if name in UNCACHED else outs}
+        if any(e.startswith("models:/") for e in external):
+            stage["always_changed"] = True  # an alias can move: look every time; later stages re-run only if select's output changed
         if metric:
             stage["metrics"] = [{m: {"cache": False}} for m in metric]
         out[name] = stage

@@ -20,7 +20,7 @@ from typing import Optional
 
 from tuneline import plugins
 from tuneline.config import TrainConfig
-from tuneline.storage import file_md5, read_json, write_json
+from tuneline.storage import ABSENT, file_md5, path_digest, read_json, write_json  # noqa: F401  (path_digest: re-exported)
 
 # Keys that change how or where a step runs, never what it produces: left out of every key so that
 # the same pipeline run in-process and on a work pool (or with other checkpoint spacing) is one cache.
@@ -28,20 +28,6 @@ EXECUTION_ONLY: dict[str, tuple[str, ...]] = {"train": TrainConfig.EXECUTION_ONL
                                                "tune": ("parallel", "task_runner", "storage")}
 
 MANIFEST_DIR = ".cache/stages"
-ABSENT = "absent"
-
-
-def path_digest(path: Path) -> str:
-    """MD5 of a file; for a folder, a hash of every file's relative path and MD5; 'absent' if missing."""
-    path = Path(path)
-    if path.is_file():
-        return file_md5(path)
-    if path.is_dir():
-        h = hashlib.sha256()
-        for f in sorted(p for p in path.rglob("*") if p.is_file()):
-            h.update(f"{f.relative_to(path).as_posix()}\0{file_md5(f)}\n".encode())
-        return "dir:" + h.hexdigest()
-    return ABSENT
 
 
 def _package_dirs() -> list[Path]:
@@ -126,11 +112,27 @@ def source_files(config, name: str) -> list[Path]:
     return plugins.get(config.task).source_files(config) if name == "ingest" else []
 
 
+def external_digest(spec: str, root: Path) -> str:
+    """A registered model URI -> 'NAME/VERSION/RUN' as the registry resolves it now (an alias that moved
+    changes the key); a folder or file -> its content hash. A URI that does not resolve keys as such, so
+    the step runs and reports it."""
+    if not spec.startswith("models:/"):
+        return path_digest(Path(spec).expanduser())
+    from tuneline.tracking.runs import registry_version, tracking_uri
+
+    try:
+        v = registry_version(tracking_uri(Path(root)), spec)
+    except LookupError as exc:
+        return f"unresolved: {exc}"
+    return f"{v.name}/{v.version}/{v.run_id}"
+
+
 def input_digests(config, name: str, root: Path) -> dict[str, str]:
     from tuneline.pipeline.stages import inputs
 
     digests = {rel: path_digest(Path(root) / rel) for rel in inputs(name, config.paths)}
     digests |= {f"source:{p.name}": path_digest(p) for p in source_files(config, name)}
+    digests |= {f"external:{spec}": external_digest(spec, root) for spec in plugins.get(config.task).external_inputs(config, name)}
     return digests
 
 

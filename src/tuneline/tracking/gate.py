@@ -4,6 +4,11 @@ test rows, so every branch is testable without a server.
 Challenger → champion only when its metric beats the champion's by at least `min_delta`, a
 paired test says the gain is significant at `alpha` (McNemar's exact test for accuracy, a paired
 bootstrap otherwise), and no class's recall drops by more than `max_class_regression`.
+
+A task whose metric has a level that means "learnt nothing" (0.5 for a pairwise accuracy, the base
+model's reward for a tuned policy) also gives a `Floor`: the candidate must be significantly above
+it by a one-sided test, with or without a champion — so the first model is no longer promoted
+unchallenged whatever its score. The floor's test is recorded on the version (tracking.promotion).
 """
 from __future__ import annotations
 
@@ -39,6 +44,42 @@ class Decision:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class Floor:
+    """A level the candidate must beat significantly: `p_value` of a one-sided test that it does."""
+    value: float
+    p_value: float
+    test: str
+    what: str  # "chance", "the base model"
+
+
+def pairwise_floor(wins: np.ndarray, chance: float = 0.5) -> Floor:
+    """One-sided exact sign test that a pairwise accuracy (per pair: 1 right, 0 wrong, 0.5 tie) is
+    above `chance`: among untied pairs, are right rankings more frequent than `chance`? (A bootstrap
+    would call 3 of 3 significant; the exact test says p=0.125.)"""
+    from scipy.stats import binomtest
+
+    wins = np.asarray(wins, float)
+    right, untied = int((wins == 1).sum()), int((wins != 0.5).sum())
+    p = 1.0 if untied == 0 else float(binomtest(right, untied, chance, alternative="greater").pvalue)
+    return Floor(chance, p, "sign_test_exact", "chance")
+
+
+def apply_floor(decision: dict, floor: Optional[Floor], alpha: float) -> dict:
+    """`decision` with the floor's test recorded; refused when the candidate is not significantly above it."""
+    if floor is None:
+        return decision
+    above = floor.p_value < alpha
+    out = decision | {"floor": floor.value, "floor_p_value": floor.p_value, "floor_test": floor.test,
+                      "floor_what": floor.what, "above_floor": above, "floor_alpha": alpha}
+    if decision["promote"] and not above:
+        cand = decision.get("candidate")
+        value = f"{cand:.4f}" if isinstance(cand, (int, float)) else str(cand)
+        out |= {"promote": False, "reason": f"{decision['metric']} {value} is not significantly above {floor.what} "
+                                           f"({floor.value:.4f}): {floor.test} p={floor.p_value:.4f} ≥ alpha {alpha}; not promoted"}
+    return out
 
 
 def _per_class(y: np.ndarray, pred: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -122,14 +163,26 @@ def paired_bootstrap_stat(stat: Callable[[dict[str, np.ndarray]], float], candid
     if n == 0 or any(len(v) != n for v in (*candidate.values(), *champion.values())):
         raise ValueError(f"paired test needs the same non-empty rows for both models, got {n} and "
                          f"{sorted({len(v) for v in champion.values()})}")
-    rng = np.random.default_rng(seed)
     sign = 1.0 if higher_is_better else -1.0
-    not_better = 0
+    not_better = int(sum(sign * d <= 0 for d in _paired_deltas(stat, candidate, champion, samples, seed)))
+    return (not_better + 1) / (samples + 1)
+
+
+def _paired_deltas(stat, candidate: dict[str, np.ndarray], champion: dict[str, np.ndarray], samples: int, seed: int):
+    """stat(candidate) - stat(champion) on `samples` row resamples (the same rows for both)."""
+    n = len(next(iter(candidate.values())))
+    rng = np.random.default_rng(seed)
     for _ in range(samples):
         idx = rng.integers(0, n, n)
-        gain = sign * (stat({k: v[idx] for k, v in candidate.items()}) - stat({k: v[idx] for k, v in champion.items()}))
-        not_better += gain <= 0
-    return (not_better + 1) / (samples + 1)
+        yield stat({k: v[idx] for k, v in candidate.items()}) - stat({k: v[idx] for k, v in champion.items()})
+
+
+def paired_bootstrap_interval(stat: Callable[[dict[str, np.ndarray]], float], candidate: dict[str, np.ndarray],
+                              champion: dict[str, np.ndarray], samples: int, seed: int, level: float = 0.95) -> tuple[float, float]:
+    """Percentile interval of stat(candidate) - stat(champion) over the same row resamples as the paired test."""
+    deltas = np.fromiter(_paired_deltas(stat, candidate, champion, samples, seed), float, samples)
+    tail = (1 - level) / 2 * 100
+    return float(np.percentile(deltas, tail)), float(np.percentile(deltas, 100 - tail))
 
 
 def decide(metric: str, candidate: float, champion: Optional[float], min_delta: float = 0.0, *, higher_is_better: bool = True,
@@ -155,18 +208,18 @@ def decide(metric: str, candidate: float, champion: Optional[float], min_delta: 
 
 def paired_rows_gate(metric: str, statistic: Callable[[dict[str, np.ndarray]], float], candidate: dict[str, np.ndarray],
                      champion: Optional[dict[str, np.ndarray]], *, higher_is_better: bool, min_delta: float, alpha: float,
-                     samples: int, seed: int, champion_error: Optional[str] = None) -> dict:
+                     samples: int, seed: int, champion_error: Optional[str] = None, floor: Optional[Floor] = None) -> dict:
     """The gate of a task scored per held-out row (an LLM's per-pair wins or token log-probs, a summary's
     ROUGE-L): `decide` on `statistic` of the rows, with a one-sided paired bootstrap over the rows both
     models were scored on. No champion: the first model is promoted, unless a champion exists that could
-    not be re-scored (`champion_error`): it is never replaced blind."""
+    not be re-scored (`champion_error`): it is never replaced blind. A `floor` (apply_floor) holds either way."""
     if champion is None:
         d = decide(metric, statistic(candidate), None).to_dict() | {"champion_rescored_on_rows": None}
         if champion_error is not None:
             d |= {"promote": False, "reason": f"the champion cannot be re-scored ({champion_error}); not promoted"}
-        return d
+        return apply_floor(d, floor, alpha)
     p_value = paired_bootstrap_stat(statistic, candidate, champion, higher_is_better, samples, seed)
     d = decide(metric, statistic(candidate), statistic(champion), min_delta, higher_is_better=higher_is_better,
                p_value=p_value, alpha=alpha, test="paired_bootstrap").to_dict()
     n = len(next(iter(candidate.values())))
-    return d | {"reason": d["reason"] + " on the same held-out rows", "champion_rescored_on_rows": n}
+    return apply_floor(d | {"reason": d["reason"] + " on the same held-out rows", "champion_rescored_on_rows": n}, floor, alpha)

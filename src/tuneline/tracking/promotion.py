@@ -60,9 +60,19 @@ def promote_with(uri: str, name: str, version: str, metric: str, decide: Callabl
                      "decided_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         tracking.set_version_tags(uri, name, version, {
             "promotion.promoted": str(decision["promote"]).lower(), "promotion.reason": decision["reason"][:500],
-        })
+        } | floor_tags(decision))
     log.info("promotion of %s v%s: %s", name, version, decision["reason"])
     return decision
+
+
+def floor_tags(decision: dict) -> dict[str, str]:
+    """The floor's test (tracking.gate.apply_floor) as version tags: what a consumer of the version
+    (RL against a reward model) checks before trusting it."""
+    if "floor_p_value" not in decision:
+        return {}
+    return {"gate.metric": decision["metric"], "gate.value": f"{decision['candidate']:.6f}", "gate.floor": f"{decision['floor']:.6f}",
+            "gate.floor_p_value": f"{decision['floor_p_value']:.6g}", "gate.floor_test": decision["floor_test"],
+            "gate.floor_alpha": str(decision["floor_alpha"]), "gate.above_floor": str(decision["above_floor"]).lower()}
 
 
 def _crown(uri: str, name: str, version: str, demoted: Optional[str], mirror: bool) -> None:

@@ -218,6 +218,27 @@ def download_folder(uri: str, name: str, version: str, dst: Path, marker: str) -
     return found[0].parent
 
 
+_MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))$")
+
+
+def registry_version(uri: str, model_uri: str, key: str = "model"):
+    """`models:/NAME@ALIAS` or `models:/NAME/VERSION` -> its ModelVersion; LookupError naming `key` and what is missing."""
+    from mlflow.exceptions import MlflowException
+
+    m = _MODEL_URI.match(model_uri)
+    if m is None:
+        raise LookupError(f"{key} {model_uri!r}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
+    name, alias, version = m["name"], m["alias"], m["version"]
+    try:
+        if alias is not None:
+            return client(uri).get_model_version_by_alias(name, alias)
+        return client(uri).get_model_version(name, version)
+    except MlflowException:
+        versions = ", ".join(str(v.version) for v, _ in list_versions(uri, name)) or "none"
+        raise LookupError(f"{key} {model_uri!r}: no such {'alias' if alias else 'version'} of {name!r} in {redact(uri)} "
+                          f"(versions: {versions})") from None
+
+
 def _registration(uri: str, run_id: str, exp_id: str, name: str, version: str, metrics: dict[str, float]) -> dict:
     """What the register step returns, for a new registration and for a reused one alike; its
     `cv_metrics` are the CV means among the run's `metrics`."""

@@ -1,0 +1,137 @@
+"""A policy optimised against a reward model (llm.preference_method grpo or rloo): training, and
+scoring a policy on prompts with the fixed decoding of params.yaml.
+
+What the guide calls PPO maps to trl's GRPOTrainer: trl 1.16 has no PPOTrainer; GRPO keeps PPO's
+clipped surrogate objective and replaces the value model by the mean reward of a group of completions
+of the same prompt. RLOO is the REINFORCE form with a leave-one-out baseline. Both keep a KL penalty
+to the reference (llm.beta > 0), the base with the adapter disabled.
+
+Scoring (held-out prompts, training prompts, a champion's re-score): greedy answers of at most
+llm.score_max_new_tokens tokens, from the policy and from the base, scored by the reward model.
+KL(policy || reference) is estimated by Monte Carlo: llm.kl_samples responses sampled from the policy
+(temperature 1, no top-k/top-p, seed llm.seed) per prompt, and the mean over them of
+log pi(y|x) - log pi_ref(y|x) summed over the response's tokens (nats per response, the k1 estimator,
+unbiased for the sequence-level KL); divided by the response's tokens for a per-token figure.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+METHODS = ("grpo", "rloo")
+
+
+def decoding(cfg) -> dict:
+    """The decoding that scores a policy, as recorded on the run and the version."""
+    return {"decoding": "greedy", "max_new_tokens": cfg.score_max_new_tokens, "kl_samples": cfg.kl_samples,
+            "kl_sampling": "temperature 1, no top-k/top-p", "kl_seed": cfg.seed}
+
+
+def train_policy(method: str, base_folder: str, rows: list, cfg, adapter_dir: Path, meta: dict, scorer) -> dict:
+    """LoRA policy trained by GRPO/RLOO on the rows' prompts against `scorer` (tuneline.llm.reward.RewardScorer);
+    training statistics with prompts/s."""
+    from tuneline.engine.lora import train_adapter
+
+    stats = train_adapter(method, base_folder, rows, cfg, adapter_dir, meta, reward_funcs=scorer)
+    prompts = stats["steps"] * cfg.batch_size * cfg.grad_accum / cfg.rl_num_generations
+    stats["train_prompts_per_second"] = prompts / max(stats["train_seconds"], 1e-9)
+    return stats
+
+
+def history_stats(adapter_dir: Path) -> dict[str, float]:
+    """Means over the training log: trl's KL estimate (k3, per token) and the sampled completions' reward."""
+    from tuneline.engine.adapters import read_meta
+
+    history = read_meta(adapter_dir).get("history", [])
+    out = {}
+    for key, name in (("kl", "train_kl_k3"), ("reward", "train_sampled_reward")):
+        values = [h[key] for h in history if key in h]
+        if values:
+            out[name] = float(np.mean(values))
+    return out
+
+
+def _tokens(tokenizer, responses: list[str]) -> np.ndarray:
+    return np.array([len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in responses], float)
+
+
+def score_policy(adapter_dir: Path, base_folder: str, prompts: list, scorer, cfg, with_base: bool = True,
+                 kl: bool = True) -> dict:
+    """Per prompt: the policy's greedy response, its reward and length; the same for the base (adapter
+    disabled) with `with_base`; the Monte Carlo KL to the base with `kl` (module docstring)."""
+    from tuneline.engine.adapters import load_adapter
+    from tuneline.engine.generation import generate
+    from tuneline.llm.metrics import response_logps
+
+    model, tokenizer, _ = load_adapter(adapter_dir, base_folder)
+    size, n = cfg.eval_batch_size, cfg.score_max_new_tokens
+    out: dict = {"response": generate(model, tokenizer, prompts, n, batch_size=size, desc="policy answers")}
+    if with_base:
+        with model.disable_adapter():
+            out["base_response"] = generate(model, tokenizer, prompts, n, batch_size=size, desc="base answers")
+    if kl:
+        per_seq, per_tok = np.zeros(len(prompts)), np.zeros(len(prompts))
+        for i in range(cfg.kl_samples):
+            sampled = generate(model, tokenizer, prompts, n, batch_size=size, desc="sampling for KL", sample_seed=cfg.seed + i)
+            policy = response_logps(model, tokenizer, prompts, sampled, size, "policy log-probs")
+            with model.disable_adapter():
+                reference = response_logps(model, tokenizer, prompts, sampled, size, "reference log-probs")
+            per_seq += (policy - reference) / cfg.kl_samples
+            per_tok += (policy - reference) / np.maximum(_tokens(tokenizer, sampled), 1) / cfg.kl_samples
+        out |= {"kl": per_seq, "kl_per_token": per_tok}
+    for prefix in ("", "base_") if with_base else ("",):
+        responses = out[f"{prefix}response"]
+        out[f"{prefix}reward"] = scorer.score(prompts, responses)
+        out[f"{prefix}tokens"] = _tokens(tokenizer, responses)
+    return out
+
+
+def _mean(rows: dict) -> float:
+    return float(np.mean(rows["reward"]))
+
+
+def policy_metrics(scores: dict, samples: int, seed: int) -> dict[str, float]:
+    """Mean reward of the policy and of the base on the same prompts, the paired gain with its bootstrap
+    interval and one-sided p, KL, response lengths and length-normalised rewards (reward / tokens)."""
+    from tuneline.tracking.gate import paired_bootstrap_interval, paired_bootstrap_stat
+
+    tuned, out = {"reward": np.asarray(scores["reward"], float)}, {}
+    out |= {"mean_reward": _mean(tuned), "mean_response_tokens": float(np.mean(scores["tokens"])),
+            "reward_per_token": float(np.mean(tuned["reward"] / np.maximum(scores["tokens"], 1))), "prompts": float(len(tuned["reward"]))}
+    if "base_reward" in scores:
+        base = {"reward": np.asarray(scores["base_reward"], float)}
+        low, high = paired_bootstrap_interval(_mean, tuned, base, samples, seed)
+        out |= {"base_mean_reward": _mean(base), "reward_gain": _mean(tuned) - _mean(base), "reward_gain_ci95_low": low,
+                "reward_gain_ci95_high": high, "reward_gain_p_value": paired_bootstrap_stat(_mean, tuned, base, True, samples, seed),
+                "base_mean_response_tokens": float(np.mean(scores["base_tokens"])),
+                "base_reward_per_token": float(np.mean(base["reward"] / np.maximum(scores["base_tokens"], 1)))}
+    if "kl" in scores:
+        out |= {"kl_to_reference": float(np.mean(scores["kl"])), "kl_per_token": float(np.mean(scores["kl_per_token"]))}
+    return out
+
+
+def base_floor(scores: dict, samples: int, seed: int):
+    """The floor a policy must clear to be promoted: the base model's mean reward on the same prompts,
+    by the one-sided paired bootstrap (tracking.gate.Floor)."""
+    from tuneline.tracking.gate import Floor, paired_bootstrap_stat
+
+    tuned, base = {"reward": np.asarray(scores["reward"], float)}, {"reward": np.asarray(scores["base_reward"], float)}
+    return Floor(_mean(base), paired_bootstrap_stat(_mean, tuned, base, True, samples, seed), "paired_bootstrap", "the base model")
+
+
+def generations_table(prompts: list, scores: dict) -> list[dict]:
+    """Base vs tuned answers to the held-out prompts, with their rewards, for people to read."""
+    def text(p):
+        return p if isinstance(p, str) else "\n".join(f"{m['role']}: {m['content']}" for m in p)
+
+    return [{"prompt": text(p), "answer": a, "base_answer": b, "reward": float(r), "base_reward": float(br)}
+            for p, a, b, r, br in zip(prompts, scores["response"], scores["base_response"], scores["reward"], scores["base_reward"])]
+
+
+def prompts_of(rows: list, limit: Optional[int] = None) -> list:
+    return [r["prompt"] for r in rows[:limit]]
