@@ -251,9 +251,12 @@ def test_a_corrupted_object_on_the_remote_is_refused_and_nothing_is_replaced(ssh
         handoff.Store(b, "elsewhere")
 
 
-def test_dask_workers_take_fold_inputs_from_the_remote_not_from_the_gpu_workers_folder(ssh, prefect_server, tmp_path, monkeypatch):
-    """cv.task_runner=dask inside a hand-off job: each Dask worker pulls the job's inputs into its own
-    folder (its local_directory) through the remote, and the folds give the sequential numbers."""
+@pytest.mark.parametrize("spread", ["folds", "trials"])
+def test_dask_workers_take_fold_inputs_from_the_remote_not_from_the_gpu_workers_folder(spread, ssh, prefect_server, tmp_path,
+                                                                                       monkeypatch):
+    """cv.task_runner=dask (fold jobs) or tune.task_runner=dask (trials) inside a hand-off job: each Dask
+    worker pulls the job's inputs into its own folder (its local_directory) through the remote, and the
+    folds (or every trial's folds) give the sequential numbers."""
     from distributed import LocalCluster
 
     from test_parallel_cv import cv_outputs
@@ -264,9 +267,15 @@ def test_dask_workers_take_fold_inputs_from_the_remote_not_from_the_gpu_workers_
     monkeypatch.setenv("SSH_AUTH_SOCK", ssh.client_env()["SSH_AUTH_SOCK"])
     pipeline_dir, gpu_dir, dask_checkout = (with_remote(make_project(tmp_path / n, []), ssh, "dask") for n in ("pipeline", "gpu", "dask"))
     monkeypatch.setenv("TUNELINE_PROJECT_DIR", str(dask_checkout))  # the Dask machine's checkout: the remote's URL
-    two = ["select.strategies=[feature_extraction]", "select.baseline=true"]  # 2 candidates x 2 folds = 4 fold jobs
+    if spread == "folds":
+        two = ["select.strategies=[feature_extraction]", "select.baseline=true"]  # 2 candidates x 2 folds = 4 fold jobs
+        on_dask = ["cv.task_runner=dask"]
+    else:  # 2 trials x 2 folds, the study in a file the reference run does not share
+        two = ["select.strategies=[feature_extraction]", "tune.enabled=true", "tune.n_trials=2", "tune.pruner=none",
+               "tune.seed_repeats=0", "tune.parallel=2", "tune.enqueue=[{head_c: 0.2}]"]
+        on_dask = ["tune.task_runner=dask", f"tune.storage=sqlite:///{tmp_path / 'dask.db'}"]
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
-        config = load_config(None, TINY + two + POOL + ["cv.task_runner=dask", f"cv.dask_address={cluster.scheduler_address}"])
+        config = load_config(None, TINY + two + POOL + on_dask + [f"cv.dask_address={cluster.scheduler_address}"])
         for name in ("ingest", "validate", "preprocess", "select"):
             run_stage(name, config, pipeline_dir)
         job = handoff.publish(config, pipeline_dir)
@@ -278,8 +287,16 @@ def test_dask_workers_take_fold_inputs_from_the_remote_not_from_the_gpu_workers_
         assert used, f"no Dask worker pulled the inputs into its own folder ({scratch})"
         assert all(file_md5(d / train) == job["inputs"][train] for d in used)
         assert not any((d / "data/cv").exists() for d in used)  # the fold results went back through Dask, not files
-    run_stage("crossval", load_config(None, TINY + two), pipeline_dir)  # the plain sequential loop, for reference
-    assert cv_outputs(gpu_dir) == cv_outputs(pipeline_dir)
+    reference = [] if spread == "folds" else [f"tune.storage=sqlite:///{tmp_path / 'seq.db'}"]
+    run_stage("crossval", load_config(None, TINY + two + reference), pipeline_dir)  # the plain sequential loop, for reference
+    # (the study's storage, recorded with the search, is the one thing meant to differ)
+    assert json.dumps(cv_outputs(gpu_dir)).replace("dask.db", "seq.db") == json.dumps(cv_outputs(pipeline_dir))
+    if spread == "trials":
+        def trial_folds(root: Path) -> dict:
+            trials = json.loads(next((root / "data/cv/tune").glob("*/trials.json")).read_text())
+            return {t["params"]["head_c"]: [r["metrics"] for r in t["folds"]] for t in trials}
+
+        assert sorted(trial_folds(gpu_dir)) == [0.2, 1.0] and trial_folds(gpu_dir) == trial_folds(pipeline_dir)
 
 
 def test_restore_fetches_each_work_areas_result_or_else_its_newest_checkpoint(ssh, tmp_path, monkeypatch):

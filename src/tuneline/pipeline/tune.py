@@ -31,6 +31,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from tuneline.pipeline import handoff
 from tuneline.pipeline.stages import FoldRun
 from tuneline.storage import slug
 from tuneline.tracking.runs import fault, redact
@@ -230,8 +231,10 @@ class Search:
         log.info("tuning %s: study %s (%s), %d of %d trials finished", self.target["name"], self.name, redact(self.url),
                  done, self.cfg.n_trials)
         start, workers = time.monotonic(), trial_workers(self.config)
-        run = partial(run_trial, FoldRun(self.plugin, self.config, self.files, self.plan), self.map_jobs,
-                      partial(self.plugin.fold_score, self.config))
+        fold_run = FoldRun(self.plugin, self.config, self.files, self.plan)
+        if self.cfg.task_runner == "dask":  # in a hand-off job a Dask worker pulls the trial's inputs from the remote
+            fold_run = handoff.on_dask(fold_run)
+        run = partial(run_trial, fold_run, self.map_jobs, partial(self.plugin.fold_score, self.config))
         while done < self.cfg.n_trials and (self.cfg.timeout_s is None or time.monotonic() - start < self.cfg.timeout_s):
             handles = [self._ask(study) for _ in range(min(workers, self.cfg.n_trials - done))]
             try:
