@@ -82,7 +82,12 @@ def spread(values: list[float], fmt: str = "{:.1f}") -> str:
 
 
 def command_line() -> str:
-    return " ".join(["python -m benchmarks", *sys.argv[1:]]) if sys.argv[0].endswith("__main__.py") else " ".join(["python", *sys.argv])
+    """The command as typed: `python -m benchmarks[.<module>] ...` for a module of this package."""
+    script = Path(sys.argv[0])
+    if script.parent.name == "benchmarks":
+        module = "benchmarks" if script.name == "__main__.py" else f"benchmarks.{script.stem}"
+        return " ".join(["python -m", module, *sys.argv[1:]])
+    return " ".join(["python", *sys.argv])
 
 
 def rendered_only(args, key: str, render, results: Path) -> bool:

@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
               "policy_train": rl.policy_metrics(own, args.bootstrap, args.seed),
               "scoring_prompts_per_second": len(prompts_test) / score_seconds,
               "examples": rl.generations_table(prompts_test[:3], {k: v[:3] for k, v in test.items()})}
-    result["stamp"] = stamp("nice " + command_line())
+    result["stamp"] = stamp(command_line())
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2, default=float) + "\n", encoding="utf-8")
     update_section("rlhf", render(result))
