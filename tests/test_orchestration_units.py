@@ -7,59 +7,12 @@ import json
 import subprocess
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 
 from conftest import REPO, free_port
 
 pytestmark = pytest.mark.unit
-
-
-# (full fine-tuning is resumed for real, after a SIGKILL, in test_orchestration_pool.py)
-@pytest.mark.parametrize("strategy", ["partial", "lora"])
-def test_training_resumed_from_a_checkpoint_ends_where_an_uninterrupted_run_ends(strategy, tmp_path):
-    from tuneline.config import DEFAULT_MODEL, TrainConfig
-    from tuneline.engine.trainer import build_model, train_model
-    from tuneline.engine.models import resolve_model
-
-    base = resolve_model(DEFAULT_MODEL)
-    rng = np.random.default_rng(0)
-    texts = [" ".join(rng.choice(["good", "bad", "fine", "awful", "great", "meh", "the", "movie"], size=int(n)))
-             for n in rng.integers(3, 12, size=30)]
-    y = np.arange(30) % 3
-    labels = ["a", "b", "c"]
-    # 4 batches per epoch, 7 steps: the newest checkpoint (step 6) sits in the middle of epoch 2
-    cfg = TrainConfig(max_length=16, batch_size=8, max_steps=7, checkpoint_every=3, learning_rate=1e-3, seed=3, freeze_layers=4)
-
-    model, tokenizer = build_model(base, labels, cfg, strategy)
-    straight = train_model(model, tokenizer, texts, y, cfg, checkpoint_dir=tmp_path / "ckpt")
-    expected = {k: v.clone() for k, v in model.state_dict().items()}
-    assert straight.resumed_from == 0
-    assert [p.name for p in (tmp_path / "ckpt").iterdir()] == ["step-000000006.pt"]  # only the newest is kept
-
-    # a new process would build the same model and find that checkpoint
-    model, tokenizer = build_model(base, labels, cfg, strategy)
-    resumed = train_model(model, tokenizer, texts, y, cfg, checkpoint_dir=tmp_path / "ckpt")
-    assert resumed.resumed_from == 6 and resumed.steps == 7
-    assert resumed.history == straight.history
-    for k, v in model.state_dict().items():
-        assert np.array_equal(v.numpy(), expected[k].numpy()), k
-
-
-def test_a_checkpoint_from_another_config_is_refused(tmp_path):
-    from tuneline.config import DEFAULT_MODEL, TrainConfig
-    from tuneline.engine.trainer import build_model, train_model
-    from tuneline.engine.models import resolve_model
-
-    base = resolve_model(DEFAULT_MODEL)
-    texts, y = ["good movie", "bad movie", "fine movie"] * 4, np.arange(12) % 3
-    cfg = TrainConfig(max_length=8, batch_size=4, max_steps=4, checkpoint_every=2, strategy="lora")
-    model, tok = build_model(base, ["a", "b", "c"], cfg, "lora")
-    train_model(model, tok, texts, y, cfg, checkpoint_dir=tmp_path)
-    model, tok = build_model(base, ["a", "b", "c"], cfg, "lora")
-    with pytest.raises(RuntimeError, match="does not fit"):
-        train_model(model, tok, texts, y, cfg.model_copy(update={"max_steps": 6}), checkpoint_dir=tmp_path)
 
 
 def _project(root: Path):
