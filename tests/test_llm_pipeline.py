@@ -149,9 +149,13 @@ def test_reward_model_end_to_end(prefect_server, llm_base, preference_files, tmp
     overrides = ["task=preference", "llm.preference_method=reward_model", f"data.source={train}", f"data.test_source={test}",
                  *LLM_SMOKE_OVERRIDES, "llm.max_steps=2"]
     results, _ = run_pipeline(tmp_path, overrides)
-    reg = results["register"]
-    assert reg["registered_model_name"] == "tuneline-reward-model" and results["promote"]["promote"] is True
+    reg, decision = results["register"], results["promote"]
     metrics = client(tmp_path).get_run(reg["run_id"]).data.metrics
+    # the first reward model is not champion unchallenged: the floor (an exact one-sided sign test of its
+    # held-out accuracy against chance) refuses it, as it must on 4 test pairs (p >= 0.5**4 > 0.05)
+    assert reg["registered_model_name"] == "tuneline-reward-model" and decision["floor_test"] == "sign_test_exact"
+    assert decision["promote"] is (decision["floor_p_value"] < 0.05) and decision["above_floor"] is decision["promote"]
+    assert decision["promote"] is False and "not significantly above" in decision["reason"]
     scores = json.loads((tmp_path / "data" / "eval" / "scores.json").read_text())
     chosen, rejected = np.array(scores["reward_chosen"]), np.array(scores["reward_rejected"])
     assert metrics["test_pairwise_accuracy"] == pytest.approx(np.mean((chosen > rejected) + 0.5 * (chosen == rejected)))
