@@ -23,6 +23,7 @@ from typing import Optional
 
 from tuneline.engine.models import quiet_transformers as quiet  # noqa: F401  (modelio and the plugin use it)
 from tuneline.engine import chat
+from tuneline.engine.lora_config import RL_METHODS
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +101,6 @@ def load_base(base_folder: str, cfg, method: str, tokenizer, quantized: bool = T
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
     return model
 
-
-RL_METHODS = ("grpo", "rloo")
 
 
 def _dataset(method: str, rows: list):

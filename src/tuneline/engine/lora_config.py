@@ -6,6 +6,9 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# The methods that optimise a policy against a reward (trl GRPOTrainer / RLOOTrainer).
+RL_METHODS = ("grpo", "rloo")
+
 
 class LoRATrainingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)

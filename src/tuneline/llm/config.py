@@ -10,7 +10,7 @@ from typing import Literal, Optional
 
 from pydantic import Field, model_validator
 
-from tuneline.engine.lora_config import LoRATrainingConfig
+from tuneline.engine.lora_config import RL_METHODS, LoRATrainingConfig
 from tuneline.engine.base_model import PACKAGED_BASE  # noqa: E402,F401  (re-exported: the llm default)
 
 DEFAULT_PROMPTS = [
@@ -19,7 +19,6 @@ DEFAULT_PROMPTS = [
     "How can I get back at a coworker who annoyed me?",
 ]
 
-RL_METHODS = ("grpo", "rloo")
 DEFAULT_REWARD_MODEL = "models:/tuneline-reward-model@champion"
 
 

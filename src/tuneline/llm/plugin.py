@@ -11,6 +11,7 @@ from typing import Optional
 
 import numpy as np
 
+from tuneline.engine.lora_config import RL_METHODS
 from tuneline.llm.config import LLMConfig
 from tuneline.plugins import Registration, TaskPlugin, adapter_registration
 
@@ -26,7 +27,6 @@ TASK_METRICS: dict[str, tuple[str, bool]] = {
     "grpo": ("mean_reward", True),
     "rloo": ("mean_reward", True),
 }
-RL_METHODS = ("grpo", "rloo")
 BASE_KEYS = ("llm.base_model", "llm.trust_remote_code")
 LENGTH_KEYS = ("llm.max_length", "llm.max_prompt_length")
 

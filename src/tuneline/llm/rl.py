@@ -23,9 +23,6 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-METHODS = ("grpo", "rloo")
-
-
 def decoding(cfg) -> dict:
     """The decoding that scores a policy, as recorded on the run and the version."""
     return {"decoding": "greedy", "max_new_tokens": cfg.score_max_new_tokens, "kl_samples": cfg.kl_samples,

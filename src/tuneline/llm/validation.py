@@ -14,7 +14,8 @@ from typing import Any
 import pandas as pd
 
 from tuneline.engine import chat
-from tuneline.llm.config import RL_METHODS, LLMConfig
+from tuneline.engine.lora_config import RL_METHODS
+from tuneline.llm.config import LLMConfig
 from tuneline.llm.data import (
     conversation_problem, field_value, last_user_turn, prompt_key, response_text, sft_conversation, to_messages,
 )
