@@ -159,13 +159,17 @@ def paired_bootstrap_stat(stat: Callable[[dict[str, np.ndarray]], float], candid
     """One-sided paired bootstrap for any statistic of row-aligned per-row arrays (a macro-F1 of labels
     and predictions, a mean win rate, a token-weighted perplexity): the share of row resamples where the
     challenger is not better."""
+    _same_rows(candidate, champion)
+    sign = 1.0 if higher_is_better else -1.0
+    not_better = int(sum(sign * d <= 0 for d in _paired_deltas(stat, candidate, champion, samples, seed)))
+    return (not_better + 1) / (samples + 1)
+
+
+def _same_rows(candidate: dict[str, np.ndarray], champion: dict[str, np.ndarray]) -> None:
     n = len(next(iter(candidate.values())))
     if n == 0 or any(len(v) != n for v in (*candidate.values(), *champion.values())):
         raise ValueError(f"paired test needs the same non-empty rows for both models, got {n} and "
                          f"{sorted({len(v) for v in champion.values()})}")
-    sign = 1.0 if higher_is_better else -1.0
-    not_better = int(sum(sign * d <= 0 for d in _paired_deltas(stat, candidate, champion, samples, seed)))
-    return (not_better + 1) / (samples + 1)
 
 
 def _paired_deltas(stat, candidate: dict[str, np.ndarray], champion: dict[str, np.ndarray], samples: int, seed: int):
@@ -177,12 +181,16 @@ def _paired_deltas(stat, candidate: dict[str, np.ndarray], champion: dict[str, n
         yield stat({k: v[idx] for k, v in candidate.items()}) - stat({k: v[idx] for k, v in champion.items()})
 
 
-def paired_bootstrap_interval(stat: Callable[[dict[str, np.ndarray]], float], candidate: dict[str, np.ndarray],
-                              champion: dict[str, np.ndarray], samples: int, seed: int, level: float = 0.95) -> tuple[float, float]:
-    """Percentile interval of stat(candidate) - stat(champion) over the same row resamples as the paired test."""
+def paired_bootstrap_gain(stat: Callable[[dict[str, np.ndarray]], float], candidate: dict[str, np.ndarray],
+                          champion: dict[str, np.ndarray], higher_is_better: bool, samples: int, seed: int,
+                          level: float = 0.95) -> tuple[float, float, float]:
+    """(one-sided p, interval low, interval high) of stat(candidate) - stat(champion), from one set of row
+    resamples: the p-value is paired_bootstrap_stat's, the interval the deltas' percentiles."""
+    _same_rows(candidate, champion)
     deltas = np.fromiter(_paired_deltas(stat, candidate, champion, samples, seed), float, samples)
+    not_better = int(np.sum((deltas if higher_is_better else -deltas) <= 0))
     tail = (1 - level) / 2 * 100
-    return float(np.percentile(deltas, tail)), float(np.percentile(deltas, 100 - tail))
+    return (not_better + 1) / (samples + 1), float(np.percentile(deltas, tail)), float(np.percentile(deltas, 100 - tail))
 
 
 def decide(metric: str, candidate: float, champion: Optional[float], min_delta: float = 0.0, *, higher_is_better: bool = True,
