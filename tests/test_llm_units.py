@@ -202,7 +202,10 @@ def test_sft_suite_accepts_messages_and_rejects_a_missing_answer(llm_tokenizer, 
 
 @pytest.mark.unit
 def test_folds_group_pairs_by_prompt():
-    from tuneline.llm.plugin import make_folds
+    from tuneline.llm.plugin import PREFERENCE
+
+    def make_folds(keys, c):
+        return PREFERENCE.folds(c, keys)
 
     keys = [f"p{i % 5}" for i in range(15)]  # 5 prompts, 3 pairs each
     kfold = make_folds(keys, load_config(None, ["task=preference", "llm.cv_mode=kfold", "cv.k=5"]))

@@ -11,11 +11,17 @@ lock, aliases and the run summary. A plugin owns only what is its own (see TaskP
 """
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Optional
+
+log = logging.getLogger(__name__)
 
 ENTRY_POINTS = "tuneline.tasks"
 
@@ -180,6 +186,131 @@ class TaskPlugin:
     def version_columns(self, config) -> dict[str, str]:
         """`tuneline models` columns: {header: version tag}."""
         return {}
+
+
+class AdapterTask(TaskPlugin):
+    """What the LoRA-adapter tasks (chat SFT, preference, summarization) do alike. `section`: their config
+    section; `keys_field`: the row keys' name in eval_scores.json; `groups`: what their folds group by."""
+
+    section: ClassVar[str]
+    keys_field: ClassVar[str]
+    groups: ClassVar[str]
+
+    # {"method": …, and e.g. "family"}: the candidate's name, its tags and registration.json fields
+    def labels(self, c) -> dict[str, str]: raise NotImplementedError
+    # each training row's group (its prompt, its document): no group is on both sides of a fold
+    def fold_keys(self, c, f) -> list[str]: raise NotImplementedError
+
+    def base(self, c):
+        from tuneline.engine.base_model import resolve_base
+
+        return resolve_base(getattr(c, self.section).base_model, f"{self.section}.base_model")
+
+    def tokenizer(self, c, folder: Optional[str] = None):  # by default the configured base's
+        from transformers import AutoTokenizer
+
+        from tuneline.engine.models import quiet_transformers
+
+        quiet_transformers()
+        return AutoTokenizer.from_pretrained(folder or self.base(c).folder, trust_remote_code=getattr(c, self.section).trust_remote_code)
+
+    def selection(self, c, base, **extra) -> dict:
+        return {"model": getattr(c, self.section).base_model, "resolved": base.folder, "base": base.ref,
+                "fingerprint": base.ref["sha256"][:16], "strategy": "lora", "task": c.task, **extra, "rule": f"{self.section}.base_model"}
+
+    def folds(self, c, keys: list[str]) -> list[dict[str, list[int]]]:  # k folds (cv.k), or one holdout split
+        from tuneline.folds import group_folds
+
+        s = getattr(c, self.section)
+        return group_folds(keys, s.cv_mode, c.cv.k, s.holdout_fraction, c.cv.seed, self.groups)
+
+    def cv_plan(self, c, f) -> dict:
+        folds = self.folds(c, self.fold_keys(c, f))
+        return {"folds": folds, "jobs": [{"fold": i} for i in range(len(folds))],
+                "meta": {"mode": getattr(c, self.section).cv_mode, "seed": c.cv.seed}}
+
+    def cv_summary(self, c, f, plan: dict, results: list[dict]):
+        from tuneline.metrics import summarize
+        from tuneline.storage import read_json
+
+        mode, k, labels = getattr(c, self.section).cv_mode, len(plan["folds"]), self.labels(c)
+        model = read_json(f.selection)["model"]
+        return {"k": k, "mode": mode, "name": f"{'-'.join(labels.values())}-{Path(model).name}", "model": model,
+                "strategy": "lora", "task": c.task, **labels, "metric": self.metric(c)[0], "metrics": summarize(results),
+                "fold_metrics": results, "folds_note": f"{mode}, {k} split{'s' if k > 1 else ''}"}, {}
+
+    def candidate_scores(self, c, f) -> dict:
+        import numpy as np
+
+        from tuneline.storage import read_json
+
+        stored = read_json(f.eval_scores)
+        keys = stored.pop(self.keys_field)
+        return {"keys": keys, "scores": {k: np.asarray(v) for k, v in stored.items()}}
+
+    @contextlib.contextmanager
+    def champion(self, uri: str, name: str, version: str, method: str, otherwise: str):
+        """(adapter folder, its base's folder) of a registered version whose `method` tag is `method`,
+        downloaded for the block; `otherwise` ends the error for any other method."""
+        from tuneline.engine.adapters import read_meta
+        from tuneline.engine.base_model import base_from_reference
+        from tuneline.engine.lora import ADAPTER_META
+        from tuneline.tracking.promotion import PromotionError
+        from tuneline.tracking.runs import client, download_folder
+
+        found = client(uri).get_model_version(name, version).tags.get("method")
+        if found != method:
+            raise PromotionError(f"{name}: version {version} is a {found!r} model, {otherwise}")
+        dst = Path(tempfile.mkdtemp(prefix="tuneline-champion-"))
+        try:
+            adapter = download_folder(uri, name, version, dst, ADAPTER_META)
+            yield adapter, base_from_reference(read_meta(adapter)["base"]).folder
+        finally:
+            shutil.rmtree(dst, ignore_errors=True)
+
+    @staticmethod
+    def same_rows(candidate: dict, champion: Optional[dict], rows: str) -> None:
+        """The paired gate compares the two on the same `rows`; refit scored the candidate on others."""
+        from tuneline.tracking.promotion import PromotionError
+
+        if champion is not None and champion["keys"] != candidate["keys"]:
+            raise PromotionError(f"the candidate's scores are not on the {rows} the champion was re-scored on "
+                                 f"({len(candidate['keys'])} vs {len(champion['keys'])}); re-run refit")
+
+
+def fold_rows(rows: list, plan: dict, job: dict) -> tuple[list, list]:  # (training rows, held-out rows)
+    fold = plan["folds"][job["fold"]]
+    return [rows[j] for j in fold["train"]], [rows[j] for j in fold["val"]]
+
+
+def fold_done(job: dict, plan: dict, result: dict) -> dict:
+    log.info("fold %d/%d: %s", job["fold"] + 1, len(plan["folds"]), {k: round(v, 4) for k, v in result.items()})
+    return result
+
+
+def train_stats(stats: dict, *keys: str) -> dict[str, float]:  # and `keys` of `stats` as they are
+    return {"train_samples_per_second": stats["train_samples_per_second"], "train_loss": stats["train_loss"],
+            "train_examples": float(stats["examples"]), "train_steps": float(stats["steps"])} | {k: stats[k] for k in keys}
+
+
+def write_eval(f, metrics: dict, files: dict[str, Any]) -> dict:
+    """The refit's eval folder, in one rename: the test metrics and {file name: JSON value}."""
+    from tuneline.storage import atomic_path, write_json
+
+    with atomic_path(f.eval_dir) as tmp:
+        tmp.mkdir()
+        for name, value in {f.eval_metrics.name: metrics, **files}.items():
+            write_json(tmp / name, value)
+    return metrics
+
+
+def generation_signature(inputs: tuple[str, ...], output: str):
+    """Optional string columns -> a string column, with max_new_tokens as a param (what `tuneline predict` sends)."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
+
+    return ModelSignature(Schema([ColSpec("string", c, required=False) for c in inputs]), Schema([ColSpec("string", output)]),
+                          params=ParamSchema([ParamSpec("max_new_tokens", "long", 64)]))
 
 
 def register(plugin: TaskPlugin) -> None:

@@ -158,6 +158,11 @@ def write_raw(df: pd.DataFrame, info: dict, raw_path: Path) -> None:
         pq.write_table(table, tmp)
 
 
+def source_of(info: dict) -> str:
+    """What the raw table was read from (its ingest info), for reports and errors."""
+    return " + ".join(info[k] for k in ("source", "test_source") if info.get(k))
+
+
 def read_raw(raw_path: Path) -> tuple[pd.DataFrame, dict]:
     table = pq.read_table(raw_path)
     info = json.loads((table.schema.metadata or {}).get(_META_KEY, b"{}"))

@@ -12,7 +12,7 @@ from sklearn.model_selection import train_test_split
 
 from tuneline.classification.labels import apply_mapping, describe_merges, merges
 from tuneline.config import PreprocessConfig
-from tuneline.tables import read_raw
+from tuneline.tables import read_raw, source_of
 from tuneline.storage import atomic_path, write_json
 
 log = logging.getLogger(__name__)
@@ -142,8 +142,7 @@ def preprocess(cfg: PreprocessConfig, raw_path: Path, out_dir: Path, label_mappi
     df = stratified_sample(df, cfg.sample_size, cfg.seed)
     counts["rows_sampled"] = int(len(df))
     train, test = split(df, cfg)
-    source = " + ".join(info[k] for k in ("source", "test_source") if info.get(k)) or str(raw_path)
-    train, test, counts["dropped_leaked_from_test"] = check_leakage(train, test, cfg, source)
+    train, test, counts["dropped_leaked_from_test"] = check_leakage(train, test, cfg, source_of(info) or str(raw_path))
     counts.update(rows_train=int(len(train)), rows_test=int(len(test)))
     report = {
         "counts": counts,

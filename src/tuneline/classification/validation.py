@@ -105,10 +105,10 @@ def validate_frame(df: pd.DataFrame, cfg: ValidateConfig) -> dict[str, Any]:
 
 def validate(cfg: ValidateConfig, raw_path: Path, report_dir: Path) -> dict:
     """Step: validate the raw table; write report.json + report.html; raise on failure."""
-    from tuneline.tables import read_raw
+    from tuneline.tables import read_raw, source_of
 
     df, info = read_raw(raw_path)
     report = validate_frame(df, cfg)
-    report["source"] = " + ".join(info[k] for k in ("source", "test_source") if info.get(k)) or str(raw_path)
+    report["source"] = source_of(info) or str(raw_path)
     write_report(report, report_dir)
     return {"expectations": len(report["results"]), "rows": report["rows"], "labels": report["labels"]}

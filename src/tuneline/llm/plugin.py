@@ -4,16 +4,15 @@ paired bootstrap over the same held-out rows."""
 from __future__ import annotations
 
 import logging
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
-
 from tuneline.engine.lora_config import RL_METHODS
 from tuneline.llm.config import LLMConfig
-from tuneline.plugins import Registration, TaskPlugin, adapter_registration
+from tuneline.plugins import (
+    AdapterTask, Registration, adapter_registration, fold_done, fold_rows, generation_signature, train_stats, write_eval,
+)
 
 log = logging.getLogger(__name__)
 
@@ -35,15 +34,6 @@ def _method(c) -> str:
     return c.llm.method(c.task)
 
 
-def _tokenizer(folder: str, c):
-    from transformers import AutoTokenizer
-
-    from tuneline.engine.lora import quiet
-
-    quiet()
-    return AutoTokenizer.from_pretrained(folder, trust_remote_code=c.llm.trust_remote_code)
-
-
 def _rows(c, path: Path) -> tuple[list, list[str]]:
     """Processed rows (conversations or pairs) and their prompt keys."""
     import pandas as pd
@@ -61,26 +51,15 @@ def _meta(c, selection: dict) -> dict:
             "lora_target_modules": list(c.llm.lora_target_modules)} | ({"reward_model": reward} if reward else {})
 
 
-def _train_stats(stats: dict) -> dict[str, float]:
-    return {"train_samples_per_second": stats["train_samples_per_second"], "train_loss": stats["train_loss"],
-            "train_examples": float(stats["examples"]), "train_steps": float(stats["steps"])}
-
-
 def _scorer(c, selection: dict):
     from tuneline.llm.reward import RewardScorer
 
     return RewardScorer(selection["reward_model"], c.llm.eval_batch_size)
 
 
-def make_folds(keys: list[str], c) -> list[dict[str, list[int]]]:
-    """Folds grouped by prompt: k folds (cv.k), or one validation split (llm.cv_mode=holdout)."""
-    from tuneline.folds import group_folds
-
-    return group_folds(keys, c.llm.cv_mode, c.cv.k, c.llm.holdout_fraction, c.cv.seed, "prompts")
-
-
-class LLMTask(TaskPlugin):
+class LLMTask(AdapterTask):
     package = "tuneline.llm"
+    section, keys_field, groups = "llm", "prompt_key", "prompts"
     sections = {"llm": LLMConfig}
     reads = {
         "ingest": ("data.source", "data.test_source", "data.format"),
@@ -117,35 +96,29 @@ class LLMTask(TaskPlugin):
         return {"rows": len(raw), **info}
 
     def validate(self, c, f) -> dict:
-        from tuneline.engine.base_model import resolve_base
         from tuneline.llm.validation import validate
-        from tuneline.tables import read_raw
+        from tuneline.tables import read_raw, source_of
 
         raw, info = read_raw(f.raw)
-        source = " + ".join(info[k] for k in ("source", "test_source") if info.get(k))
-        return validate(c.task, c.llm, raw, source, _tokenizer(resolve_base(c.llm.base_model).folder, c), f.validation_dir)
+        return validate(c.task, c.llm, raw, source_of(info), self.tokenizer(c), f.validation_dir)
 
     def preprocess(self, c, f) -> dict:
-        from tuneline.engine.base_model import resolve_base
         from tuneline.llm.preprocess import preprocess
         from tuneline.tables import read_raw
 
-        raw, _ = read_raw(f.raw)
-        return preprocess(c.task, c.llm, c.preprocess, raw, _tokenizer(resolve_base(c.llm.base_model).folder, c), f.processed_dir)
+        return preprocess(c.task, c.llm, c.preprocess, read_raw(f.raw)[0], self.tokenizer(c), f.processed_dir)
 
     def select(self, c, f) -> dict:
         """The base is given (llm.base_model): prepare it (convert once), check it loads and has a chat template."""
         from transformers import AutoConfig
 
-        from tuneline.engine.base_model import resolve_base
         from tuneline.engine.chat import training_chat_template
         from tuneline.storage import write_json
 
-        base = resolve_base(c.llm.base_model)
+        base = self.base(c)
         AutoConfig.from_pretrained(base.folder, trust_remote_code=c.llm.trust_remote_code)
-        training_chat_template(_tokenizer(base.folder, c))
-        selection = {"model": c.llm.base_model, "resolved": base.folder, "base": base.ref, "fingerprint": base.ref["sha256"][:16],
-                     "strategy": "lora", "task": c.task, "method": _method(c), "rule": "llm.base_model"}
+        training_chat_template(self.tokenizer(c, base.folder))
+        selection = self.selection(c, base, method=_method(c))
         if _method(c) in RL_METHODS:  # the reward must have passed its own gate before any RL
             from tuneline.llm.reward import resolve
             from tuneline.tracking.runs import tracking_uri
@@ -156,53 +129,40 @@ class LLMTask(TaskPlugin):
         log.info("base model %s (%s, sha256 %s…)", c.llm.base_model, base.folder, base.ref["sha256"][:12])
         return selection
 
-    def cv_plan(self, c, f) -> dict:
-        _, keys = _rows(c, f.train)
-        folds = make_folds(keys, c)
-        return {"folds": folds, "jobs": [{"fold": i} for i in range(len(folds))], "meta": {"mode": c.llm.cv_mode, "seed": c.cv.seed}}
+    def fold_keys(self, c, f) -> list[str]:
+        return _rows(c, f.train)[1]
 
     def run_fold(self, c, f, plan: dict, job: dict) -> dict:
         from tuneline.llm.evaluation import evaluate_adapter
         from tuneline.engine.lora import train_adapter
         from tuneline.storage import read_json
 
-        selection, (rows, _) = read_json(f.selection), _rows(c, f.train)
-        fold = plan["folds"][job["fold"]]
+        selection = read_json(f.selection)
+        train, val = fold_rows(_rows(c, f.train)[0], plan, job)
         if _method(c) in RL_METHODS:
-            return self._rl_fold(c, selection, [rows[j] for j in fold["train"]], [rows[j] for j in fold["val"]], job, len(plan["folds"]))
+            return fold_done(job, plan, self._rl_fold(c, selection, train, val))
         with tempfile.TemporaryDirectory(prefix="tuneline-fold-") as tmp:
-            stats = train_adapter(_method(c), selection["resolved"], [rows[j] for j in fold["train"]], c.llm, Path(tmp), _meta(c, selection))
-            ev = evaluate_adapter(Path(tmp), selection["resolved"], [rows[j] for j in fold["val"]], c.llm.eval_batch_size)
-        result = ev["metrics"] | _train_stats(stats)
-        log.info("fold %d/%d: %s", job["fold"] + 1, len(plan["folds"]), {k: round(v, 4) for k, v in result.items()})
-        return result
+            stats = train_adapter(_method(c), selection["resolved"], train, c.llm, Path(tmp), _meta(c, selection))
+            ev = evaluate_adapter(Path(tmp), selection["resolved"], val, c.llm.eval_batch_size)
+        return fold_done(job, plan, ev["metrics"] | train_stats(stats))
 
-    def _rl_fold(self, c, selection: dict, train: list, val: list, job: dict, k: int) -> dict:
+    def _rl_fold(self, c, selection: dict, train: list, val: list) -> dict:
         from tuneline.llm import rl
 
         scorer = _scorer(c, selection)
         with tempfile.TemporaryDirectory(prefix="tuneline-fold-") as tmp:
             stats = rl.train_policy(_method(c), selection["resolved"], train, c.llm, Path(tmp), _meta(c, selection), scorer)
             scores = rl.score_policy(Path(tmp), selection["resolved"], rl.prompts_of(val), scorer, c.llm, kl=False)
-        result = rl.policy_metrics(scores, c.promote.bootstrap_samples, c.cv.seed) | _train_stats(stats)
-        log.info("fold %d/%d: %s", job["fold"] + 1, k, {k: round(v, 4) for k, v in result.items()})
-        return result
+        return rl.policy_metrics(scores, c.promote.bootstrap_samples, c.cv.seed) | train_stats(stats)
 
-    def cv_summary(self, c, f, plan: dict, results: list[dict]):
-        from tuneline.metrics import summarize
-        from tuneline.storage import read_json
-
-        method, k = _method(c), len(plan["folds"])
-        model = read_json(f.selection)["model"]
-        return {"k": k, "mode": c.llm.cv_mode, "name": f"{method}-{Path(model).name}", "model": model, "strategy": "lora",
-                "task": c.task, "method": method, "metric": TASK_METRICS[method][0], "metrics": summarize(results),
-                "fold_metrics": results, "folds_note": f"{c.llm.cv_mode}, {k} split{'s' if k > 1 else ''}"}, {}
+    def labels(self, c) -> dict[str, str]:
+        return {"method": _method(c)}
 
     def refit(self, c, f) -> dict:
         """Train on all training rows, save the adapter, score it once on the test split, answer the prompt set."""
         from tuneline.llm.evaluation import evaluate_adapter
         from tuneline.engine.lora import train_adapter
-        from tuneline.storage import atomic_path, read_json, write_json
+        from tuneline.storage import atomic_path, read_json
 
         selection = read_json(f.selection)
         (train_rows, _), (test_rows, test_keys) = _rows(c, f.train), _rows(c, f.test)
@@ -215,22 +175,18 @@ class LLMTask(TaskPlugin):
         ev = evaluate_adapter(f.model_dir, selection["resolved"], test_rows, c.llm.eval_batch_size, prompts=c.llm.generation_prompts,
                               max_new_tokens=c.llm.max_new_tokens,
                               extra_rows=train_rows[:TRAIN_SCORED_MAX] if method != "chat_sft" else None)
-        metrics = {f"test_{k}": v for k, v in ev["metrics"].items()} | _train_stats(stats)
+        metrics = {f"test_{k}": v for k, v in ev["metrics"].items()} | train_stats(stats)
         metrics |= {f"train_{k}": v for k, v in ev.get("extra_metrics", {}).items() if k != "pairs"}
         generations = [{"prompt": p, "answer": a, "base_answer": b}
                        for p, a, b in zip(c.llm.generation_prompts, ev.get("answers", []), ev.get("base_answers", []))]
-        with atomic_path(f.eval_dir) as tmp:
-            tmp.mkdir()
-            write_json(tmp / f.eval_metrics.name, metrics)
-            write_json(tmp / "generations.json", generations)
-            write_json(tmp / f.eval_scores.name, {"prompt_key": test_keys} | {k: v.tolist() for k, v in ev["scores"].items()})
-        return metrics
+        return write_eval(f, metrics, {"generations.json": generations,
+                                       f.eval_scores.name: {"prompt_key": test_keys} | {k: v.tolist() for k, v in ev["scores"].items()}})
 
     def _rl_refit(self, c, f, selection: dict, train_rows: list, test_rows: list, test_keys: list) -> dict:
         """Train the policy on every training prompt; score it and the base on the held-out prompts
         (reward, KL, lengths) and on (up to TRAIN_SCORED_MAX) training prompts."""
         from tuneline.llm import rl
-        from tuneline.storage import atomic_path, write_json
+        from tuneline.storage import atomic_path
 
         scorer, test_prompts = _scorer(c, selection), rl.prompts_of(test_rows)
         with atomic_path(f.model_dir) as tmp:
@@ -239,17 +195,12 @@ class LLMTask(TaskPlugin):
         test = rl.score_policy(f.model_dir, selection["resolved"], test_prompts, scorer, c.llm)
         train = rl.score_policy(f.model_dir, selection["resolved"], rl.prompts_of(train_rows, TRAIN_SCORED_MAX), scorer, c.llm, kl=False)
         samples, seed = c.promote.bootstrap_samples, c.cv.seed
-        metrics = {f"test_{k}": v for k, v in rl.policy_metrics(test, samples, seed).items()} | _train_stats(stats)
+        metrics = {f"test_{k}": v for k, v in rl.policy_metrics(test, samples, seed).items()} | train_stats(stats)
         metrics |= {f"train_{k}": v for k, v in rl.policy_metrics(train, samples, seed).items() if k != "prompts"}
         metrics |= rl.history_stats(f.model_dir) | {"train_prompts_per_second": stats["train_prompts_per_second"]}
-        with atomic_path(f.eval_dir) as tmp:
-            tmp.mkdir()
-            write_json(tmp / f.eval_metrics.name, metrics)
-            write_json(tmp / "generations.json", rl.generations_table(test_prompts, test))
-            write_json(tmp / "decoding.json", rl.decoding(c.llm))
-            write_json(tmp / f.eval_scores.name, {"prompt_key": test_keys} | {k: list(v) if isinstance(v, list) else v.tolist()
-                                                                              for k, v in test.items()})
-        return metrics
+        scores = {"prompt_key": test_keys} | {k: list(v) if isinstance(v, list) else v.tolist() for k, v in test.items()}
+        return write_eval(f, metrics, {"generations.json": rl.generations_table(test_prompts, test),
+                                       "decoding.json": rl.decoding(c.llm), f.eval_scores.name: scores})
 
     # --- registry ---------------------------------------------------------------------------------
     def registered_name(self, c) -> str:
@@ -263,7 +214,7 @@ class LLMTask(TaskPlugin):
 
         method = _method(c)
         extra = [f.eval_dir / "decoding.json"] if method in RL_METHODS else []
-        reg = adapter_registration(f, self.metric(c)[0], {"method": method}, read_json(f.eval_dir / "generations.json"),
+        reg = adapter_registration(f, self.metric(c)[0], self.labels(c), read_json(f.eval_dir / "generations.json"),
                                    "generated_answers.json", MODEL_CODE, _signature(method), [f.eval_dir / "generations.json", *extra])
         if method in RL_METHODS:  # lineage: the reward model the policy was optimised against, and how it was scored
             reward = read_json(f.selection)["reward_model"]
@@ -275,51 +226,28 @@ class LLMTask(TaskPlugin):
             reg.extra["reward_model"] = reward
         return reg
 
-    def candidate_scores(self, c, f) -> dict:
-        from tuneline.storage import read_json
-
-        stored = read_json(f.eval_scores)
-        keys = stored.pop("prompt_key")
-        return {"keys": keys, "scores": {k: np.asarray(v) for k, v in stored.items()}}
-
     def version_scores(self, c, f, uri: str, name: str, version: str) -> dict:
         """A registered adapter's per-row scores on this project's held-out rows (on its own base, checked by hash)."""
-        from tuneline.engine.base_model import base_from_reference
         from tuneline.llm.evaluation import evaluate_adapter
-        from tuneline.engine.adapters import read_meta
-        from tuneline.tracking.promotion import PromotionError
-        from tuneline.tracking.runs import client
 
-        method = client(uri).get_model_version(name, version).tags.get("method")
-        if method != _method(c):
-            raise PromotionError(f"{name}: version {version} is a {method!r} model, this project trains {_method(c)!r} "
-                                 "ones; use a separate llm.registered_model_name")
-        rows, keys = _rows(c, f.test)
-        dst = Path(tempfile.mkdtemp(prefix="tuneline-champion-"))
-        try:
-            adapter = download_adapter(uri, name, version, dst)
-            base = base_from_reference(read_meta(adapter)["base"]).folder
+        method, (rows, keys) = _method(c), _rows(c, f.test)
+        with self.champion(uri, name, version, method, f"this project trains {method!r} ones; use a separate "
+                           "llm.registered_model_name") as (adapter, base):
             if method in RL_METHODS:  # its greedy answers, with this project's decoding, scored by this project's reward model
                 from tuneline.llm import rl
                 from tuneline.storage import read_json
 
                 scores = rl.score_policy(adapter, base, rl.prompts_of(rows), _scorer(c, read_json(f.selection)), c.llm, kl=False)
                 return {"keys": keys, "scores": {k: v for k, v in scores.items() if k.endswith(("reward", "tokens"))}}
-            result = evaluate_adapter(adapter, base, rows, c.llm.eval_batch_size)
-        finally:
-            shutil.rmtree(dst, ignore_errors=True)
-        return {"keys": keys, "scores": result["scores"]}
+            return {"keys": keys, "scores": evaluate_adapter(adapter, base, rows, c.llm.eval_batch_size)["scores"]}
 
     def gate(self, c, candidate: dict, champion: Optional[dict], champion_error: Optional[str] = None) -> dict:
         """The score rule with a one-sided paired bootstrap over the held-out rows both were scored on."""
         from tuneline.llm.metrics import row_scores, row_statistic
         from tuneline.tracking.gate import paired_rows_gate
-        from tuneline.tracking.promotion import PromotionError
 
         method, (metric, higher) = _method(c), self.metric(c)
-        if champion is not None and champion["keys"] != candidate["keys"]:
-            raise PromotionError(f"the candidate's scores are not on the rows the champion was re-scored on "
-                                 f"({len(candidate['keys'])} vs {len(champion['keys'])}); re-run refit")
+        self.same_rows(candidate, champion, "rows")
         return paired_rows_gate(metric, lambda rows: row_statistic(method, rows), row_scores(method, candidate["scores"]),
                                 None if champion is None else row_scores(method, champion["scores"]), higher_is_better=higher,
                                 min_delta=c.promote.min_delta, alpha=c.promote.alpha, samples=c.promote.bootstrap_samples,
@@ -358,24 +286,15 @@ class LLMTask(TaskPlugin):
         return {"method": "method", f"test {metric}": f"test.{metric}", "base": "base.id"}
 
 
-def download_adapter(uri: str, name: str, version: str, dst: Path) -> Path:
-    """A registered version's adapter folder, downloaded from the registry."""
-    from tuneline.engine.lora import ADAPTER_META
-    from tuneline.tracking.runs import download_folder
-
-    return download_folder(uri, name, version, dst, ADAPTER_META)
-
-
 def _signature(method: Optional[str]):
     """Input `prompt` (or `text`, what `tuneline predict` sends) -> `response`; reward models also take `response`."""
+    if method != "reward_model":
+        return generation_signature(("prompt", "text"), "response")
     from mlflow.models import ModelSignature
-    from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
+    from mlflow.types.schema import ColSpec, Schema
 
     inputs = [ColSpec("string", "prompt", required=False), ColSpec("string", "text", required=False)]
-    if method == "reward_model":
-        return ModelSignature(Schema(inputs + [ColSpec("string", "response")]), Schema([ColSpec("double", "reward")]))
-    return ModelSignature(Schema(inputs), Schema([ColSpec("string", "response")]),
-                          params=ParamSchema([ParamSpec("max_new_tokens", "long", 64)]))
+    return ModelSignature(Schema(inputs + [ColSpec("string", "response")]), Schema([ColSpec("double", "reward")]))
 
 
 class ChatSFT(LLMTask):
