@@ -1,6 +1,7 @@
 """Classification metrics (scikit-learn) and their summaries across folds."""
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 from typing import Sequence
@@ -63,41 +64,40 @@ def majority_rate(y: np.ndarray) -> float:
     return float(np.bincount(y).max() / len(y))
 
 
-def plot_confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, names: Sequence[str], path: Path, title: str) -> None:
+@contextlib.contextmanager
+def _figure(path: Path, *grid: int, figsize: tuple[float, float]):
+    """A matplotlib figure (off-screen) saved to `path` when the block ends."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(1.6 * len(names) + 2.5, 1.4 * len(names) + 2))
-    skm.ConfusionMatrixDisplay.from_predictions(
-        y_true, y_pred, labels=list(range(len(names))), display_labels=list(names), ax=ax, colorbar=False, cmap="Blues"
-    )
-    ax.set_title(title)
+    fig, axes = plt.subplots(*grid, figsize=figsize)
+    yield axes
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, names: Sequence[str], path: Path, title: str) -> None:
+    with _figure(path, figsize=(1.6 * len(names) + 2.5, 1.4 * len(names) + 2)) as ax:
+        skm.ConfusionMatrixDisplay.from_predictions(
+            y_true, y_pred, labels=list(range(len(names))), display_labels=list(names), ax=ax, colorbar=False, cmap="Blues"
+        )
+        ax.set_title(title)
 
 
 def plot_learning_curves(history: list[dict], path: Path) -> None:
     """Per-epoch training loss, and validation loss/macro-F1 when early stopping held rows out."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     epochs = [h["epoch"] for h in history]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    ax1.plot(epochs, [h["train_loss"] for h in history], marker="o", label="train loss")
-    if "val_loss" in history[0]:
-        ax1.plot(epochs, [h["val_loss"] for h in history], marker="o", label="validation loss")
-        ax2.plot(epochs, [h["val_f1_macro"] for h in history], marker="o", label="validation macro-F1")
-        ax2.plot(epochs, [h["val_accuracy"] for h in history], marker="o", label="validation accuracy")
-    ax1.set_xlabel("epoch"), ax2.set_xlabel("epoch"), ax1.legend(), ax2.legend()
-    ax1.set_title("loss"), ax2.set_title("validation metrics")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with _figure(path, 1, 2, figsize=(10, 4)) as (ax1, ax2):
+        ax1.plot(epochs, [h["train_loss"] for h in history], marker="o", label="train loss")
+        if "val_loss" in history[0]:
+            ax1.plot(epochs, [h["val_loss"] for h in history], marker="o", label="validation loss")
+            ax2.plot(epochs, [h["val_f1_macro"] for h in history], marker="o", label="validation macro-F1")
+            ax2.plot(epochs, [h["val_accuracy"] for h in history], marker="o", label="validation accuracy")
+        ax1.set_xlabel("epoch"), ax2.set_xlabel("epoch"), ax1.legend(), ax2.legend()
+        ax1.set_title("loss"), ax2.set_title("validation metrics")
 
 
 def corrected_ttest(a: Sequence[float], b: Sequence[float], n_train: float, n_test: float) -> dict[str, float]:

@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 
 _META_KEY = b"tuneline"
 SNIFF_DELIMITERS = ",\t;|"
+# format by suffix; the first that matches in this order wins (x.json.parquet is Parquet), else csv
+_SUFFIXES = {"parquet": (".parquet", ".pq"), "jsonl": (".jsonl", ".ndjson"), "json": (".json",), "tsv": (".tsv", ".tab")}
 
 
 class DataError(ValueError):
@@ -27,18 +29,8 @@ class DataError(ValueError):
 
 
 def _detect_format(path: Path, fmt: str) -> str:
-    if fmt != "auto":
-        return fmt
-    suffixes = [s.lower() for s in path.suffixes]
-    if ".parquet" in suffixes or ".pq" in suffixes:
-        return "parquet"
-    if ".jsonl" in suffixes or ".ndjson" in suffixes:
-        return "jsonl"
-    if ".json" in suffixes:
-        return "json"
-    if ".tsv" in suffixes or ".tab" in suffixes:
-        return "tsv"
-    return "csv"
+    suffixes = {s.lower() for s in path.suffixes}
+    return fmt if fmt != "auto" else next((f for f, ends in _SUFFIXES.items() if suffixes & set(ends)), "csv")
 
 
 def _decode(path: Path, raw: bytes, encoding: str) -> tuple[str, str]:
@@ -156,6 +148,18 @@ def write_raw(df: pd.DataFrame, info: dict, raw_path: Path) -> None:
     table = table.replace_schema_metadata(meta)
     with atomic_path(raw_path) as tmp:
         pq.write_table(table, tmp)
+
+
+def write_processed(out_dir: Path, train: pd.DataFrame, test: pd.DataFrame, label_map: dict, report: dict) -> None:
+    """A preprocess step's outputs, in one rename: train/test parquet, label_map.json and report.json."""
+    from tuneline.storage import write_json
+
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir()
+        train.to_parquet(tmp / "train.parquet", index=False)
+        test.to_parquet(tmp / "test.parquet", index=False)
+        write_json(tmp / "label_map.json", label_map)
+        write_json(tmp / "report.json", report)
 
 
 def source_of(info: dict) -> str:

@@ -12,8 +12,8 @@ from sklearn.model_selection import train_test_split
 
 from tuneline.classification.labels import apply_mapping, describe_merges, merges
 from tuneline.config import PreprocessConfig
-from tuneline.tables import read_raw, source_of
-from tuneline.storage import atomic_path, write_json
+from tuneline.folds import split_by_group
+from tuneline.tables import read_raw, source_of, write_processed
 
 log = logging.getLogger(__name__)
 
@@ -92,11 +92,7 @@ def split(df: pd.DataFrame, cfg: PreprocessConfig) -> tuple[pd.DataFrame, pd.Dat
     if "split" in df.columns:  # a held-out test file was given (data.test_source)
         return df[df["split"] == "train"], df[df["split"] == "test"]
     if "group" in df.columns:
-        from sklearn.model_selection import GroupShuffleSplit
-
-        gss = GroupShuffleSplit(n_splits=1, test_size=cfg.test_size, random_state=cfg.seed)
-        train_idx, test_idx = next(gss.split(df, df["label_id"], groups=df["group"].fillna("")))
-        return df.iloc[train_idx], df.iloc[test_idx]
+        return split_by_group(df, df["group"].fillna(""), cfg.test_size, cfg.seed)
     return train_test_split(df, test_size=cfg.test_size, stratify=df["label_id"], random_state=cfg.seed)
 
 
@@ -156,11 +152,6 @@ def preprocess(cfg: PreprocessConfig, raw_path: Path, out_dir: Path, label_mappi
     if train.empty or test.empty:
         raise ValueError(f"{raw_path}: the {'train' if train.empty else 'test'} split is empty after cleaning")
     keep = [c for c in ("text", "label", "label_id", "group") if c in df.columns]
-    with atomic_path(out_dir) as tmp:
-        tmp.mkdir()
-        train[keep].reset_index(drop=True).to_parquet(tmp / "train.parquet", index=False)
-        test[keep].reset_index(drop=True).to_parquet(tmp / "test.parquet", index=False)
-        write_json(tmp / "label_map.json", label_map)
-        write_json(tmp / "report.json", report)
+    write_processed(out_dir, train[keep].reset_index(drop=True), test[keep].reset_index(drop=True), label_map, report)
     log.info("preprocess: %s", counts)
     return report

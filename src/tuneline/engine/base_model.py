@@ -56,12 +56,9 @@ def cache_root() -> Path:
     return Path(env).expanduser() if env else user_cache_dir("llm")
 
 
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
+def sha256_file(path: Path) -> str:
     with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def _cached_sha256(path: Path, root: Path) -> str:

@@ -15,11 +15,11 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from tuneline.config import PreprocessConfig
-from tuneline.tables import DataError
 from tuneline.engine import chat
+from tuneline.folds import split_by_group
 from tuneline.llm.config import LLMConfig
 from tuneline.llm.data import field_value, prompt_key, response_text, sft_conversation, to_messages
-from tuneline.storage import atomic_path, write_json
+from tuneline.tables import DataError, write_processed
 
 log = logging.getLogger(__name__)
 
@@ -62,16 +62,6 @@ def fit_lengths(rows: list[dict], tokenizer, cfg: LLMConfig, task: str) -> tuple
     return kept, stats
 
 
-def split_by_prompt(df: pd.DataFrame, cfg: PreprocessConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
-    if (df["split"] == "test").any():  # a held-out file was given (data.test_source)
-        return df[df["split"] == "train"], df[df["split"] == "test"]
-    from sklearn.model_selection import GroupShuffleSplit
-
-    gss = GroupShuffleSplit(n_splits=1, test_size=cfg.test_size, random_state=cfg.seed)
-    train_idx, test_idx = next(gss.split(df, groups=df["prompt_key"]))
-    return df.iloc[train_idx], df.iloc[test_idx]
-
-
 def to_table(df: pd.DataFrame, task: str) -> pd.DataFrame:
     if task == "preference":
         cols = {"prompt": df["prompt"].map(json.dumps), "chosen": df["chosen"], "rejected": df["rejected"]}
@@ -96,7 +86,7 @@ def preprocess(task: str, cfg: LLMConfig, pre: PreprocessConfig, raw: pd.DataFra
     if pre.sample_size is not None and pre.sample_size < len(df):
         df = df.sample(n=pre.sample_size, random_state=pre.seed).sort_index()
     counts["rows_sampled"] = len(df)
-    train, test = split_by_prompt(df, pre)
+    train, test = split_by_group(df, df["prompt_key"], pre.test_size, pre.seed)
     overlap = set(train["prompt_key"]) & set(test["prompt_key"])
     if overlap:  # validation rejects this for given files; a random split groups by prompt
         raise LLMPreprocessError(f"{len(overlap)} prompts are in both train and test")
@@ -106,12 +96,7 @@ def preprocess(task: str, cfg: LLMConfig, pre: PreprocessConfig, raw: pd.DataFra
                   prompts_test=int(test["prompt_key"].nunique()))
     report = {"task": task, "counts": counts | length_stats, "max_length": cfg.max_length,
               "max_prompt_length": cfg.max_prompt_length, "labels": list(LABEL_MAPS[task])}
-    with atomic_path(out_dir) as tmp:
-        tmp.mkdir()
-        to_table(train, task).to_parquet(tmp / "train.parquet", index=False)
-        to_table(test, task).to_parquet(tmp / "test.parquet", index=False)
-        write_json(tmp / "label_map.json", LABEL_MAPS[task])
-        write_json(tmp / "report.json", report)
+    write_processed(out_dir, to_table(train, task), to_table(test, task), LABEL_MAPS[task], report)
     log.info("LLM preprocess: %s", report["counts"])
     return report
 

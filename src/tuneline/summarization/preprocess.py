@@ -19,9 +19,9 @@ import numpy as np
 import pandas as pd
 
 from tuneline.config import PreprocessConfig
-from tuneline.storage import atomic_path, write_json
+from tuneline.folds import split_by_group
 from tuneline.summarization.data import document_key, instruction_for
-from tuneline.tables import DataError
+from tuneline.tables import DataError, write_processed
 
 log = logging.getLogger(__name__)
 COLUMNS = ["doc_key", "document", "summary", "instruction", "aspect", "truncated", "where"]
@@ -41,16 +41,6 @@ def truncate(tokenizer, documents: list[str], max_tokens: int) -> tuple[list[str
     return out, cut
 
 
-def split_by_document(df: pd.DataFrame, pre: PreprocessConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
-    if (df["split"] == "test").any():
-        return df[df["split"] == "train"], df[df["split"] == "test"]
-    from sklearn.model_selection import GroupShuffleSplit
-
-    gss = GroupShuffleSplit(n_splits=1, test_size=pre.test_size, random_state=pre.seed)
-    train_idx, test_idx = next(gss.split(df, groups=df["doc_key"]))
-    return df.iloc[train_idx], df.iloc[test_idx]
-
-
 def preprocess(cfg, pre: PreprocessConfig, raw: pd.DataFrame, tokenizer, out_dir: Path) -> dict:
     """Step: write train/test parquet, an empty label_map.json (the shell's file set) and report.json."""
     records = raw.to_dict("records")
@@ -66,7 +56,7 @@ def preprocess(cfg, pre: PreprocessConfig, raw: pd.DataFrame, tokenizer, out_dir
     if pre.sample_size is not None and pre.sample_size < len(df):
         df = df.sample(n=pre.sample_size, random_state=pre.seed).sort_index()
     counts["rows_sampled"] = len(df)
-    train, test = split_by_document(df, pre)
+    train, test = split_by_group(df, df["doc_key"], pre.test_size, pre.seed)
     if set(train["doc_key"]) & set(test["doc_key"]):  # validation rejects this for given files; a random split groups
         raise SummarizationPreprocessError("a document is in both train and test")
     if train.empty or test.empty:
@@ -78,12 +68,7 @@ def preprocess(cfg, pre: PreprocessConfig, raw: pd.DataFrame, tokenizer, out_dir
     report = {"task": "summarization", "counts": counts, "max_document_tokens": cfg.max_document_tokens,
               "truncation": "head: a longer document keeps its first summarization.max_document_tokens tokens",
               "summary_words_mean": float(words.mean()), "labels": []}
-    with atomic_path(out_dir) as tmp:
-        tmp.mkdir()
-        train[COLUMNS].reset_index(drop=True).to_parquet(tmp / "train.parquet", index=False)
-        test[COLUMNS].reset_index(drop=True).to_parquet(tmp / "test.parquet", index=False)
-        write_json(tmp / "label_map.json", {})
-        write_json(tmp / "report.json", report)
+    write_processed(out_dir, train[COLUMNS].reset_index(drop=True), test[COLUMNS].reset_index(drop=True), {}, report)
     log.info("summarization preprocess: %s", counts)
     return report
 
