@@ -1,8 +1,7 @@
 """The one module that owns Great Expectations: runs a suite built in code, explains and renders the result.
 
-A task's validation step builds (expectation, plain-words problem) pairs and a report dict (success, task,
-source, rows, summary, results); `write_report` saves it as report.json + a self-contained report.html and
-raises `DataValidationError` listing every failed expectation, so nothing downstream runs.
+A task's validation step builds (expectation, plain-words problem) pairs and a report dict; `write_report`
+saves it and raises `DataValidationError`, so nothing downstream runs.
 """
 from __future__ import annotations
 

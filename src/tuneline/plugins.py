@@ -1,13 +1,10 @@
-"""Task plugins: what a task (classification, chat SFT, preference, ...) gives the pipeline shell.
+"""Task plugins: what a task (classification, chat SFT, preference, ...) gives the pipeline shell, which owns
+everything the tasks share (tuneline.pipeline.shell).
 
 A plugin is found by its task name: the `tuneline.tasks` entry points of installed packages
 (pyproject.toml declares the built-in ones) plus any registered at run time with `register`.
 Nothing here imports a plugin's module by name, so a new task lands in its own package without
 an edit to the shell, the config or this file.
-
-The shell (tuneline.pipeline.shell) owns everything every task shares: clearing outputs, the
-validation guard, metrics files, the resolved config, lineage, the registration key, the registry
-lock, aliases and the run summary. A plugin owns only what is its own (see TaskPlugin).
 """
 from __future__ import annotations
 

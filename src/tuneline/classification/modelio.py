@@ -1,14 +1,8 @@
 """Model folders on disk: what each strategy saves, and loading any of them back.
 
-Every folder has `tuneline.json` (strategy, labels, max_length, base model). What plain Hugging
-Face tools see in it:
-- full, partial (cached or not) and merged LoRA: a whole AutoModelForSequenceClassification folder
-  with the real label names in id2label and the tokenizer truncating at train.max_length, so
-  `transformers.pipeline("text-classification", model=folder)` gives tuneline's labels;
-- an unmerged LoRA adapter: peft's folder in `adapter/`;
-- feature extraction (a mean-pooled frozen encoder plus a logistic head, which transformers cannot
-  express) and the TF-IDF baseline: no config.json at the top, so transformers refuses the folder
-  instead of loading a random head; README.md says how to load them.
+Plain Hugging Face tools load a fine-tuned folder as it is (README, "Model folders"); the feature-extraction
+and baseline folders have no top-level config.json, so transformers refuses them instead of loading a
+random head, and their README.md says how to load them.
 """
 from __future__ import annotations
 

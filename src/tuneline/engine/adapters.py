@@ -1,7 +1,5 @@
-"""Load a trained adapter folder onto its base for scoring, generation and serving (the LLM tasks'
-and summarization's).
-
-An adapter folder holds the peft adapter, the tokenizer and `tuneline_llm.json` (method, the base
+"""Load a trained adapter folder (the LLM tasks' and summarization's) onto its base for scoring, generation
+and serving. The folder holds the peft adapter, the tokenizer and `tuneline_llm.json` (method, the base
 reference with its hash, lengths, beta). Imports only torch/transformers/peft.
 """
 from __future__ import annotations

@@ -1,18 +1,9 @@
-"""Data-parallel fine-tuning (torch.distributed DDP), launched through torchrun.
+"""Data-parallel fine-tuning (torch DDP) over train.devices torchrun processes: one per GPU (NCCL), or gloo on a CPU.
 
-With train.devices = N > 1, `trainer.fit` writes the job (model folder, labels, texts, config) to a
-temporary folder and runs `python -m torch.distributed.run --standalone --nproc-per-node N -m
-tuneline.engine.ddp_rank JOB` on this machine: N processes, one per GPU (NCCL) or, on a CPU,
-gloo processes sharing the cores. Each builds the same model (same seed) and trains it with
-`trainer.train_model` inside the process group; rank 0 writes the trained weights and the run's
-record into the job folder, and the calling process loads them into its own copy of the model.
-
-The maths is the one-process maths: train.batch_size is the GLOBAL batch. Every optimizer step
-sees the same rows as in one process, split across the ranks (batching.Shard); each rank's loss
-is its rows' class-weighted cross-entropy summed and divided by the weight sum of the whole global
-batch (all-reduced), so the averaged gradient is the one-process gradient up to float rounding and
-train.learning_rate needs no scaling. Only rank 0 writes checkpoints and results and shows
-progress; the engine itself never logs to MLflow (the pipeline's process does, once).
+The maths is the one-process maths (README, "Data-parallel fine-tuning"): train.batch_size is the GLOBAL batch,
+split across the ranks (batching.Shard), and each rank's loss is over the whole batch's weight sum
+(trainer.global_batch_loss), so train.learning_rate needs no scaling. Only rank 0 writes weights, checkpoints
+and the record; the engine never logs to MLflow (the pipeline's process does, once).
 """
 from __future__ import annotations
 

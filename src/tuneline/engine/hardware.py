@@ -1,13 +1,9 @@
-"""What `train.strategy: auto` and `train.precision: auto` become on this machine, and the
-per-strategy hyperparameter defaults (torch only: it runs on the worker that trains).
+"""What `train.strategy: auto` and `train.precision: auto` become on this machine, and the per-strategy
+hyperparameter defaults (torch only: it runs on the worker that trains).
 
-The rule is static — read from the device and the CPU's flags, never timed at run time — so the
-same machine always resolves the same way and a cache key can hold the result:
-- CUDA: full fine-tuning, bf16 autocast.
-- CPU: `partial` over the frozen-prefix cache (only the top layers and the head train; the frozen
-  bottom runs once per dataset). bf16 autocast for encoding where the CPU has avx512_bf16/AMX.
-
-The defaults below were chosen by measurement (BENCHMARKS.md, "Fine-tuning default").
+The rule is static — read from the device and the CPU's flags, never timed — so a machine always resolves
+the same way and a cache key can hold the result (README, "Fine-tuning strategies"). The defaults were
+chosen by measurement (BENCHMARKS.md, "Fine-tuning default").
 """
 from __future__ import annotations
 

@@ -1,12 +1,6 @@
-"""LLM data: read chat/preference JSON Lines, turn "Human:/Assistant:" transcripts into messages.
-
-Formats (one JSON object per line):
-- chat_sft:   {"messages": [{"role": "user"|"assistant"|"system", "content": str}, ...]}
-              or {"prompt": str | messages, "response": str}
-- preference: {"prompt": str | messages, "chosen": str, "rejected": str}
-              (grpo/rloo read only the prompts: {"prompt": …} lines will do)
-A string prompt in the HH-RLHF style ("Human: …\\n\\nAssistant: …\\n\\nHuman: …\\n\\nAssistant:") becomes
-a list of messages; any other string is one user message.
+"""LLM data: read chat/preference JSON Lines (formats: README, "LLM fine-tuning"; grpo/rloo read only the
+prompts, so {"prompt": …} lines will do); an HH-RLHF transcript ("Human: …\\n\\nAssistant: …") becomes a list
+of messages, any other string prompt one user message.
 """
 from __future__ import annotations
 

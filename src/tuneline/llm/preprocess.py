@@ -1,8 +1,6 @@
 """Preprocess LLM rows: transcripts -> chat messages, long prompts cut to their latest turns, pairs
 that still exceed llm.max_length dropped, duplicates removed, split by prompt (no prompt in both).
-
-Processed files keep messages as JSON text: `prompt` (messages), `chosen`, `rejected` for
-preference; `messages` (the whole conversation) for chat SFT; plus `prompt_key` and source `line`.
+Messages are kept as JSON text in the parquet files.
 """
 from __future__ import annotations
 

@@ -1,7 +1,5 @@
-"""The MLflow pyfunc flavour of an LLM adapter: the adapter folder plus a reference to its base.
-
-Loading finds the base from the reference (the packaged GGUF, converted once into the local cache,
-a hub id at a commit, or a folder) and checks its hash before attaching the adapter.
+"""The MLflow pyfunc flavour of an LLM adapter: the adapter folder plus a reference to its base, found and
+checked by hash on load (tuneline.engine.base_model.base_from_reference).
 - chat models (SFT, DPO): input `prompt` (text, or a JSON list of messages) -> output `response`;
 - reward models: input `prompt` and `response` -> output `reward`.
 """

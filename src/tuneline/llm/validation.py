@@ -1,10 +1,6 @@
-"""Data contracts for the LLM tasks: a Great Expectations suite per task, plus checks that need the
-base model's tokenizer (token lengths as the chat template renders them).
-
-Rows are checked strictly (every field present and non-empty, chosen != rejected, well-formed
-messages, no prompt in both train and test); token lengths may exceed `llm.max_length` for at most
-`llm.max_overlength_fraction` of the rows (preprocessing drops those). A failure raises one error
-naming the file, each failed field, the problem and the offending line numbers (tuneline.expectations).
+"""Data contracts for the LLM tasks: a Great Expectations suite per task, plus token lengths as the base's chat
+template renders them (README, "LLM fine-tuning", lists the checks). Too-long rows may pass up to
+llm.max_overlength_fraction, as preprocessing drops them.
 """
 from __future__ import annotations
 

@@ -1,12 +1,7 @@
-"""Summarization data: the user's JSONL/CSV (document and summary columns named in params, plus an
-optional instruction or aspect column) or the packaged sample, aclsum.
+"""Summarization data: the user's JSONL/CSV or the packaged sample, aclsum (README, "Summarization").
 
-aclsum (MIT, on PyPI; 247 ACL papers, splits train 99 / val 49 / test 99, three aspect summaries
-each: challenge, approach, outcome). Its wheel declares Python >= 3.11 and a dependency (`sienna`)
-tuneline does not need, so it is not installed: its three JSONL files are read out of the wheel
-(tuneline.wheels: an installed copy, else `pip download --no-deps` once into the user cache). Each
-paper gives one row per aspect, the aspect put into the instruction; the document is the paper's
-`summarization.aclsum_sections` joined in order. aclsum's train and val splits train, test tests.
+aclsum's wheel declares Python >= 3.11 and a dependency (`sienna`) tuneline does not need, so it is not installed:
+its JSONL files are read out of the wheel (tuneline.wheels). Each paper gives one row per aspect.
 """
 from __future__ import annotations
 

@@ -1,10 +1,5 @@
-"""Train and run a summarizer (torch/transformers/peft/trl only: no MLflow, Prefect or DVC).
-
-- causal (SmolLM2 by default): SFT on one chat exchange — the user turn is the instruction and the
-  document, the assistant's answer the summary — with the loss on the summary tokens only (trl's
-  assistant-only loss, tuneline.engine.lora), LoRA on the base;
-- seq2seq (t5, bart: AutoModelForSeq2SeqLM): the encoder reads the instruction and the document, the
-  decoder learns the summary (labels: the summary's tokens only), LoRA on the base.
+"""Train and run a summarizer (torch/transformers/peft/trl only: no MLflow, Prefect or DVC): a LoRA adapter
+on a causal LM (SFT on one chat exchange, the loss on the summary tokens only) or on a seq2seq model (t5, bart).
 The adapter folder's meta file records the family, so loading picks the right model class.
 """
 from __future__ import annotations

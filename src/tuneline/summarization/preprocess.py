@@ -1,14 +1,8 @@
 """Preprocess summarization rows: instruction resolved per row, long documents cut, split by document.
 
-Truncation policy: a document over summarization.max_document_tokens keeps its FIRST
-max_document_tokens tokens (the base tokenizer's) and loses the rest — for papers the abstract and
-what follows it, for news the lead. Summaries are never cut (validation rejects those over
-summarization.max_summary_tokens). Cut rows are counted in report.json (`documents_truncated`);
-validation has already failed the run when more than summarization.max_truncated_fraction were over.
-
-Splits group by document (its normalised hash), so no document is in both train and test; a given
-data.test_source is the test split. Processed parquet columns: doc_key, document, summary,
-instruction, aspect, truncated, where.
+A document over summarization.max_document_tokens keeps its FIRST tokens (for papers the abstract and what follows,
+for news the lead); summaries are never cut (README, "Summarization"). Splits group by the document's normalised
+hash, so no document is in both train and test.
 """
 from __future__ import annotations
 

@@ -1,13 +1,6 @@
-"""Data contract of the summarization task: a Great Expectations suite (tuneline.expectations owns GX)
-over values derived with the base model's tokenizer.
-
-Fails on: a missing, null or blank document or summary; the same document twice with the same aspect
-(or instruction) — aclsum gives each paper three times, once per aspect, so duplicates key on
-(document, aspect); a summary with more words than its document; a document under
-summarization.min_document_tokens; more than summarization.max_truncated_fraction of documents over
-summarization.max_document_tokens (preprocessing cuts those, see preprocess.py); a summary over
-summarization.max_summary_tokens; a document in both train and test. The error names the file and
-line of each offending row, the column and the allowed values.
+"""Data contract of the summarization task: a Great Expectations suite (tuneline.expectations owns GX) over values
+derived with the base model's tokenizer; README ("Summarization") lists the checks. Duplicates key on
+(document, aspect): aclsum gives each paper three times, once per aspect.
 """
 from __future__ import annotations
 
