@@ -32,22 +32,27 @@ from tuneline.classification.head import LinearHead
 log = logging.getLogger(__name__)
 
 
-class Featurizer:
-    """Loads the encoder lazily: on a full cache hit it is never loaded at all."""
+class _CachedWork:
+    """A candidate's once-per-dataset work on texts, cached on disk; the model (`loaded`) is built lazily,
+    so on a full cache hit it is never loaded at all."""
 
+    def __init__(self, candidate: dict, cfg: TrainConfig, cache: DiskCache, what: str):
+        self.candidate, self.cfg, self.cache, self.what = candidate, cfg, cache, what
+
+    def key(self, texts: list[str]) -> str:
+        return cache_key(self.candidate["fingerprint"], texts, self.cfg.max_length, self.what, self.cfg.precision)
+
+    def seconds_per_text(self, texts: list[str]) -> float:
+        return self.cache.seconds_per_text(self.key(texts))
+
+
+class Featurizer(_CachedWork):
     def __init__(self, candidate: dict, train_cfg: TrainConfig, cache_dir: Path):
-        self.candidate, self.cfg = candidate, train_cfg
-        self.cache = DiskCache(cache_dir)
+        super().__init__(candidate, train_cfg, DiskCache(cache_dir), train_cfg.pooling)
 
     @functools.cached_property
     def loaded(self):
         return load_encoder(self.candidate["resolved"], self.cfg.trust_remote_code, self.cfg.allow_pickle_weights)
-
-    def key(self, texts: list[str]) -> str:
-        return cache_key(self.candidate["fingerprint"], texts, self.cfg.max_length, self.cfg.pooling, self.cfg.precision)
-
-    def seconds_per_text(self, texts: list[str]) -> float:
-        return self.cache.seconds_per_text(self.key(texts))
 
     def __call__(self, texts: list[str], desc: str, states: prefix.PrefixStates | None = None, freeze: int = 0) -> np.ndarray:
         """Features of `texts`; with `states` (their frozen prefix, same model and precision, already
@@ -64,23 +69,19 @@ class Featurizer:
         return self.cache.get(key, compute)
 
 
-class FrozenPrefix:
-    """The frozen prefix's hidden states of a `partial` candidate's texts, computed once; the model
-    is built lazily, once for both the checks and the computation."""
+class FrozenPrefix(_CachedWork):
+    """The frozen prefix's hidden states of a `partial` candidate's texts; the model is built once for
+    both the checks and the computation."""
 
     def __init__(self, candidate: dict, cfg: TrainConfig, cache_dir: Path, names: list[str]):
-        self.candidate, self.cfg, self.names = candidate, cfg, names
-        self.cache = prefix.cache(cache_dir)
+        super().__init__(candidate, cfg, prefix.cache(cache_dir), f"prefix{cfg.freeze_layers}")
+        self.names = names
 
     @functools.cached_property
     def loaded(self):
         from tuneline.engine.trainer import build_model
 
         return build_model(self.candidate["resolved"], self.names, self.cfg, "partial")
-
-    def key(self, texts: list[str]) -> str:
-        return cache_key(self.candidate["fingerprint"], texts, self.cfg.max_length, f"prefix{self.cfg.freeze_layers}",
-                         self.cfg.precision)
 
     def __call__(self, texts: list[str], desc: str) -> prefix.PrefixStates:
         def make() -> prefix.PrefixStates:
@@ -89,9 +90,6 @@ class FrozenPrefix:
                                   desc=desc)
 
         return self.cache.get(self.key(texts), make)
-
-    def seconds_per_text(self, texts: list[str]) -> float:
-        return self.cache.seconds_per_text(self.key(texts))
 
     def usable(self, texts: list[str]) -> bool:
         """Within train.prefix_cache_max_mb, and the swap reproduces the plain forward on this model."""

