@@ -4,6 +4,7 @@ format), and the raw table every task's ingest writes (Parquet, with how it was 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import logging
@@ -160,6 +161,11 @@ def write_processed(out_dir: Path, train: pd.DataFrame, test: pd.DataFrame, labe
         test.to_parquet(tmp / "test.parquet", index=False)
         write_json(tmp / "label_map.json", label_map)
         write_json(tmp / "report.json", report)
+
+
+def text_key(text: str) -> str:
+    """Hash of a text with spacing and case normalised: what 'the same prompt/document' means for duplicates and leakage."""
+    return hashlib.sha256(" ".join(text.split()).casefold().encode()).hexdigest()[:16]
 
 
 def source_of(info: dict) -> str:

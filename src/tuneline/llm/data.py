@@ -4,7 +4,6 @@ of messages, any other string prompt one user message.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from pathlib import Path
@@ -12,14 +11,13 @@ from typing import Any, Optional
 
 import pandas as pd
 
-from tuneline.tables import DataError
+from tuneline.tables import DataError, text_key
 
 ROLES = ("system", "user", "assistant")
 FIELDS = {"chat_sft": ("messages", "prompt", "response"), "preference": ("prompt", "chosen", "rejected")}
 EXPECTED = {"chat_sft": "'messages' (a list of {role, content}) or 'prompt' and 'response'",
             "preference": "'prompt', 'chosen' and 'rejected'"}
 _TURN = re.compile(r"\n\n(?=(?:Human|Assistant):)")
-_SPACE = re.compile(r"\s+")
 
 
 class LLMDataError(DataError):
@@ -112,9 +110,7 @@ def sft_conversation(row: dict) -> Any:
 
 
 def prompt_key(messages: list[dict]) -> str:
-    """Hash of the prompt with spacing and case normalised: what 'the same prompt' means for leakage and grouping."""
-    text = _SPACE.sub(" ", " ".join(f"{m['role']}: {m['content']}" for m in messages)).strip().casefold()
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return text_key(" ".join(f"{m['role']}: {m['content']}" for m in messages))
 
 
 def last_user_turn(messages: list[dict]) -> list[dict]:

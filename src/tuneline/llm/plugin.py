@@ -230,9 +230,10 @@ class LLMTask(AdapterTask):
         """A registered adapter's per-row scores on this project's held-out rows (on its own base, checked by hash)."""
         from tuneline.llm.evaluation import evaluate_adapter
 
-        method, (rows, keys) = _method(c), _rows(c, f.test)
+        method = _method(c)
         with self.champion(uri, name, version, method, f"this project trains {method!r} ones; use a separate "
                            "llm.registered_model_name") as (adapter, base):
+            rows, keys = _rows(c, f.test)
             if method in RL_METHODS:  # its greedy answers, with this project's decoding, scored by this project's reward model
                 from tuneline.llm import rl
                 from tuneline.storage import read_json

