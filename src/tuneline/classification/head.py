@@ -1,6 +1,5 @@
-"""Training engine for the feature-extraction strategy: a logistic head on frozen-encoder features.
-
-Imports only numpy/scikit-learn/torch/transformers so it runs where MLflow, Prefect and DVC don't.
+"""Training engine for the feature-extraction strategy: a logistic head on frozen-encoder features
+(numpy/scikit-learn/torch/transformers only, so it runs where MLflow, Prefect and DVC don't).
 """
 from __future__ import annotations
 

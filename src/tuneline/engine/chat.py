@@ -1,7 +1,4 @@
-"""Chat rendering with the base's template: token counts, prompt cutting, the training template.
-
-Imports transformers (tokenizers) only.
-"""
+"""Chat rendering with the base's template (transformers' tokenizers only): token counts, prompt cutting, the training template."""
 from __future__ import annotations
 
 from typing import Optional

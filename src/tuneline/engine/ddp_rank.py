@@ -1,7 +1,5 @@
-"""The program each torchrun process of a data-parallel fine-tune runs (tuneline.engine.distributed):
+"""The program each torchrun process of a data-parallel fine-tune runs (tuneline.engine.distributed.launch):
 join the process group, build the job's model, train it as one DDP rank; rank 0 writes the result.
-
-python -m torch.distributed.run --standalone --nproc-per-node N -m tuneline.engine.ddp_rank JOB_FOLDER
 """
 from __future__ import annotations
 

@@ -32,8 +32,7 @@ def embed(
     texts: Sequence[str], tokenizer, encoder, *, max_length: int, batch_size: int, pooling: str, precision: str = "fp32",
     desc: str = "embedding",
 ) -> np.ndarray:
-    """Pooled embeddings in input order. Texts are sorted by length so each batch pads little;
-    precision bf16 runs the encoder under bf16 autocast (tuneline.engine.hardware)."""
+    """Pooled embeddings in input order (batched by length, so each batch pads little)."""
     import torch
 
     from tuneline.engine.batching import encode, in_length_order

@@ -15,10 +15,9 @@ def _chat_text(tokenizer, prompt) -> str:
 def generate(model, tokenizer, prompts: list, max_new_tokens: int, batch_size: int = 1, seq2seq: bool = False,
              precision: str = "fp32", max_input_tokens: Optional[int] = None, desc: str = "generating",
              sample_seed: Optional[int] = None) -> list[str]:
-    """One greedy output per prompt, in order (with `sample_seed`: sampled at temperature 1, no top-k/top-p, from that seed). A causal model's prompt is a string (one user turn) or a
-    list of messages, rendered with the chat template and left-padded; a seq2seq model's is the encoder's
-    text (cut to `max_input_tokens`). Batches hold prompts of similar length; `precision` bf16 runs
-    under bf16 autocast (tuneline.engine.hardware)."""
+    """One greedy output per prompt, in order (with `sample_seed`: sampled at temperature 1, no top-k/top-p, from that
+    seed). A causal model's prompt is a string (one user turn) or a list of messages, rendered with the chat template
+    and left-padded; a seq2seq model's is the encoder's text (cut to `max_input_tokens`)."""
     import torch
 
     from tuneline.engine.hardware import autocast

@@ -26,8 +26,7 @@ CHECKPOINTS = "checkpoints"
 
 
 def work_dir(cache_dir: Path, kind: str, candidate: dict, cfg: TrainConfig, seed: int, data_file: Path, rows=None) -> Path:
-    """The folder of one fine-tune: `kind` ('fold3', 'refit'), the candidate, the training config,
-    the seed, the training file's bytes and (for a fold) its row indices."""
+    """The folder of one fine-tune (`kind`: 'fold3', 'refit'), named by everything that decides its result."""
     payload = {
         "kind": kind, "model": candidate.get("fingerprint") or candidate.get("resolved") or candidate["model"],
         "strategy": candidate["strategy"], "seed": seed, "data": file_md5(data_file),
