@@ -18,6 +18,10 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Optional
 
+import numpy as np
+
+from tuneline.storage import atomic_path, read_json, write_json
+
 log = logging.getLogger(__name__)
 
 ENTRY_POINTS = "tuneline.tasks"
@@ -52,7 +56,6 @@ def adapter_registration(f, metric: str, labels: dict[str, str], table: list, ta
     summaries) as an MLflow table."""
     from datetime import datetime, timezone
 
-    from tuneline.storage import read_json
     from tuneline.tracking.runs import pinned
 
     base, cv, test = read_json(f.selection)["base"], read_json(f.cv_summary), read_json(f.eval_metrics)
@@ -228,7 +231,6 @@ class AdapterTask(TaskPlugin):
 
     def cv_summary(self, c, f, plan: dict, results: list[dict]):
         from tuneline.metrics import summarize
-        from tuneline.storage import read_json
 
         mode, k, labels = getattr(c, self.section).cv_mode, len(plan["folds"]), self.labels(c)
         model = read_json(f.selection)["model"]
@@ -237,10 +239,6 @@ class AdapterTask(TaskPlugin):
                 "fold_metrics": results, "folds_note": f"{mode}, {k} split{'s' if k > 1 else ''}"}, {}
 
     def candidate_scores(self, c, f) -> dict:
-        import numpy as np
-
-        from tuneline.storage import read_json
-
         stored = read_json(f.eval_scores)
         keys = stored.pop(self.keys_field)
         return {"keys": keys, "scores": {k: np.asarray(v) for k, v in stored.items()}}
@@ -292,8 +290,6 @@ def train_stats(stats: dict, *keys: str) -> dict[str, float]:  # and `keys` of `
 
 def write_eval(f, metrics: dict, files: dict[str, Any]) -> dict:
     """The refit's eval folder, in one rename: the test metrics and {file name: JSON value}."""
-    from tuneline.storage import atomic_path, write_json
-
     with atomic_path(f.eval_dir) as tmp:
         tmp.mkdir()
         for name, value in {f.eval_metrics.name: metrics, **files}.items():

@@ -9,6 +9,7 @@ from typing import Optional
 import numpy as np
 
 from tuneline.plugins import Registration, TaskPlugin
+from tuneline.storage import read_json
 
 MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
 
@@ -42,7 +43,6 @@ class Classification(TaskPlugin):
 
     def preprocess(self, c, f) -> dict:
         from tuneline.classification.preprocess import preprocess
-        from tuneline.storage import read_json
 
         # validation decided which raw labels are one class; the shell checked that it passed
         return preprocess(c.preprocess, f.raw, f.processed_dir, read_json(f.validation_report).get("label_mapping", {}))
@@ -117,7 +117,6 @@ class Classification(TaskPlugin):
         from mlflow.models import infer_signature
 
         from tuneline.classification.crossval import slug
-        from tuneline.storage import read_json
         from tuneline.tracking.runs import fold_runs, pinned, trial_runs
 
         cv, test = read_json(f.cv_summary), read_json(f.eval_metrics)
@@ -169,8 +168,6 @@ class Classification(TaskPlugin):
 
     def _test_split(self, f) -> tuple[list[str], np.ndarray, dict[str, int]]:
         import pandas as pd
-
-        from tuneline.storage import read_json
 
         test, label_map = pd.read_parquet(f.test), read_json(f.label_map)
         return test["text"].astype(str).tolist(), _ids(test["label"].astype(str).tolist(), label_map), label_map

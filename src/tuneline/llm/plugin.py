@@ -13,6 +13,7 @@ from tuneline.llm.config import LLMConfig
 from tuneline.plugins import (
     AdapterTask, Registration, adapter_registration, fold_done, fold_rows, generation_signature, train_stats, write_eval,
 )
+from tuneline.storage import atomic_path, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,6 @@ class LLMTask(AdapterTask):
         from transformers import AutoConfig
 
         from tuneline.engine.chat import training_chat_template
-        from tuneline.storage import write_json
 
         base = self.base(c)
         AutoConfig.from_pretrained(base.folder, trust_remote_code=c.llm.trust_remote_code)
@@ -135,7 +135,6 @@ class LLMTask(AdapterTask):
     def run_fold(self, c, f, plan: dict, job: dict) -> dict:
         from tuneline.llm.evaluation import evaluate_adapter
         from tuneline.engine.lora import train_adapter
-        from tuneline.storage import read_json
 
         selection = read_json(f.selection)
         train, val = fold_rows(_rows(c, f.train)[0], plan, job)
@@ -162,7 +161,6 @@ class LLMTask(AdapterTask):
         """Train on all training rows, save the adapter, score it once on the test split, answer the prompt set."""
         from tuneline.llm.evaluation import evaluate_adapter
         from tuneline.engine.lora import train_adapter
-        from tuneline.storage import atomic_path, read_json
 
         selection = read_json(f.selection)
         (train_rows, _), (test_rows, test_keys) = _rows(c, f.train), _rows(c, f.test)
@@ -186,7 +184,6 @@ class LLMTask(AdapterTask):
         """Train the policy on every training prompt; score it and the base on the held-out prompts
         (reward, KL, lengths) and on (up to TRAIN_SCORED_MAX) training prompts."""
         from tuneline.llm import rl
-        from tuneline.storage import atomic_path
 
         scorer, test_prompts = _scorer(c, selection), rl.prompts_of(test_rows)
         with atomic_path(f.model_dir) as tmp:
@@ -210,8 +207,6 @@ class LLMTask(AdapterTask):
         return TASK_METRICS[_method(c)]
 
     def registration(self, c, f) -> Registration:
-        from tuneline.storage import read_json
-
         method = _method(c)
         extra = [f.eval_dir / "decoding.json"] if method in RL_METHODS else []
         reg = adapter_registration(f, self.metric(c)[0], self.labels(c), read_json(f.eval_dir / "generations.json"),
@@ -236,7 +231,6 @@ class LLMTask(AdapterTask):
             rows, keys = _rows(c, f.test)
             if method in RL_METHODS:  # its greedy answers, with this project's decoding, scored by this project's reward model
                 from tuneline.llm import rl
-                from tuneline.storage import read_json
 
                 scores = rl.score_policy(adapter, base, rl.prompts_of(rows), _scorer(c, read_json(f.selection)), c.llm, kl=False)
                 return {"keys": keys, "scores": {k: v for k, v in scores.items() if k.endswith(("reward", "tokens"))}}

@@ -17,6 +17,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from tuneline.storage import atomic_path, path_digest
+
 log = logging.getLogger(__name__)
 
 KEY = "llm.reward_model"
@@ -45,7 +47,6 @@ def resolve(spec: str, uri: str, test_pairs: Callable[[], list], alpha: float, b
 def _registered(spec: str, uri: str) -> dict:
     from tuneline.engine.base_model import cache_root
     from tuneline.engine.lora import ADAPTER_META
-    from tuneline.storage import atomic_path, path_digest
     from tuneline.tracking.runs import download_folder, registry_version
 
     try:
@@ -85,7 +86,6 @@ def _folder(spec: str, test_pairs: list, alpha: float, batch_size: int) -> dict:
     from tuneline.engine.base_model import base_from_reference
     from tuneline.llm.evaluation import evaluate_adapter
     from tuneline.llm.metrics import row_scores
-    from tuneline.storage import path_digest
     from tuneline.tracking.gate import pairwise_floor
 
     folder = Path(spec).expanduser().resolve()
@@ -109,8 +109,6 @@ def _folder(spec: str, test_pairs: list, alpha: float, batch_size: int) -> dict:
 
 def check_folder(ref: dict) -> Path:
     """The reward model a later step loads is still the one select checked (its hash)."""
-    from tuneline.storage import path_digest
-
     folder = Path(ref["folder"])
     if path_digest(folder) != ref["sha256"]:
         raise RewardModelError(f"{KEY}: {folder} changed since the select step checked it (hash {ref['sha256'][:20]}…); re-run select")

@@ -12,6 +12,7 @@ import numpy as np
 from tuneline.plugins import (
     AdapterTask, Registration, adapter_registration, fold_done, fold_rows, generation_signature, train_stats, write_eval,
 )
+from tuneline.storage import atomic_path, read_json, write_json
 from tuneline.summarization.config import SummarizationConfig
 
 log = logging.getLogger(__name__)
@@ -109,7 +110,6 @@ class Summarization(AdapterTask):
         from transformers import AutoConfig
 
         from tuneline.engine.chat import training_chat_template
-        from tuneline.storage import write_json
 
         s, base = c.summarization, self.base(c)
         config = AutoConfig.from_pretrained(base.folder, trust_remote_code=s.trust_remote_code)
@@ -132,7 +132,6 @@ class Summarization(AdapterTask):
         return [r["doc_key"] for r in load_rows(f.train)]
 
     def run_fold(self, c, f, plan: dict, job: dict) -> dict:
-        from tuneline.storage import read_json
         from tuneline.summarization.model import summarize_with_adapter, train_summarizer
         from tuneline.summarization.preprocess import load_rows
         from tuneline.summarization.scoring import scored
@@ -151,7 +150,6 @@ class Summarization(AdapterTask):
     def refit(self, c, f) -> dict:
         """Train on all training rows; summarize the test documents with the adapter and with the bare base;
         ROUGE of both; the per-document scores promotion compares; the table people read."""
-        from tuneline.storage import atomic_path, read_json
         from tuneline.summarization.model import summarize_with_adapter, train_summarizer
         from tuneline.summarization.preprocess import load_rows
         from tuneline.summarization.scoring import ROUGE_TYPES, scored
@@ -182,8 +180,6 @@ class Summarization(AdapterTask):
         return GATE_METRIC, True
 
     def registration(self, c, f) -> Registration:
-        from tuneline.storage import read_json
-
         s, metric = c.summarization, self.metric(c)[0]
         base_value = read_json(f.eval_metrics)[f"base_test_{metric}"]
         return adapter_registration(f, metric, self.labels(c),
