@@ -173,6 +173,15 @@ def source_of(info: dict) -> str:
     return " + ".join(info[k] for k in ("source", "test_source") if info.get(k))
 
 
+def input_frame(model_input, *columns: str) -> tuple[pd.DataFrame, str]:
+    """A pyfunc's input as a DataFrame (a list: the first column's values) and the first of `columns` it holds."""
+    frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame({columns[0]: list(model_input)})
+    if (column := next((c for c in columns if c in frame.columns), None)) is None:
+        alternatives = "".join(f" (or {c!r})" for c in columns[1:])
+        raise ValueError(f"input needs a {columns[0]!r}{alternatives} column; got {list(frame.columns)}")
+    return frame, column
+
+
 def read_raw(raw_path: Path) -> tuple[pd.DataFrame, dict]:
     table = pq.read_table(raw_path)
     info = json.loads((table.schema.metadata or {}).get(_META_KEY, b"{}"))

@@ -4,6 +4,8 @@ from __future__ import annotations
 import mlflow.pyfunc
 import pandas as pd
 
+from tuneline.tables import input_frame
+
 
 class TunelineModel(mlflow.pyfunc.PythonModel):
     # predict() validates its own input (DataFrame with `text`, or a list of strings); this tells
@@ -16,13 +18,8 @@ class TunelineModel(mlflow.pyfunc.PythonModel):
         self.classifier = TextClassifier(context.artifacts["model_dir"])
 
     def predict(self, context, model_input, params=None) -> pd.DataFrame:
-        if isinstance(model_input, pd.DataFrame):
-            if "text" not in model_input.columns:
-                raise ValueError(f"input needs a 'text' column; got {list(model_input.columns)}")
-            texts = model_input["text"].astype(str).tolist()
-        else:
-            texts = [str(t) for t in model_input]
-        proba = self.classifier.predict_proba(texts)
+        frame, column = input_frame(model_input, "text")
+        proba = self.classifier.predict_proba(frame[column].astype(str).tolist())
         labels = self.classifier.labels
         out = pd.DataFrame({"label": [labels[i] for i in proba.argmax(1)]})
         for i, name in enumerate(labels):

@@ -9,6 +9,7 @@ import json
 
 import pandas as pd
 
+from tuneline.tables import input_frame
 from tuneline.tracking.adapter_model import AdapterModel
 
 
@@ -25,11 +26,7 @@ def _prompt(value):
 
 class ChatAdapterModel(AdapterModel):
     def predict(self, context, model_input, params=None) -> pd.DataFrame:
-        if not isinstance(model_input, pd.DataFrame):
-            model_input = pd.DataFrame({"prompt": list(model_input)})
-        column = "prompt" if "prompt" in model_input.columns else "text"  # `tuneline predict` sends `text`
-        if column not in model_input.columns:
-            raise ValueError(f"input needs a 'prompt' (or 'text') column; got {list(model_input.columns)}")
+        model_input, column = input_frame(model_input, "prompt", "text")  # `tuneline predict` sends `text`
         prompts = [_prompt(p) for p in model_input[column]]
         if self.meta["method"] == "reward_model":
             from tuneline.llm.data import to_messages

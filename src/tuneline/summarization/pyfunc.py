@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from tuneline.tables import input_frame
 from tuneline.tracking.adapter_model import AdapterModel
 
 
@@ -16,11 +17,7 @@ def input_rows(meta: dict, tokenizer, model_input) -> list[dict]:
     from tuneline.summarization.data import instruction_for
     from tuneline.summarization.preprocess import truncate
 
-    if not isinstance(model_input, pd.DataFrame):
-        model_input = pd.DataFrame({"document": list(model_input)})
-    column = next((c for c in ("document", "text") if c in model_input.columns), None)
-    if column is None:
-        raise ValueError(f"input needs a 'document' (or 'text') column; got {list(model_input.columns)}")
+    model_input, column = input_frame(model_input, "document", "text")
     templates = SimpleNamespace(instruction=meta["instruction"], aspect_instruction=meta["aspect_instruction"])
     records = model_input.to_dict("records")
     documents = [str(r[column]) for r in records]
