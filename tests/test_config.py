@@ -29,6 +29,12 @@ def test_overrides_are_parsed_as_yaml():
         (["data.source=/nonexistent/file.csv"], ["data.source", "/nonexistent/file.csv", "not found"]),
         (["preprocess.test_size=1.5"], ["preprocess.test_size", "less than 1"]),
         (["cv.k"], ["cv.k", "KEY=VALUE"]),
+        (["cv.task_runner=dask"], ["cv.task_runner: dask needs cv.dask_address"]),
+        (["tune.task_runner=dask"], ["tune.task_runner: dask needs cv.dask_address"]),
+        (["data.delimiter=;;"], ["data.delimiter", "single character"]),
+        (["data.encoding=klingon"], ["data.encoding", "unknown encoding 'klingon'"]),
+        (["deploy.cron=0 3 * *"], ["deploy.cron", "5-field cron"]),
+        (["train.handoff=origin"], ["train.handoff='origin'", "set train.work_pool too"]),
     ],
 )
 def test_bad_values_name_the_key_and_what_is_allowed(override, must_name):

