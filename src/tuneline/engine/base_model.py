@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Optional
 
 from tuneline.engine.models import ModelLoadError
-from tuneline.storage import user_cache_dir
+from tuneline.storage import user_cache_dir, write_json
 from tuneline.wheels import installed_file, wheel_files
 
 log = logging.getLogger(__name__)
@@ -69,10 +69,7 @@ def _cached_sha256(path: Path, root: Path) -> str:
     known = json.loads(index.read_text(encoding="utf-8")) if index.is_file() else {}
     if key not in known:
         known[key] = sha256_file(path)
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = index.with_name(f".hashes.{uuid.uuid4().hex}.json")
-        tmp.write_text(json.dumps(known, indent=1), encoding="utf-8")
-        os.replace(tmp, index)
+        write_json(index, known)
     return known[key]
 
 

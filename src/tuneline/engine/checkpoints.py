@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import re
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 import torch
+
+from tuneline.storage import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -75,14 +76,11 @@ def set_rng_state(state: dict) -> None:
 
 def save(folder: Path, step: int, state: dict) -> Path:
     """Write `state` as the checkpoint of `step` (temp file + rename), then drop older ones."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    final = folder / f"step-{step:09d}.pt"
-    tmp = folder / f".{final.name}.{os.getpid()}.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, final)
+    final = Path(folder) / f"step-{step:09d}.pt"
+    with atomic_path(final) as tmp:
+        torch.save(state, tmp)
     written(final)
-    for s, p in _steps(folder):
+    for s, p in _steps(final.parent):
         if s < step:
             p.unlink(missing_ok=True)
     return final

@@ -8,7 +8,6 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
@@ -19,24 +18,21 @@ from tuneline.engine import distributed
 from tuneline.engine.checkpoints import trainable_state
 from tuneline.engine.distributed import JOB, RECORD, WEIGHTS
 from tuneline.engine.trainer import build_model, train_model
+from tuneline.storage import write_json
 
 
 def _run(folder: Path) -> None:
-    """One rank: build the job's model, train it in the process group, rank 0 writes the result."""
     job = json.loads((folder / JOB).read_text(encoding="utf-8"))
     cfg = TrainConfig.model_validate(job["cfg"])
     model, tokenizer = build_model(job["resolved"], job["labels"], cfg, job["strategy"])
     val = None if job["val"] is None else (job["val"]["texts"], np.asarray(job["val"]["y"], dtype=np.int64))
-    ckpt: Optional[str] = job["checkpoint_dir"]
     fit = train_model(model, tokenizer, job["texts"], np.asarray(job["y"], dtype=np.int64), cfg, val=val, desc=job["desc"],
-                      checkpoint_dir=None if ckpt is None else Path(ckpt), frozen_layers=job["frozen_layers"])
+                      checkpoint_dir=job["checkpoint_dir"] and Path(job["checkpoint_dir"]), frozen_layers=job["frozen_layers"])
     if distributed.world()[0] == 0:
         save_file(trainable_state(fit.model), str(folder / WEIGHTS))
         record = {"history": fit.history, "best_epoch": fit.best_epoch, "samples_per_s": fit.samples_per_s,
                   "steps": fit.steps, "resumed_from": fit.resumed_from, "step_losses": fit.step_losses}
-        tmp = folder / f".{RECORD}.tmp"
-        tmp.write_text(json.dumps(record), encoding="utf-8")
-        os.replace(tmp, folder / RECORD)  # written last: its presence means the weights are complete
+        write_json(folder / RECORD, record)  # written last: its presence means the weights are complete
 
 
 def main(argv: list[str]) -> None:

@@ -26,13 +26,8 @@ from tuneline.engine.models import load_kwargs, quiet_transformers
 
 log = logging.getLogger(__name__)
 
-# LoRA targets per architecture family; others fall back to peft's own table.
-LORA_TARGETS = {
-    "bert": ["query", "value"], "roberta": ["query", "value"], "xlm-roberta": ["query", "value"],
-    "electra": ["query", "value"], "distilbert": ["q_lin", "v_lin"], "deberta-v2": ["query_proj", "value_proj"],
-    "mpnet": ["q", "v"], "modernbert": ["Wqkv"], "llama": ["q_proj", "v_proj"], "mistral": ["q_proj", "v_proj"],
-    "qwen2": ["q_proj", "v_proj"], "gpt2": ["c_attn"],
-}
+# LoRA targets of the encoder families peft's own table lacks (it has bert, roberta, deberta-v2, llama, gpt2, ...).
+LORA_TARGETS = {"distilbert": ["q_lin", "v_lin"], "mpnet": ["q", "v"], "modernbert": ["Wqkv"]}
 
 
 def lora_targets(model_type: str, override: Optional[list[str]]) -> Optional[list[str]]:
