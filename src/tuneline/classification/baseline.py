@@ -24,10 +24,8 @@ def build(class_weight: str, seed: int):
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
 
-    return make_pipeline(
-        TfidfVectorizer(**SETTINGS),
-        LogisticRegression(max_iter=2000, class_weight="balanced" if class_weight == "balanced" else None, random_state=seed),
-    )
+    return make_pipeline(TfidfVectorizer(**SETTINGS), LogisticRegression(
+        max_iter=2000, class_weight="balanced" if class_weight == "balanced" else None, random_state=seed))
 
 
 class TfidfClassifier:
@@ -49,14 +47,12 @@ class TfidfClassifier:
         return softmax(np.asarray(self.vectorizer.transform(list(texts)) @ self.coef.T + self.intercept), axis=1)
 
     def save(self, model_dir: Path) -> None:
-        import torch
-        from safetensors.torch import save_file
+        from safetensors.numpy import save_file
 
         model_dir = Path(model_dir)
         (model_dir / VOCAB_FILE).write_text(json.dumps(self.vectorizer.vocabulary_, ensure_ascii=False), encoding="utf-8")
-        save_file({"idf": torch.from_numpy(np.asarray(self.vectorizer.idf_, dtype=np.float64)),
-                   "coef": torch.from_numpy(self.coef.astype(np.float64)),
-                   "intercept": torch.from_numpy(self.intercept.astype(np.float64))}, str(model_dir / WEIGHTS_FILE))
+        save_file({"idf": np.asarray(self.vectorizer.idf_, dtype=np.float64), "coef": self.coef.astype(np.float64),
+                   "intercept": self.intercept.astype(np.float64)}, str(model_dir / WEIGHTS_FILE))
 
     @classmethod
     def load(cls, model_dir: Path) -> "TfidfClassifier":

@@ -9,6 +9,8 @@ every cache, so results from different hardware never share an entry.
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import logging
 import time
 from pathlib import Path
@@ -26,7 +28,7 @@ from tuneline.engine.features import DiskCache, cache_key, embed
 from tuneline.metrics import classification_metrics, corrected_ttest, majority_rate, summarize
 from tuneline.engine.models import load_encoder
 from tuneline.classification.selection import candidate_name
-from tuneline.storage import read_json, slug  # noqa: F401 (slug: the plugin's, from here)
+from tuneline.storage import file_md5, read_json, slug
 from tuneline.classification.head import LinearHead
 
 log = logging.getLogger(__name__)
@@ -334,11 +336,6 @@ def train_values(params: dict) -> dict:
 def tune_targets(plan: dict, train_cfg: TrainConfig, tune_cfg, train_file: Path) -> list[dict]:
     """The plan's candidates that tune.candidates names (by name or strategy; null: all but the baseline),
     each with its strategy's search space and its configured values."""
-    import hashlib
-    import json
-
-    from tuneline.storage import file_md5
-
     candidates = [c for c in plan["candidates"] if c["strategy"] != "baseline"]
     wanted = tune_cfg.candidates
     if wanted is not None:

@@ -39,22 +39,17 @@ class LinearHead:
 
     @classmethod
     def fit(cls, X: np.ndarray, y: np.ndarray, n_classes: int, cfg: TrainConfig) -> "LinearHead":
-        clf = LogisticRegression(
-            C=cfg.head_c,
-            max_iter=cfg.head_max_iter,
-            class_weight="balanced" if cfg.class_weight == "balanced" else None,
-            random_state=cfg.seed,
-        )
+        clf = LogisticRegression(C=cfg.head_c, max_iter=cfg.head_max_iter, random_state=cfg.seed,
+                                 class_weight="balanced" if cfg.class_weight == "balanced" else None)
         return cls(*all_label_weights(clf.fit(X, y), n_classes))
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         return softmax(X.astype(np.float64) @ self.weight.T.astype(np.float64) + self.bias.astype(np.float64), axis=1)
 
     def save(self, path: Path) -> None:
-        import torch
-        from safetensors.torch import save_file
+        from safetensors.numpy import save_file
 
-        save_file({"weight": torch.from_numpy(self.weight), "bias": torch.from_numpy(self.bias)}, str(path))
+        save_file({"weight": self.weight, "bias": self.bias}, str(path))
 
     @classmethod
     def load(cls, path: Path) -> "LinearHead":

@@ -9,7 +9,7 @@ from typing import Optional
 import numpy as np
 
 from tuneline.plugins import Registration, TaskPlugin
-from tuneline.storage import read_json
+from tuneline.storage import read_json, slug
 
 MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
 
@@ -116,7 +116,6 @@ class Classification(TaskPlugin):
         import pandas as pd
         from mlflow.models import infer_signature
 
-        from tuneline.classification.crossval import slug
         from tuneline.tracking.runs import fold_runs, pinned, trial_runs
 
         cv, test = read_json(f.cv_summary), read_json(f.eval_metrics)
