@@ -15,11 +15,6 @@ from tuneline.summarization.data import prompt_text
 log = logging.getLogger(__name__)
 
 
-def _resolved(cfg):
-    """The config with its LoRA targets resolved for the family (the engine reads lora_target_modules)."""
-    return cfg.model_copy(update={"lora_target_modules": cfg.targets()})
-
-
 def conversations(rows: list[dict]) -> list[list[dict]]:
     return [[{"role": "user", "content": prompt_text(r["instruction"], r["document"])},
              {"role": "assistant", "content": r["summary"]}] for r in rows]
@@ -53,7 +48,7 @@ def _train_seq2seq(base_folder: str, rows: list[dict], cfg, adapter_dir: Path, m
 
 def train_summarizer(base_folder: str, rows: list[dict], cfg, adapter_dir: Path, meta: Optional[dict] = None) -> dict:
     """Train a LoRA adapter for `cfg.family` on processed rows (document, summary, instruction)."""
-    cfg = _resolved(cfg)
+    cfg = cfg.model_copy(update={"lora_target_modules": cfg.targets()})  # the engine reads lora_target_modules
     meta = (meta or {}) | {"family": cfg.family, "task": "summarization", "max_document_tokens": cfg.max_document_tokens,
                            "max_new_tokens": cfg.max_new_tokens}
     if cfg.family == "seq2seq":
@@ -61,15 +56,15 @@ def train_summarizer(base_folder: str, rows: list[dict], cfg, adapter_dir: Path,
     return lora.train_adapter("chat_sft", base_folder, conversations(rows), cfg, Path(adapter_dir), meta | {"method": "summarization"})
 
 
-def summarize(model, tokenizer, family: str, rows: list[dict], max_new_tokens: int, batch_size: int,
-              max_input_tokens: Optional[int] = None) -> list[str]:
-    """Greedy summaries of rows (document, instruction), in order, under bf16 autocast where this machine has it."""
+def summarize(model, tokenizer, meta: dict, rows: list[dict], max_new_tokens: int, batch_size: int) -> list[str]:
+    """Greedy summaries of rows (document, instruction) by the adapter whose meta is `meta`, in order, under bf16
+    autocast where this machine has it; a seq2seq model reads at most the training cut + 64 tokens."""
     from tuneline.engine.generation import generate
     from tuneline.engine.hardware import resolve_precision
 
-    prompts = [prompt_text(r["instruction"], r["document"]) for r in rows]
-    return generate(model, tokenizer, prompts, max_new_tokens, batch_size=batch_size, seq2seq=family == "seq2seq",
-                    precision=resolve_precision("auto"), max_input_tokens=max_input_tokens, desc="summarizing")
+    seq2seq, prompts = meta.get("family", "causal") == "seq2seq", [prompt_text(r["instruction"], r["document"]) for r in rows]
+    return generate(model, tokenizer, prompts, max_new_tokens, batch_size=batch_size, seq2seq=seq2seq, desc="summarizing",
+                    precision=resolve_precision("auto"), max_input_tokens=int(meta.get("max_document_tokens") or 0) + 64 if seq2seq else None)
 
 
 def summarize_with_adapter(adapter_dir: Path, base_folder: str, rows: list[dict], max_new_tokens: int, batch_size: int,
@@ -78,10 +73,8 @@ def summarize_with_adapter(adapter_dir: Path, base_folder: str, rows: list[dict]
     from tuneline.engine.adapters import load_adapter
 
     model, tokenizer, meta = load_adapter(adapter_dir, base_folder)
-    family = meta.get("family", "causal")
-    limit = meta.get("max_document_tokens", 0) + 64 if family == "seq2seq" else None
-    out = {"summaries": summarize(model, tokenizer, family, rows, max_new_tokens, batch_size, limit), "meta": meta}
+    out = {"summaries": summarize(model, tokenizer, meta, rows, max_new_tokens, batch_size), "meta": meta}
     if with_base:
         with model.disable_adapter():
-            out["base_summaries"] = summarize(model, tokenizer, family, rows, max_new_tokens, batch_size, limit)
+            out["base_summaries"] = summarize(model, tokenizer, meta, rows, max_new_tokens, batch_size)
     return out

@@ -31,7 +31,5 @@ class SummarizerModel(AdapterModel):
         from tuneline.summarization.model import summarize
 
         rows = input_rows(self.meta, self.tokenizer, model_input)
-        family = self.meta.get("family", "causal")
-        limit = int(self.meta.get("max_document_tokens") or 0) + 64 if family == "seq2seq" else None
         max_new = int((params or {}).get("max_new_tokens", self.meta.get("max_new_tokens", 64)))
-        return pd.DataFrame({"summary": summarize(self.model, self.tokenizer, family, rows, max_new, 8, limit)})
+        return pd.DataFrame({"summary": summarize(self.model, self.tokenizer, self.meta, rows, max_new, 8)})
