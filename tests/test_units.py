@@ -153,3 +153,18 @@ def test_predictions_are_written_in_the_format_of_the_output_suffix(suffix, tmp_
     WRITERS[suffix](df, out)
     back, _ = read_table(DataConfig(), out)
     pd.testing.assert_frame_equal(back.reset_index(drop=True).astype(str), df.astype(str))
+
+
+def test_sample_and_split_groups_by_key_and_refuses_a_key_on_both_sides_or_an_empty_side():
+    from tuneline.tables import sample_and_split
+
+    df = pd.DataFrame({"k": [f"g{i // 3}" for i in range(60)], "v": range(60)})
+    counts: dict = {}
+    train, test = sample_and_split(df, "k", PreprocessConfig(sample_size=30, test_size=0.25), ValueError, "groups", counts)
+    assert counts["rows_sampled"] == 30 and len(train) + len(test) == 30
+    assert not set(train["k"]) & set(test["k"]) and len(test) > 0
+    given = df.assign(split=["train"] * 59 + ["test"])  # g19 is on both sides of the given split
+    with pytest.raises(ValueError, match="1 groups in both train and test"):
+        sample_and_split(given, "k", PreprocessConfig(), ValueError, "groups", {})
+    with pytest.raises(ValueError, match="the train split is empty"):
+        sample_and_split(df.assign(split="test"), "k", PreprocessConfig(), ValueError, "groups", {})

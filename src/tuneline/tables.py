@@ -163,6 +163,22 @@ def write_processed(out_dir: Path, train: pd.DataFrame, test: pd.DataFrame, labe
         write_json(tmp / "report.json", report)
 
 
+def sample_and_split(df: pd.DataFrame, key: str, pre, error: type[Exception], what: str, counts: dict):
+    """(train, test): at most preprocess.sample_size rows (seeded), split with no `key` on both sides and
+    neither side empty, else `error`; counts gets rows_sampled."""
+    from tuneline.folds import split_by_group
+
+    if pre.sample_size is not None and pre.sample_size < len(df):
+        df = df.sample(n=pre.sample_size, random_state=pre.seed).sort_index()
+    counts["rows_sampled"] = len(df)
+    train, test = split_by_group(df, df[key], pre.test_size, pre.seed)
+    if overlap := set(train[key]) & set(test[key]):  # validation rejects this for given files; a random split groups
+        raise error(f"{len(overlap)} {what} in both train and test")
+    if train.empty or test.empty:
+        raise error(f"the {'train' if train.empty else 'test'} split is empty after preprocessing ({counts})")
+    return train, test
+
+
 def text_key(text: str) -> str:
     """Hash of a text with spacing and case normalised: what 'the same prompt/document' means for duplicates and leakage."""
     return hashlib.sha256(" ".join(text.split()).casefold().encode()).hexdigest()[:16]

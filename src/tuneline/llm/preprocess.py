@@ -14,10 +14,9 @@ from tqdm.auto import tqdm
 
 from tuneline.config import PreprocessConfig
 from tuneline.engine import chat
-from tuneline.folds import split_by_group
 from tuneline.llm.config import LLMConfig
 from tuneline.llm.data import field_value, prompt_key, response_text, sft_conversation, to_messages
-from tuneline.tables import DataError, write_processed
+from tuneline.tables import DataError, sample_and_split, write_processed
 
 log = logging.getLogger(__name__)
 
@@ -81,15 +80,7 @@ def preprocess(task: str, cfg: LLMConfig, pre: PreprocessConfig, raw: pd.DataFra
     dup = df[content + ["split"]].astype(str).duplicated()
     counts["dropped_duplicates"] = int(dup.sum())
     df = df[~dup]
-    if pre.sample_size is not None and pre.sample_size < len(df):
-        df = df.sample(n=pre.sample_size, random_state=pre.seed).sort_index()
-    counts["rows_sampled"] = len(df)
-    train, test = split_by_group(df, df["prompt_key"], pre.test_size, pre.seed)
-    overlap = set(train["prompt_key"]) & set(test["prompt_key"])
-    if overlap:  # validation rejects this for given files; a random split groups by prompt
-        raise LLMPreprocessError(f"{len(overlap)} prompts are in both train and test")
-    if train.empty or test.empty:
-        raise LLMPreprocessError(f"the {'train' if train.empty else 'test'} split is empty after preprocessing ({counts})")
+    train, test = sample_and_split(df, "prompt_key", pre, LLMPreprocessError, "prompts", counts)
     counts.update(rows_train=len(train), rows_test=len(test), prompts_train=int(train["prompt_key"].nunique()),
                   prompts_test=int(test["prompt_key"].nunique()))
     report = {"task": task, "counts": counts | length_stats, "max_length": cfg.max_length,

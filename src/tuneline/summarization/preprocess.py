@@ -13,9 +13,8 @@ import numpy as np
 import pandas as pd
 
 from tuneline.config import PreprocessConfig
-from tuneline.folds import split_by_group
 from tuneline.summarization.data import document_key, instruction_for
-from tuneline.tables import DataError, write_processed
+from tuneline.tables import DataError, sample_and_split, write_processed
 
 log = logging.getLogger(__name__)
 COLUMNS = ["doc_key", "document", "summary", "instruction", "aspect", "truncated", "where"]
@@ -47,14 +46,7 @@ def preprocess(cfg, pre: PreprocessConfig, raw: pd.DataFrame, tokenizer, out_dir
     })
     df["document"], df["truncated"] = truncate(tokenizer, documents, cfg.max_document_tokens)
     counts = {"rows_in": len(df), "documents_truncated": int(df["truncated"].sum())}
-    if pre.sample_size is not None and pre.sample_size < len(df):
-        df = df.sample(n=pre.sample_size, random_state=pre.seed).sort_index()
-    counts["rows_sampled"] = len(df)
-    train, test = split_by_group(df, df["doc_key"], pre.test_size, pre.seed)
-    if set(train["doc_key"]) & set(test["doc_key"]):  # validation rejects this for given files; a random split groups
-        raise SummarizationPreprocessError("a document is in both train and test")
-    if train.empty or test.empty:
-        raise SummarizationPreprocessError(f"the {'train' if train.empty else 'test'} split is empty after preprocessing ({counts})")
+    train, test = sample_and_split(df, "doc_key", pre, SummarizationPreprocessError, "documents", counts)
     counts |= {"rows_train": len(train), "rows_test": len(test), "documents_train": int(train["doc_key"].nunique()),
                "documents_test": int(test["doc_key"].nunique()), "truncated_train": int(train["truncated"].sum()),
                "truncated_test": int(test["truncated"].sum())}
