@@ -375,11 +375,9 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 def _format_errors(err: ValidationError, origin: str) -> str:
     lines = []
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "(root)"
-        key = key.replace("validate_", "validate")
+        key = (".".join(str(p) for p in e["loc"]) or "(root)").replace("validate_", "validate")
         if e["type"] == "extra_forbidden":
-            section = key.rsplit(".", 1)[0] if "." in key else None
-            allowed = _allowed_keys(section)
+            allowed = _allowed_keys(key.rsplit(".", 1)[0] if "." in key else None)
             lines.append(f"  {key}: unknown key; allowed: {', '.join(allowed)}")
         else:
             got = e.get("input")

@@ -14,14 +14,9 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray) -> dict[str, f
     y_pred = proba.argmax(1)
     labels = list(range(n_classes))
     p, r, f, _ = skm.precision_recall_fscore_support(y_true, y_pred, labels=labels, average="macro", zero_division=0)
-    return {
-        "accuracy": float(skm.accuracy_score(y_true, y_pred)),
-        "loss": float(skm.log_loss(y_true, np.clip(proba, 1e-12, 1.0), labels=labels)),
-        "precision_macro": float(p),
-        "recall_macro": float(r),
-        "f1_macro": float(f),
-        "roc_auc": roc_auc(y_true, proba),
-    }
+    return {"accuracy": float(skm.accuracy_score(y_true, y_pred)),
+            "loss": float(skm.log_loss(y_true, np.clip(proba, 1e-12, 1.0), labels=labels)),
+            "precision_macro": float(p), "recall_macro": float(r), "f1_macro": float(f), "roc_auc": roc_auc(y_true, proba)}
 
 
 def roc_auc(y_true: np.ndarray, proba: np.ndarray) -> float:
@@ -40,9 +35,7 @@ def classification_report(y_true: np.ndarray, y_pred: np.ndarray, names: Sequenc
 
 
 def per_class_metrics(y_true: np.ndarray, y_pred: np.ndarray, names: Sequence[str]) -> dict[str, dict[str, float]]:
-    p, r, f, s = skm.precision_recall_fscore_support(
-        y_true, y_pred, labels=list(range(len(names))), zero_division=0
-    )
+    p, r, f, s = skm.precision_recall_fscore_support(y_true, y_pred, labels=list(range(len(names))), zero_division=0)
     return {n: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])} for i, n in enumerate(names)}
 
 

@@ -89,18 +89,10 @@ def validate_frame(df: pd.DataFrame, cfg: ValidateConfig) -> dict[str, Any]:
         r["unexpected_sample"] = []
     results = run_suite(frame, row_exp) + per_class
     merged = merges(df["label"], mapping)
-    return {
-        "success": all(r["success"] for r in results),
-        "task": "classification",
-        "rows": int(len(df)),
-        "labels": labels,
-        "labels_inferred": cfg.labels is None,
-        "summary": f"labels {'inferred' if cfg.labels is None else 'declared'}: {', '.join(labels)}"
-                   + (f"; merged: {describe_merges(merged)}" if merged else ""),
-        "label_mapping": mapping,
-        "label_merges": merged,
-        "results": results,
-    }
+    return {"success": all(r["success"] for r in results), "task": "classification", "rows": int(len(df)), "labels": labels,
+            "labels_inferred": cfg.labels is None, "summary": f"labels {'inferred' if cfg.labels is None else 'declared'}: "
+            f"{', '.join(labels)}" + (f"; merged: {describe_merges(merged)}" if merged else ""),
+            "label_mapping": mapping, "label_merges": merged, "results": results}
 
 
 def validate(cfg: ValidateConfig, raw_path: Path, report_dir: Path) -> dict:

@@ -30,8 +30,7 @@ def _run(folder: Path) -> None:
                       checkpoint_dir=job["checkpoint_dir"] and Path(job["checkpoint_dir"]), frozen_layers=job["frozen_layers"])
     if distributed.world()[0] == 0:
         save_file(trainable_state(fit.model), str(folder / WEIGHTS))
-        record = {"history": fit.history, "best_epoch": fit.best_epoch, "samples_per_s": fit.samples_per_s,
-                  "steps": fit.steps, "resumed_from": fit.resumed_from, "step_losses": fit.step_losses}
+        record = {k: v for k, v in vars(fit).items() if k not in ("model", "tokenizer")}
         write_json(folder / RECORD, record)  # written last: its presence means the weights are complete
 
 

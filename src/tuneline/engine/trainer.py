@@ -324,6 +324,4 @@ def fit(resolved: str, labels: Sequence[str], strategy: str, texts: Sequence[str
         raise distributed.DistributedError(f"{desc}: the data-parallel result does not fit the model (unexpected "
                                            f"{sorted(unexpected)[:3]})")
     model.to(distributed.device())
-    return FitResult(model, tokenizer, history=record["history"], best_epoch=record["best_epoch"],
-                     samples_per_s=record["samples_per_s"], steps=record["steps"], resumed_from=record["resumed_from"],
-                     step_losses=record["step_losses"])
+    return FitResult(model, tokenizer, **record)

@@ -20,13 +20,9 @@ log = logging.getLogger(__name__)
 MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
 TRAIN_SCORED_MAX = 64  # training pairs re-scored after the refit (is the method learning its own data?)
 # The metric that promotion compares for each LLM method, and whether higher is better.
-TASK_METRICS: dict[str, tuple[str, bool]] = {
-    "chat_sft": ("perplexity", False),
-    "dpo": ("preference_accuracy", True),
-    "reward_model": ("pairwise_accuracy", True),
-    "grpo": ("mean_reward", True),
-    "rloo": ("mean_reward", True),
-}
+TASK_METRICS: dict[str, tuple[str, bool]] = {"chat_sft": ("perplexity", False), "dpo": ("preference_accuracy", True),
+                                             "reward_model": ("pairwise_accuracy", True), "grpo": ("mean_reward", True),
+                                             "rloo": ("mean_reward", True)}
 BASE_KEYS = ("llm.base_model", "llm.trust_remote_code")
 LENGTH_KEYS = ("llm.max_length", "llm.max_prompt_length")
 
