@@ -38,10 +38,7 @@ def written(path: Path) -> None:
 
 
 def _steps(folder: Path) -> list[tuple[int, Path]]:
-    if not folder.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.match(p.name))]
-    return sorted(found)
+    return sorted((int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.match(p.name))) if folder.is_dir() else []
 
 
 def latest(folder: Optional[Path]) -> Optional[Path]:

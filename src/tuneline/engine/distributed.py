@@ -1,9 +1,6 @@
-"""Data-parallel fine-tuning (torch DDP) over train.devices torchrun processes: one per GPU (NCCL), or gloo on a CPU.
-
-The maths is the one-process maths (README, "Data-parallel fine-tuning"): train.batch_size is the GLOBAL batch,
-split across the ranks (batching.Shard), and each rank's loss is over the whole batch's weight sum
-(trainer.global_batch_loss), so train.learning_rate needs no scaling. Only rank 0 writes weights, checkpoints
-and the record; the engine never logs to MLflow (the pipeline's process does, once).
+"""Data-parallel fine-tuning (torch DDP) over train.devices torchrun processes: one per GPU (NCCL), or gloo on
+a CPU, with the one-process maths (README, "Data-parallel fine-tuning"). Only rank 0 writes weights,
+checkpoints and the record; the engine never logs to MLflow.
 """
 from __future__ import annotations
 

@@ -28,10 +28,8 @@ def pool(hidden, attention_mask, how: str):
     return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
 
 
-def embed(
-    texts: Sequence[str], tokenizer, encoder, *, max_length: int, batch_size: int, pooling: str, precision: str = "fp32",
-    desc: str = "embedding",
-) -> np.ndarray:
+def embed(texts: Sequence[str], tokenizer, encoder, *, max_length: int, batch_size: int, pooling: str, precision: str = "fp32",
+          desc: str = "embedding") -> np.ndarray:
     """Pooled embeddings in input order (batched by length, so each batch pads little)."""
     import torch
 

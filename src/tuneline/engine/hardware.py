@@ -38,15 +38,11 @@ def cpu_bf16() -> bool:
 
 
 def resolve_strategy(strategy: str) -> str:
-    if strategy != "auto":
-        return strategy
-    return "full" if cuda() else "partial"
+    return strategy if strategy != "auto" else "full" if cuda() else "partial"
 
 
 def resolve_precision(precision: str) -> str:
-    if precision != "auto":
-        return precision
-    return "bf16" if cuda() or cpu_bf16() else "fp32"
+    return precision if precision != "auto" else "bf16" if cuda() or cpu_bf16() else "fp32"
 
 
 def resolve(cfg, strategy: str | None = None):

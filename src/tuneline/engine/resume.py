@@ -1,10 +1,6 @@
-"""Work areas that survive a lost process: one folder per fine-tune (a candidate on a fold, or the
-refit), named by a hash of everything that decides its result.
-
-It holds the fine-tune's checkpoints while it runs and, for a fold, its result afterwards: a rerun
-of the crossval step (a retried task, a new flow run on another worker) reuses finished folds and
-continues an interrupted one from its last checkpoint. The folders sit beside the feature cache
-(`.cache/finetune/` by default), outside every step's outputs, which a step deletes when it starts.
+"""Work areas that survive a lost process (README, "Reliability"): one folder per fine-tune (a candidate on a
+fold, or the refit), named by a hash of everything that decides its result, beside the feature cache and outside
+every step's outputs. It holds the checkpoints while the fine-tune runs and, for a fold, its result afterwards.
 """
 from __future__ import annotations
 

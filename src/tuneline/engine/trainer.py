@@ -21,7 +21,9 @@ import torch
 from tuneline.engine import checkpoints, distributed, prefix
 from tuneline.engine.batching import IGNORE, LabelledRows, LengthGroupedBatches, Shard, encode, loader, make_collate
 from tuneline.config import TrainConfig
-from tuneline.engine.hardware import autocast
+from tuneline.engine.features import use_all_cores
+from tuneline.engine.hardware import autocast, resolve
+from tuneline.metrics import classification_metrics
 from tuneline.engine.models import load_kwargs, quiet_transformers
 
 log = logging.getLogger(__name__)
@@ -61,11 +63,9 @@ def build_model(resolved: str, labels: Sequence[str], cfg: TrainConfig, strategy
     elif strategy == "lora":
         from peft import LoraConfig, TaskType, get_peft_model
 
-        lora = LoraConfig(
-            task_type=TaskType.SEQ_CLS, r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-            target_modules=lora_targets(model.config.model_type, cfg.lora_target_modules),
-        )
-        model = get_peft_model(model, lora)
+        model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+                                                 lora_dropout=cfg.lora_dropout,
+                                                 target_modules=lora_targets(model.config.model_type, cfg.lora_target_modules)))
     return model, tokenizer
 
 
@@ -134,12 +134,10 @@ def predict_proba(model, tokenizer, texts: Sequence[str], max_length: int, batch
     return out
 
 
-def train_model(
-    model, tokenizer, texts: Sequence[str], y: np.ndarray, cfg: TrainConfig,
-    val: Optional[tuple[Sequence[str], np.ndarray]] = None, desc: str = "fine-tuning",
-    checkpoint_dir: Optional[Path] = None, frozen_layers: Optional[int] = None,
-    states: Optional[prefix.PrefixStates] = None, val_states: Optional[prefix.PrefixStates] = None,
-) -> FitResult:
+def train_model(model, tokenizer, texts: Sequence[str], y: np.ndarray, cfg: TrainConfig,
+                val: Optional[tuple[Sequence[str], np.ndarray]] = None, desc: str = "fine-tuning",
+                checkpoint_dir: Optional[Path] = None, frozen_layers: Optional[int] = None,
+                states: Optional[prefix.PrefixStates] = None, val_states: Optional[prefix.PrefixStates] = None) -> FitResult:
     """Train; with `val` and train.early_stopping_patience, stop early and restore the best epoch.
 
     With `checkpoint_dir`, save a checkpoint every train.checkpoint_every optimizer steps and, on
@@ -150,11 +148,6 @@ def train_model(
     trains on its share of every global batch, and only rank 0 writes checkpoints."""
     from tqdm.auto import tqdm
     from transformers import get_scheduler
-
-    from tuneline.engine.features import use_all_cores
-    from tuneline.metrics import classification_metrics
-
-    from tuneline.engine.hardware import resolve
 
     use_all_cores()
     cfg = resolve(cfg)  # a no-op for a resolved config; makes `auto` and null defaults concrete
@@ -304,8 +297,7 @@ def fit(resolved: str, labels: Sequence[str], strategy: str, texts: Sequence[str
         states: Optional[prefix.PrefixStates] = None, val_states: Optional[prefix.PrefixStates] = None) -> FitResult:
     """A fresh `strategy` model from the pre-trained `resolved`, trained (train_model's arguments):
     in this process, or with train.devices > 1 in that many data-parallel processes launched
-    through torchrun (tuneline.engine.distributed), then loaded here. Partial over the frozen-prefix
-    cache (`states`) trains in this process whatever train.devices says (README)."""
+    through torchrun (tuneline.engine.distributed), then loaded here."""
     if cfg.devices > 1 and states is not None:
         log.warning("%s: train.devices=%d, but partial over the frozen-prefix cache trains in one process "
                     "(README, 'Data-parallel fine-tuning')", desc, cfg.devices)
