@@ -6,7 +6,8 @@ from typing import Sequence
 
 import numpy as np
 
-from tuneline.classification.modelio import load_classifier, read_meta
+from tuneline.classification.modelio import ENCODER_DIR, load_classifier, read_meta
+from tuneline.engine.hardware import resolve_precision
 
 
 class TextClassifier:
@@ -15,12 +16,9 @@ class TextClassifier:
         self.meta = read_meta(self.model_dir)
         self.labels: list[str] = self.meta["labels"]
         self.batch_size = batch_size
-        from tuneline.engine.hardware import resolve_precision
-
         # a model trained in fp32 predicts in fp32; a bf16 one in bf16 where this machine runs it natively
         self.precision = "fp32" if self.meta.get("precision", "fp32") == "fp32" else resolve_precision("auto")
         if self.meta["strategy"] == "feature_extraction":
-            from tuneline.classification.modelio import ENCODER_DIR
             from tuneline.engine.models import load_encoder
             from tuneline.classification.head import HEAD_FILE, LinearHead
 

@@ -17,9 +17,10 @@ from tuneline.engine import resume
 from tuneline.config import TrainConfig
 from tuneline.classification.crossval import Featurizer, FrozenPrefix, candidate_config, finetune, training_rows
 from tuneline.metrics import (classification_metrics, classification_report, majority_rate, per_class_metrics,
-                              plot_confusion_matrix)
+                              plot_confusion_matrix, plot_learning_curves)
 from tuneline.storage import atomic_path, read_json, write_json
 from tuneline.classification.head import LinearHead, save_feature_model
+from tuneline.classification.modelio import save_baseline, save_finetuned
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +28,6 @@ log = logging.getLogger(__name__)
 def refit_and_test(train_cfg: TrainConfig, processed_dir: Path, cv_dir: Path, cache_dir: Path, model_dir: Path, eval_dir: Path) -> dict:
     """Step: fit the winner on all training rows, save the model folder, evaluate once on test."""
     from tuneline.engine.trainer import predict_proba
-    from tuneline.metrics import plot_learning_curves
-    from tuneline.classification.modelio import save_baseline, save_finetuned
 
     winner = read_json(cv_dir / "summary.json")["winner"]
     cfg = candidate_config(winner, train_cfg)

@@ -15,6 +15,7 @@ import pandas as pd
 from tuneline.classification.labels import apply_mapping, case_variants, describe_merges, label_mapping, merges
 from tuneline.config import ValidateConfig
 from tuneline.expectations import _gx, run_suite, write_report
+from tuneline.tables import read_raw, source_of
 
 # A text column this numeric is an id or a score column, not text (and TF-IDF finds no terms in it).
 NUMERIC_TEXT_FRACTION = 0.95
@@ -97,8 +98,6 @@ def validate_frame(df: pd.DataFrame, cfg: ValidateConfig) -> dict[str, Any]:
 
 def validate(cfg: ValidateConfig, raw_path: Path, report_dir: Path) -> dict:
     """Step: validate the raw table; write report.json + report.html; raise on failure."""
-    from tuneline.tables import read_raw, source_of
-
     df, info = read_raw(raw_path)
     report = validate_frame(df, cfg)
     report["source"] = source_of(info) or str(raw_path)

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from tuneline.tables import DataError, text_key
+from tuneline.storage import user_cache_dir
+from tuneline.tables import DataError, read_table, text_key
+from tuneline.wheels import installed_file, wheel_files
 
 ACLSUM, ACLSUM_VERSION = "aclsum", "0.1.2"
 ACLSUM_SPLITS = {"train": ("train", "val"), "test": ("test",)}
@@ -27,9 +29,6 @@ def document_key(text: str) -> str:
 
 def aclsum_files() -> dict[str, Path]:
     """aclsum's train/val/test JSONL: from an installed aclsum, else extracted from its wheel (once)."""
-    from tuneline.storage import user_cache_dir
-    from tuneline.wheels import installed_file, wheel_files
-
     names = [f"{ACLSUM}/dataset/{s}.jsonl" for s in ("train", "val", "test")]
     found = [installed_file(ACLSUM, n.split("/", 1)[1]) for n in names]
     if not all(found):
@@ -54,8 +53,6 @@ def read_aclsum(cfg) -> pd.DataFrame:
 
 def read_source(data_cfg, cfg, path: Path, split: str) -> pd.DataFrame:
     """A user's table with the document and summary columns (and the optional ones) it must have."""
-    from tuneline.tables import read_table
-
     if not Path(path).is_file():
         raise SummarizationDataError(f"{path}: file not found (data.{'test_source' if split == 'test' else 'source'})")
     df, info = read_table(data_cfg, Path(path))
