@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Optional
 
@@ -191,10 +190,3 @@ def outputs_current(name: str, config, root: Path, key: Optional[str] = None) ->
         return False
     current = output_digests(config, name, root)
     return ABSENT not in current.values() and manifest.get("outputs") == current
-
-
-def forget(name: str, root: Path) -> None:
-    try:
-        os.remove(manifest_path(name, root))
-    except FileNotFoundError:
-        pass

@@ -1,21 +1,7 @@
-"""The hand-off to a work pool that shares no disk with the pipeline: both sides meet on a DVC remote.
-
-The pipeline publishes what crossval + refit read from outside the pair (fingerprint.group_inputs)
-and the resolved params as DVC objects (content-addressed, md5 as `dvc push` stores them) on the
-remote named by train.handoff, and sends only their keys and its code digest in the deployment
-parameters (`job`). The worker refuses a job from other code, pulls the objects into its own
-project directory, runs both steps there and pushes their outputs, then writes a job record with
-their keys. The pipeline pulls those outputs, checks every hash, and only then registers.
-
-Checkpoints change while a fine-tune runs, so they do not go through DVC's cache: each one is copied,
-as it lands, to `<remote>/tuneline/work/<work area>/checkpoints/step-N.pt`, an immutable file named
-by its step (a fold's result.json likewise). A worker that takes over a killed job fetches the
-newest of each and continues from it (engine.resume names work areas by what decides their result,
-so the same fine-tune finds the same folder on any machine).
-
-Credentials never travel: the remote's URL lives in .dvc/config; the worker's and the pipeline's own
-environment authenticate (ssh-agent via SSH_AUTH_SOCK or ~/.ssh keys for an ssh remote, the cloud
-SDK's variables for S3/GCS/Azure), or `dvc remote modify --local` on that machine.
+"""The hand-off to a work pool that shares no disk with the pipeline: both sides meet on a DVC remote
+(README, "Two machines that share no disk"). Inputs, outputs and the resolved params travel as DVC
+objects (content-addressed); checkpoints and job records as immutable named files under
+`<remote>/tuneline/`. Credentials never travel: each machine's environment authenticates.
 """
 from __future__ import annotations
 
@@ -215,16 +201,11 @@ def collect(config: Config, root: Path, job: dict) -> dict:
 
 
 # -- the worker's side ------------------------------------------------------------------------------
-def check_code(job: dict) -> None:
-    mine = fingerprint.code_digest(job["task"])
-    if mine != job["code"]:
-        raise HandoffError(f"refusing job {job['id']}: this worker's tuneline code (digest {mine[:12]}) differs from the "
-                           f"pipeline's ({job['code'][:12]}); install the pipeline's commit on the worker and retry")
-
-
 def take(job: dict, root: Path) -> tuple[Store, Config]:
     """Check the code, pull the job's inputs into this worker's project, fetch pushed checkpoints."""
-    check_code(job)
+    if (mine := fingerprint.code_digest(job["task"])) != job["code"]:
+        raise HandoffError(f"refusing job {job['id']}: this worker's tuneline code (digest {mine[:12]}) differs from the "
+                           f"pipeline's ({job['code'][:12]}); install the pipeline's commit on the worker and retry")
     store = Store(root, job["remote"])
     store.pull({PARAMS: job["params"], **job["inputs"]})
     config = load_config(store.root / PARAMS)

@@ -23,10 +23,6 @@ from tuneline.storage import atomic_path, read_json, remove_outputs, write_json
 log = logging.getLogger(__name__)
 
 
-def plugin_for(config) -> plugins.TaskPlugin:
-    return plugins.get(config.task)
-
-
 def sequential(run: Callable[[dict], dict], jobs: list[dict]) -> list[dict]:
     return [run(job) for job in tqdm(jobs, desc="cross-validation", unit="fold", leave=False)]
 
@@ -141,7 +137,7 @@ def promote_version(c, root: Path | str, version: str, candidate: Any = None, fo
     from tuneline.tracking import runs as tracking
     from tuneline.tracking.promotion import PromotionError, promote_with
 
-    p, f = plugin_for(c), Files(c.paths, root)
+    p, f = plugins.get(c.task), Files(c.paths, root)
     uri, name, (metric, higher) = tracking.tracking_uri(f.root), name or p.registered_name(c), p.metric(c)
     tracking.check_version(uri, name, version, c.task)
 
@@ -184,7 +180,7 @@ def run_stage(name: str, config, root: Path | str = ".", **options) -> dict:
     """Run one step; `options` reach the step function (the crossval task passes its job mapper)."""
     if name not in STEPS:
         raise StageError(f"unknown stage {name!r}; stages: {', '.join(ORDER)}")
-    f, plugin = Files(config.paths, root), plugin_for(config)
+    f, plugin = Files(config.paths, root), plugins.get(config.task)
     # Every stage starts clean; validate still writes its report when the data fails.
     remove_outputs(*(f.root / o for o in outputs(name, config.paths)))
     try:
@@ -223,7 +219,7 @@ def run_summary(config, results: dict, elapsed: float) -> list[str]:
     """What `tuneline run` prints at the end (rich markup): the task's lines between the common ones."""
     from tuneline.tracking.runs import ui_hint
 
-    p = plugin_for(config)
+    p = plugins.get(config.task)
     reg, decision, cv = results["register"], results["promote"], results["crossval"]
     metric, _ = p.metric(config)
     stats = cv["metrics"][metric]

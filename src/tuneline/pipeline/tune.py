@@ -1,24 +1,14 @@
-"""Hyperparameter search inside the cross-validation: one Optuna study per tuned candidate.
-
-Every trial is scored on the plan's folds with the plan's training seeds, so trials differ only by
-their configuration. The configured values are trial 0 (never pruned), so the best trial can't be
-worse than not tuning. After each fold (a chunk of cv.parallel folds) a trial reports its running
-CV mean and the pruner may stop it. The study lives in an RDB (SQLite in the project by default, a
-team's PostgreSQL through TUNELINE_OPTUNA_STORAGE or tune.storage) under a name that hashes the
-search space, the data, the candidate and the metric, so other data never appends to a stale study.
-A rerun after a kill keeps every finished trial (their fold results are stored on the trial) and
-re-enqueues the killed one with its parameters. Trial n samples with a seed derived from
-(tune.seed, n), not from the sampler's history of draws, so a resumed study draws as an
-uninterrupted one would from the same finished trials.
-
-The task's side (which candidates, how parameters become training config, the fold score) comes
-from its plugin (TaskPlugin.tune_targets & co); the metric and its direction from TaskPlugin.metric.
-No Prefect here: `map_trials(run, handles)` is the Prefect task runner in tasks/crossval.py.
+"""Hyperparameter search inside the cross-validation, one Optuna study per tuned candidate: what it does
+and why is README's "Hyperparameter search inside k-fold (Optuna)". The study's name hashes the space, the
+data, the candidate and the metric (a stale study is never appended to); a rerun after a kill keeps the
+finished trials (their folds are stored on the trial) and re-enqueues the killed one. The task's side comes
+from its plugin (TaskPlugin.tune_targets & co). `map_trials(run, handles)` is tasks/crossval.py's task runner.
 """
 from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 import logging
 import os
@@ -118,38 +108,33 @@ def open_study(url: str, name: str, higher: bool, tune_cfg):
                                sampler=optuna.samplers.TPESampler(seed=tune_cfg.seed, n_startup_trials=tune_cfg.startup_trials))
 
 
-def _owner() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
 def _dead(owner: Optional[str]) -> bool:
     """A trial started by a process of this host that is gone (a killed run)."""
+    import psutil
+
     host, _, pid = (owner or "").rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # alive, someone else's
-        return False
-    return False
+    return host == socket.gethostname() and pid.isdigit() and not psutil.pid_exists(int(pid))
+
+
+def _retry(study, number: int, params: dict, configured: bool) -> None:
+    """Fail trial `number` and enqueue its parameters again: the next run retries it."""
+    from optuna.trial import TrialState
+
+    study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
+    study.enqueue_trial(params, user_attrs={"retry_of": number} | ({CONFIGURED: True} if configured else {}))
 
 
 def requeue_killed(study) -> list[int]:
     """Fail the trials a killed run left RUNNING and enqueue each again with its parameters."""
     from optuna.trial import TrialState
 
-    requeued = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if _dead(t.user_attrs.get("owner")):
-            study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
-            attrs = {"retry_of": t.number} | ({CONFIGURED: True} if t.user_attrs.get(CONFIGURED) else {})
-            study.enqueue_trial(t.params, user_attrs=attrs)
-            requeued.append(t.number)
-    if requeued:
-        log.warning("study %s: trial(s) %s were killed mid-run; enqueued again with their parameters", study.study_name, requeued)
-    return requeued
+    killed = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if _dead(t.user_attrs.get("owner"))]
+    for t in killed:
+        _retry(study, t.number, t.params, bool(t.user_attrs.get(CONFIGURED)))
+    if killed:
+        log.warning("study %s: trial(s) %s were killed mid-run; enqueued again with their parameters", study.study_name,
+                    [t.number for t in killed])
+    return [t.number for t in killed]
 
 
 @dataclass
@@ -226,29 +211,26 @@ class Search:
             for params in self.cfg.enqueue:
                 study.enqueue_trial({k: v for k, v in params.items() if k in self.space})
         requeue_killed(study)
-        finished = (TrialState.COMPLETE, TrialState.PRUNED)
-        done = len(study.get_trials(deepcopy=False, states=finished))
+        done = lambda: len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))  # noqa: E731
         log.info("tuning %s: study %s (%s), %d of %d trials finished", self.target["name"], self.name, redact(self.url),
-                 done, self.cfg.n_trials)
-        start, workers = time.monotonic(), trial_workers(self.config)
+                 done(), self.cfg.n_trials)
+        workers, deadline = trial_workers(self.config), time.monotonic() + (self.cfg.timeout_s or float("inf"))
         fold_run = FoldRun(self.plugin, self.config, self.files, self.plan)
         if self.cfg.task_runner == "dask":  # in a hand-off job a Dask worker pulls the trial's inputs from the remote
             fold_run = handoff.on_dask(fold_run)
         run = partial(run_trial, fold_run, self.map_jobs, partial(self.plugin.fold_score, self.config))
-        while done < self.cfg.n_trials and (self.cfg.timeout_s is None or time.monotonic() - start < self.cfg.timeout_s):
-            handles = [self._ask(study) for _ in range(min(workers, self.cfg.n_trials - done))]
+        while time.monotonic() < deadline and (left := self.cfg.n_trials - done()) > 0:
+            handles = [self._ask(study) for _ in range(min(workers, left))]
             try:
                 outcomes = map_trials(run, handles)
             except BaseException:
-                for h in handles:  # failed, and enqueued again: a rerun retries them with their parameters
-                    study.tell(h.number, state=TrialState.FAIL, skip_if_finished=True)
-                    study.enqueue_trial(h.params, user_attrs={"retry_of": h.number} | ({CONFIGURED: True} if h.configured else {}))
+                for h in handles:
+                    _retry(study, h.number, h.params, h.configured)
                 raise
             for h, outcome in zip(handles, outcomes):
                 state = TrialState.PRUNED if outcome["state"] == "pruned" else TrialState.COMPLETE
                 study.tell(h.number, outcome["value"] if state == TrialState.COMPLETE else None, state=state)
                 log.info("trial %d %s: %s %.4f %s", h.number, outcome["state"], self.metric, outcome["value"], h.params)
-            done = len(study.get_trials(deepcopy=False, states=finished))
         best = self.outcome(study)
         return best | {"seed_spread": self.seed_spread(best)}
 
@@ -278,7 +260,7 @@ class Search:
         seed = trial_seed(self.cfg.seed, trial.number)
         study.sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=self.cfg.startup_trials)
         params = {name: suggest(trial, name, spec) for name, spec in self.space.items()}
-        trial.set_user_attr("owner", _owner())
+        trial.set_user_attr("owner", f"{socket.gethostname()}:{os.getpid()}")
         trial.set_user_attr("seed", seed)
         configured = bool(trial.user_attrs.get(CONFIGURED))
         jobs = self.plugin.trial_jobs(self.config, self.plan, self.target, params)
@@ -286,12 +268,11 @@ class Search:
                         self.config.cv.parallel)
 
     def outcome(self, study) -> dict:
-        trials = []
-        for t in study.get_trials(deepcopy=False):
-            trials.append({"number": t.number, "state": t.state.name.lower(), "value": t.value, "params": t.params,
-                           "intermediate": {str(k): v for k, v in sorted(t.intermediate_values.items())},
-                           "seed": t.user_attrs.get("seed"), "configured": bool(t.user_attrs.get(CONFIGURED)),
-                           "retry_of": t.user_attrs.get("retry_of"), "folds": t.user_attrs.get("folds", [])})
+        trials = [{"number": t.number, "state": t.state.name.lower(), "value": t.value, "params": t.params,
+                   "intermediate": {str(k): v for k, v in sorted(t.intermediate_values.items())},
+                   "seed": t.user_attrs.get("seed"), "configured": bool(t.user_attrs.get(CONFIGURED)),
+                   "retry_of": t.user_attrs.get("retry_of"), "folds": t.user_attrs.get("folds", [])}
+                  for t in study.get_trials(deepcopy=False)]
         complete = [t for t in trials if t["state"] == "complete"]
         if not complete:
             raise RuntimeError(f"study {self.name}: no complete trial (tune.n_trials={self.cfg.n_trials})")
@@ -347,14 +328,10 @@ def search(plugin, config, files, plan: dict, map_jobs, map_trials=sequential_tr
 def cv_files(outcomes: dict[str, dict]) -> dict[str, Any]:
     """The cv folder's tune files: tune.json (one entry per candidate) and tune/<candidate>/ (trials, plots)."""
     out: dict[str, Any] = {}
-    summary = {}
     for name, o in outcomes.items():
-        keep = {k: v for k, v in o.items() if k not in ("trials", "results", "plots", "jobs")}
-        summary[name] = keep
-        out[f"tune/{slug(name)}/trials.json"] = o["trials"]
-        out |= {f"tune/{slug(name)}/{file}": data for file, data in o["plots"].items()}
-    out["tune.json"] = summary
-    return out
+        out |= {f"tune/{slug(name)}/{file}": data for file, data in {"trials.json": o["trials"], **o["plots"]}.items()}
+    return out | {"tune.json": {name: {k: v for k, v in o.items() if k not in ("trials", "results", "plots", "jobs")}
+                                for name, o in outcomes.items()}}
 
 
 def apply_to_params(params_path: Path, overrides: dict[str, Any]) -> None:
@@ -365,9 +342,7 @@ def apply_to_params(params_path: Path, overrides: dict[str, Any]) -> None:
     from tuneline.config import load_config
 
     text = params_path.read_text(encoding="utf-8") if params_path.is_file() else ""
-    lines = text.splitlines()
-    leading = next((i for i, line in enumerate(lines) if not line.startswith("#")), len(lines))
-    header = "".join(line + "\n" for line in lines[:leading])
+    header = "".join(line + "\n" for line in itertools.takewhile(lambda line: line.startswith("#"), text.splitlines()))
     raw = yaml.safe_load(text) or {}
     for key, value in {**overrides, "tune.enabled": False}.items():
         node = raw
@@ -375,6 +350,5 @@ def apply_to_params(params_path: Path, overrides: dict[str, Any]) -> None:
         for part in sections:
             node = node.setdefault(part, {})
         node[last] = value
-    body = yaml.safe_dump(raw, sort_keys=False)
-    params_path.write_text(header + body, encoding="utf-8")
+    params_path.write_text(header + yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
     load_config(params_path)  # the result must still be a valid params file
