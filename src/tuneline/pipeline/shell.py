@@ -94,21 +94,10 @@ def _register(p, c, f: Files) -> dict:
 
     reg = p.registration(c, f)
     uri, name, (metric, higher) = tracking.tracking_uri(f.root), p.registered_name(c), p.metric(c)
-    artifacts = [f.model_params, f.validation_report, f.validation_page, f.preprocess_report, f.folds, f.fold_metrics,
-                 f.cv_summary, *reg.artifacts]
-    tags = lineage_tags(f.root, f.data()) | reg.tags | {"tuneline.task": c.task}
-
-    def children(mlflow, exp_id: str, lineage: dict[str, str]) -> None:
-        if reg.log_children is not None:
-            reg.log_children(mlflow, exp_id, lineage)
-        tracking.fold_runs(mlflow, exp_id, reg.run_name, reg.fold_metrics, lineage)
-
-    def log_run(key: str) -> dict:
-        return tracking.log_registered_model(
-            uri, c.tracking.experiment, name, f.root, reg.run_name, read_values(c, "register") | reg.params, tags,
-            read_json(f.cv_summary), read_json(f.eval_metrics), artifacts, reg.python_model, reg.model_artifacts,
-            reg.signature, reg.requirements, reg.description, {"task": c.task, "metric": metric} | reg.version_tags, key, children)
-
+    reg.artifacts = [f.model_params, f.validation_report, f.validation_page, f.preprocess_report, f.folds, f.fold_metrics,
+                     f.cv_summary, *reg.artifacts]
+    reg.tags = lineage_tags(f.root, f.data()) | reg.tags | {"tuneline.task": c.task}
+    reg.version_tags = {"task": c.task, "metric": metric} | reg.version_tags
     tuned = read_json(f.cv_dir / "tune.json").get(read_json(f.cv_summary)["name"]) if (f.cv_dir / "tune.json").is_file() else None
     if tuned:  # the winner was refit with its best trial's values: the version says which, and from which study
         reg.version_tags |= {f"tune.{k}": json.dumps(v) for k, v in tuned["overrides"].items()}
@@ -120,10 +109,12 @@ def _register(p, c, f: Files) -> dict:
                                  "tune.seed_cv_std": f"{tuned['seed_spread']['std']:.6f}",
                                  "tune.seed_repeats": str(len(tuned["seed_spread"]["cv_means"]) - 1)}
         reg.params |= {"tuned": tuned["overrides"]}
-        artifacts.append(f.cv_dir / "tune.json")
+        reg.artifacts.append(f.cv_dir / "tune.json")
+    reg.params = read_values(c, "register") | reg.params
     key = stage_key("register", c, f.root)
     retire_leftovers(uri, c.tracking.experiment)  # what killed registrations left, whatever their inputs
-    registration = tracking.find_registration(uri, c.tracking.experiment, name, key) or log_run(key)
+    registration = tracking.find_registration(uri, c.tracking.experiment, name, key) or tracking.log_registered_model(
+        uri, c.tracking.experiment, name, f.root, reg, read_json(f.cv_summary), read_json(f.eval_metrics), key)
     registration |= {"task": c.task, "metric": metric, "higher_is_better": higher} | reg.extra
     write_json(f.registration, registration)
     log.info("registered %s (run %s)", registration["model_uri"], registration["run_id"])

@@ -16,9 +16,7 @@ from __future__ import annotations
 import logging
 import shutil
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Optional
-from urllib.parse import unquote, urlsplit
 
 from tuneline.tracking import runs as tracking
 from tuneline.tracking.owner import why_dead
@@ -103,10 +101,8 @@ class Leftover:
 
 def _folder(artifact_uri: str, own_name: str) -> Optional[tuple[str, Optional[int]]]:
     """A run's or logged model's folder and its size; None when nothing is there any more."""
-    parts = urlsplit(artifact_uri)
-    if parts.scheme not in ("", "file"):
+    if (path := tracking.store.local_path(artifact_uri)) is None:
         return artifact_uri, None  # a server's store: removed through MLflow, size unknown here
-    path = Path(unquote(parts.path))
     path = path.parent if path.name == "artifacts" and path.parent.name == own_name else path
     if not path.exists():
         return None

@@ -11,7 +11,7 @@ import platform
 import re
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import yaml
 
@@ -164,15 +164,11 @@ def pinned(*packages: str) -> list[str]:
     return [f"{p}=={version(p)}" for p in packages]
 
 
-def log_registered_model(
-    uri: str, experiment: str, registered_model_name: str, root: Path, run_name: str, params: dict, tags: dict[str, str],
-    cv_summary: dict, test_metrics: dict[str, float], artifacts: list[Path], python_model: Path, model_artifacts: dict[str, str],
-    signature, requirements: list[str], description: str, version_tags: dict[str, str],
-    registration_key: Optional[str] = None, log_children: Optional[Callable[[Any, str, dict[str, str]], None]] = None,
-) -> dict:
-    """The run and registry writes every task shares: a parent run (tags, params, CV and test metrics,
-    artifacts), the task's own child runs and tables (`log_children(mlflow, experiment_id, lineage)`),
-    the pyfunc model registered as a new version, its description and tags.
+def log_registered_model(uri: str, experiment: str, registered_model_name: str, root: Path, reg, cv_summary: dict,
+                         test_metrics: dict[str, float], registration_key: Optional[str] = None) -> dict:
+    """The run and registry writes every task shares, for its `reg` (tuneline.plugins.Registration): a
+    parent run (tags, params, CV and test metrics, artifacts), its fold runs and the task's own child
+    runs and tables, the pyfunc model registered as a new version, its description and tags.
 
     `registration_key` tags the run at its start and the version last (see find_registration).
     The returned value, like everything logged here, names the store without credentials.
@@ -180,31 +176,32 @@ def log_registered_model(
     from tuneline.tracking.owner import process_tags
 
     exp_id = ensure_experiment(uri, experiment, root)
-    lineage = {k: v for k, v in tags.items() if k.startswith(("git.", "dvc."))}
+    lineage = {k: v for k, v in reg.tags.items() if k.startswith(("git.", "dvc."))}
     key_tag = {REGISTRATION_KEY: registration_key} if registration_key else {}
     cv = cv_metrics(cv_summary["metrics"])
     # the key and the owning process from the run's first write: a kill at any later point leaves
     # a run that the next register (or `tuneline gc`) can tell from a live one
-    with scoped(uri) as mlflow, mlflow.start_run(experiment_id=exp_id, run_name=run_name,
+    with scoped(uri) as mlflow, mlflow.start_run(experiment_id=exp_id, run_name=reg.run_name,
                                                  tags={**key_tag, **process_tags()}) as parent:
-        mlflow.set_tags({**tags, **environment_tags(), "tuneline.run_kind": "pipeline"})
-        mlflow.log_params(flatten(params))
+        mlflow.set_tags({**reg.tags, **environment_tags(), "tuneline.run_kind": "pipeline"})
+        mlflow.log_params(flatten(reg.params))
         mlflow.log_metrics({**cv, **test_metrics})
-        for path in artifacts:
+        for path in reg.artifacts:
             if Path(path).is_file():
                 mlflow.log_artifact(str(path))
-        if log_children is not None:
-            log_children(mlflow, exp_id, lineage)
+        if reg.log_children is not None:
+            reg.log_children(mlflow, exp_id, lineage)
+        fold_runs(mlflow, exp_id, reg.run_name, reg.fold_metrics, lineage)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             info = mlflow.pyfunc.log_model(
-                name="model", python_model=str(python_model), artifacts=model_artifacts, signature=signature,
-                pip_requirements=requirements, registered_model_name=registered_model_name,
+                name="model", python_model=str(reg.python_model), artifacts=reg.model_artifacts, signature=reg.signature,
+                pip_requirements=reg.requirements, registered_model_name=registered_model_name,
             )
         version = str(info.registered_model_version)
         fault("after-log-model")
-        client(uri).update_model_version(registered_model_name, version, description=description)
-        set_version_tags(uri, registered_model_name, version, {**version_tags, **lineage, **key_tag})  # the key last: complete
+        client(uri).update_model_version(registered_model_name, version, description=reg.description)
+        set_version_tags(uri, registered_model_name, version, {**reg.version_tags, **lineage, **key_tag})  # the key last: complete
     return _registration(uri, parent.info.run_id, exp_id, registered_model_name, version, cv)
 
 

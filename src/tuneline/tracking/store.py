@@ -84,7 +84,8 @@ def artifact_root(uri: str) -> Optional[str]:
     return None if db is None else (db.parent / ARTIFACTS_DIR).as_uri()
 
 
-def _local(location: str) -> Optional[Path]:
+def local_path(location: str) -> Optional[Path]:
+    """The folder a local artifact location (a file: URI or a path) names; None for a remote one."""
     parts = urlsplit(location)
     if parts.scheme == "file":
         return Path(unquote(parts.path)).resolve()
@@ -94,7 +95,7 @@ def _local(location: str) -> Optional[Path]:
 def warn_if_outside(uri: str, experiment: str, location: str, root: Path) -> Optional[str]:
     """A warning (logged, and returned) when an existing experiment of a SQLite store keeps its
     artifacts outside the store's folder: deleting the project that holds them breaks its versions."""
-    db, folder = sqlite_path(uri), _local(location)
+    db, folder = sqlite_path(uri), local_path(location)
     if db is None or folder is None or folder.is_relative_to(db.parent):
         return None
     project = Path(root).resolve()
