@@ -1,9 +1,6 @@
-"""What the CLI says when a command fails: one line that names the thing and what to do.
-
-A failure the user can cause (a missing model, a read-only project, a locked store) exits 2; only an
-internal error exits 1. Both print one line; `--debug` adds the traceback. The checks below run
-before a read-only command touches the store, so they create nothing (MLflow would create an empty
-`mlflow.db` on first contact).
+"""What the CLI says when a command fails: one line that names the thing and what to do; exit 2 for
+a failure the user can cause, 1 for an internal error. The checks run before a read-only command
+touches the store, so they create nothing (MLflow would create an empty `mlflow.db`).
 """
 from __future__ import annotations
 

@@ -43,12 +43,8 @@ def start_temporary_prefect_server():
 
 
 def _watched_server_class():
-    """Prefect's SubprocessASGIServer, started in its own session and watching this process.
-
-    Prefect keeps one temporary server per process (`SubprocessASGIServer()` returns the instance
-    made first), so the flow's own API calls find this one. PR_SET_PDEATHSIG would not do: it fires
-    when the parent *thread* ends, and the server is started from a short-lived thread.
-    """
+    """Prefect's SubprocessASGIServer (one per process: the flow's API calls find this one), started in
+    its own session and watching this process (PR_SET_PDEATHSIG would fire when the starting thread ends)."""
     import subprocess
 
     import prefect

@@ -1,13 +1,7 @@
-"""Content fingerprints of a step: what decides whether its previous result can be reused.
-
-A step's key hashes the files it reads (stages.inputs; ingest also reads the task's source files),
-the params it reads for the project's task (TaskPlugin.reads) and the project's code. A step's *manifest* records, after it
-ran, its key and the hashes of the outputs it wrote: a previous result may be reused only while
-the manifest's key equals today's key AND the outputs on disk are still the ones it wrote (a
-`dvc repro` or a hand edit in between makes the step run again).
-
-No Prefect here: the Prefect cache policy (tuneline.tasks.caching) and the idempotent MLflow
-registration (stages.register) both build on these keys.
+"""Content fingerprints of a step: its key hashes the files it reads, the params it reads for the
+project's task and the code; its manifest records, after it ran, that key and its outputs' hashes. A
+result is reused only while both still match (a `dvc repro` or a hand edit in between re-runs it).
+The Prefect cache (tuneline.tasks.caching) and the idempotent registration build on these keys.
 """
 from __future__ import annotations
 
@@ -106,11 +100,6 @@ def resolved_training(train) -> dict:
     return {"strategy": resolve_strategy(train.strategy), "precision": resolve_precision(train.precision)}
 
 
-def source_files(config, name: str) -> list[Path]:
-    """Files a step reads from outside the project: the user's data file(s) for ingest."""
-    return plugins.get(config.task).source_files(config) if name == "ingest" else []
-
-
 def external_digest(spec: str, root: Path) -> str:
     """A registered model URI -> 'NAME/VERSION/RUN' as the registry resolves it now (an alias that moved
     changes the key); a folder or file -> its content hash. A URI that does not resolve keys as such, so
@@ -130,7 +119,8 @@ def input_digests(config, name: str, root: Path) -> dict[str, str]:
     from tuneline.pipeline.stages import inputs
 
     digests = {rel: path_digest(Path(root) / rel) for rel in inputs(name, config.paths)}
-    digests |= {f"source:{p.name}": path_digest(p) for p in source_files(config, name)}
+    sources = plugins.get(config.task).source_files(config) if name == "ingest" else []  # the user's data file(s)
+    digests |= {f"source:{p.name}": path_digest(p) for p in sources}
     digests |= {f"external:{spec}": external_digest(spec, root) for spec in plugins.get(config.task).external_inputs(config, name)}
     return digests
 

@@ -6,6 +6,7 @@ objects (content-addressed); checkpoints and job records as immutable named file
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import uuid
@@ -231,29 +232,23 @@ def running(job: dict, store: Store) -> Iterator[None]:
 def on_dask(run):
     """`run` (a FoldRun) as a Dask worker of the running job should call it; unchanged outside a job."""
     job = _job.get()
-    return DaskFold(run, job) if job is not None and hasattr(run, "at") else run
+    return functools.partial(_dask_fold, run, job) if job is not None and hasattr(run, "at") else run
 
 
-class DaskFold:
+def _dask_fold(run, job: dict, item: dict) -> dict:
     """A fold job on a Dask worker: in that worker's own folder (its local_directory), on inputs pulled
     from the remote exactly as the GPU worker pulled them, pushing its checkpoints to the remote."""
+    from distributed import get_worker
 
-    def __init__(self, run, job: dict):
-        self.run, self.job = run, job
-
-    def __call__(self, item: dict) -> dict:
-        from distributed import get_worker
-
-        checkout = os.environ.get(PROJECT_DIR)
-        if not checkout:
-            raise HandoffError(f"a Dask worker of a hand-off job needs {PROJECT_DIR}: its machine's checkout of the "
-                               f"project, whose .dvc/config names the remote {self.job['remote']!r}")
-        root = Path(get_worker().local_directory) / "tuneline" / self.job["id"]
-        if not (root / ".dvc" / "config").is_file():
-            _copy_remote_config(Path(checkout), root, self.job["remote"])
-        store, _ = take(self.job, root)
-        with checkpoints.publishing(store.publish_work):
-            return self.run.at(store.root)(item)
+    if not (checkout := os.environ.get(PROJECT_DIR)):
+        raise HandoffError(f"a Dask worker of a hand-off job needs {PROJECT_DIR}: its machine's checkout of the "
+                           f"project, whose .dvc/config names the remote {job['remote']!r}")
+    root = Path(get_worker().local_directory) / "tuneline" / job["id"]
+    if not (root / ".dvc" / "config").is_file():
+        _copy_remote_config(Path(checkout), root, job["remote"])
+    store, _ = take(job, root)
+    with checkpoints.publishing(store.publish_work):
+        return run.at(store.root)(item)
 
 
 def _copy_remote_config(src_root: Path, root: Path, remote: str) -> None:

@@ -1,10 +1,6 @@
-"""The pipeline shell: the eight steps every task runs, as plain functions of (Config, project root),
-shared by DVC (`tuneline stage`) and Prefect (tasks/).
-
-What is common lives here, once: clearing a stage's outputs before it runs (as `dvc repro` does),
-the validation guard, the cv folder and metrics files, the resolved config beside the model,
-lineage, the registration key, the registry lock, aliases and the run summary. What is the task's
-own comes from its plugin (tuneline.plugins.TaskPlugin), found by `config.task`.
+"""The pipeline shell: the eight steps every task runs, as plain functions of (Config, project root)
+shared by DVC (`tuneline stage`) and Prefect (tasks/). What every task shares is done here, once; what
+is the task's own comes from its plugin (tuneline.plugins.TaskPlugin), found by `config.task`.
 """
 from __future__ import annotations
 
@@ -48,14 +44,9 @@ def _crossval(p, c, f: Files, map_jobs=sequential, map_trials=None) -> dict:
     todo = [i for i in range(len(plan["jobs"])) if i not in fixed]
     fixed |= dict(zip(todo, map_jobs(FoldRun(p, c, f, plan), [plan["jobs"][i] for i in todo])))
     results = [fixed[i] for i in range(len(plan["jobs"]))]
-    extra_tune: dict[str, Any] = {}
-    if tuned:
-        from tuneline.pipeline.tune import cv_files
-
-        extra_tune = cv_files(tuned)
-        for name, o in tuned.items():
-            target = {"name": name, "jobs": o["jobs"]}
-            plan = p.adopt(c, plan, target, o["params"], extra_tune["tune.json"][name])
+    extra_tune = tune.cv_files(tuned) if tuned else {}
+    for name, o in tuned.items():
+        plan = p.adopt(c, plan, {"name": name, "jobs": o["jobs"]}, o["params"], extra_tune["tune.json"][name])
     summary, extra = p.cv_summary(c, f, plan, results)
     extra |= extra_tune
     with atomic_path(f.cv_dir) as tmp:
@@ -64,10 +55,8 @@ def _crossval(p, c, f: Files, map_jobs=sequential, map_trials=None) -> dict:
         write_json(tmp / f.fold_metrics.name, summary.pop("fold_metrics"))
         for rel, value in extra.items():
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-            if isinstance(value, bytes):
-                (tmp / rel).write_bytes(value)
-            elif isinstance(value, str):
-                (tmp / rel).write_text(value, encoding="utf-8")
+            if isinstance(value, (bytes, str)):
+                (tmp / rel).write_bytes(value.encode() if isinstance(value, str) else value)
             else:
                 write_json(tmp / rel, value)
         write_json(tmp / f.cv_summary.name, summary)

@@ -1,15 +1,8 @@
-"""What registrations that died leave in a store, and finishing or removing it.
-
-A register step killed half-way leaves its run RUNNING for ever, maybe a model version without the
-registration key (tagged last), child runs, and artifact folders (the run's, its logged model's).
-Each registration run records its process in its first write (tuneline.tracking.owner), so a
-run whose process is gone can be told from one that is still registering elsewhere.
-
-- `retire_leftovers` (every register step, whatever its inputs): a dead run whose versions all
-  carry the key is completed (FINISHED); any other dead run has its versions deleted and is marked
-  FAILED with its child runs. Files are left alone.
-- `find` / `remove` (`tuneline gc`, dry-run first): the same runs, plus the folders they left and
-  their sizes; `remove` deletes the folders, the logged models and the runs as well.
+"""What registrations that died (their process is gone: tuneline.tracking.owner) leave in a store: a
+run left RUNNING, maybe a version without the registration key (tagged last), child runs, folders.
+`retire_leftovers` (every register step) completes a dead run whose versions all carry the key and
+fails any other, deleting its versions; `find` / `remove` (`tuneline gc`) also list and delete the
+folders, logged models and runs they left.
 """
 from __future__ import annotations
 

@@ -27,15 +27,11 @@ def tracking_uri(root: Path) -> str:
 
 @contextlib.contextmanager
 def scoped(uri: str):
-    """The fluent MLflow API pointed at `uri` for the duration only.
-
-    `mlflow.set_tracking_uri` also exports MLFLOW_TRACKING_URI to the environment, which would
-    leak this run's store into later runs and subprocesses; both are restored on exit.
-    """
+    """The fluent MLflow API pointed at `uri` for the duration only: `mlflow.set_tracking_uri` also
+    exports MLFLOW_TRACKING_URI, which would leak this store into later runs; both are restored."""
     os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    _no_printed_urls(uri)
-    store.prepare(uri)
+    _open(uri)
     import mlflow
 
     saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
@@ -51,17 +47,18 @@ def scoped(uri: str):
             os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
 
 
-def _no_printed_urls(uri: str) -> None:
-    """MLflow prints each ended run's URL, built from the tracking URI with its user:password@ part."""
+def _open(uri: str) -> None:
+    """Before MLflow touches `uri`: a SQLite store's schema exists, and no URL with the URI's
+    user:password@ part is printed (MLflow prints each ended run's URL)."""
     if redact(uri) != uri:
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    store.prepare(uri)
 
 
 def client(uri: str):
     from mlflow import MlflowClient
 
-    _no_printed_urls(uri)
-    store.prepare(uri)
+    _open(uri)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)  # the registry too: never a global URI left by others
 
 
@@ -168,11 +165,8 @@ def log_registered_model(uri: str, experiment: str, registered_model_name: str, 
                          test_metrics: dict[str, float], registration_key: Optional[str] = None) -> dict:
     """The run and registry writes every task shares, for its `reg` (tuneline.plugins.Registration): a
     parent run (tags, params, CV and test metrics, artifacts), its fold runs and the task's own child
-    runs and tables, the pyfunc model registered as a new version, its description and tags.
-
-    `registration_key` tags the run at its start and the version last (see find_registration).
-    The returned value, like everything logged here, names the store without credentials.
-    """
+    runs, the pyfunc registered as a new version with its description and tags. `registration_key`
+    tags the run first and the version last (find_registration). Nothing returned holds credentials."""
     from tuneline.tracking.owner import process_tags
 
     exp_id = ensure_experiment(uri, experiment, root)
@@ -323,11 +317,8 @@ def set_version_tags(uri: str, name: str, version: str, tags: dict[str, str]) ->
 
 
 def registry_lock(uri: str, name: str, timeout: float = 600.0):
-    """A lock (use it in `with`) that serialises read-decide-write on one registered model across processes.
-
-    SQLite stores lock a file beside the database; other stores lock a file in TUNELINE_LOCK_DIR
-    (default: the system temp dir), which serialises promotions started on the same host.
-    """
+    """A lock (use it in `with`) that serialises read-decide-write on one registered model across processes:
+    a file beside a SQLite store, else in TUNELINE_LOCK_DIR (default: the temp dir; the same host only)."""
     import hashlib
     import tempfile
 
@@ -423,11 +414,8 @@ def _http_check(uri: str, timeout: float) -> None:
 
 
 def check_tracking(uri: str, timeout: float = 10.0) -> None:
-    """Pre-flight, before any training: the tracking store answers and accepts our credentials.
-
-    A short wait (`timeout`) rides out a blip; a server that stays down is a clear error instead of
-    a fine-tune whose registration fails an hour later.
-    """
+    """Pre-flight, before any training: the tracking store answers and accepts our credentials. A short
+    wait (`timeout`) rides out a blip; a server that stays down is a clear error, not a failed register."""
     from urllib.parse import urlsplit
 
     scheme = urlsplit(uri).scheme
@@ -447,13 +435,9 @@ def check_tracking(uri: str, timeout: float = 10.0) -> None:
 
 
 def find_registration(uri: str, experiment: str, name: str, key: str) -> Optional[dict]:
-    """The registration already made for these inputs (`key`), so a retried or repeated register
-    step reuses it instead of adding a version; None when there is none.
-
-    A complete registration is a FINISHED run whose model version carries the key (it is tagged
-    last). Call tuneline.tracking.cleanup.retire_leftovers first: registrations that died, whatever
-    their key, are then completed or retired, so the registry never shows a half-registered model.
-    """
+    """The registration already made for these inputs (`key`: a FINISHED run whose version carries it,
+    tagged last), which a retried or repeated register reuses; None when there is none. Call
+    cleanup.retire_leftovers first, so that the registry never shows a half-registered model."""
     from mlflow.entities import ViewType
 
     c = client(uri)

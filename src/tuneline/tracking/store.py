@@ -1,9 +1,6 @@
-"""The local (SQLite) tracking store itself: its first creation, and where its artifacts live.
-
-A SQLite store is a file any number of processes may open at once; MLflow creates its schema on
-first open without a lock of its own (tracking and registry stores alike), so two first runs
-race (an alembic traceback, "duplicate column name"). Artifacts of a new experiment live beside
-the store, so projects sharing one store never depend on each other's folders.
+"""The local (SQLite) tracking store itself: its first creation (MLflow creates a schema without a
+lock, so two first runs would race: "duplicate column name"), and where its artifacts live (beside
+the store, so projects sharing one store never depend on each other's folders).
 """
 from __future__ import annotations
 
@@ -53,12 +50,8 @@ def _init_lock(db: Path) -> Path:
 
 
 def prepare(uri: str) -> None:
-    """Create a SQLite store's schema once, under a lock (_init_lock), so that processes
-    starting together wait for the first one instead of migrating the same file at once.
-
-    A store whose schema is current is opened as it is; other
-    stores (servers, databases) create their schema server-side.
-    """
+    """Create a SQLite store's schema once, under a lock (_init_lock) that processes starting together
+    wait on; a current schema is left as it is, and other stores create theirs server-side."""
     db = sqlite_path(uri)
     if db is None or uri in _prepared:
         return
