@@ -33,8 +33,7 @@ def check_model_uri(uri: str, model_uri: str) -> None:
     something in the registry at `uri`; say what is there instead of MLflow's traceback."""
     from tuneline.tracking import runs as tracking
 
-    m = re.fullmatch(r"models:/([^/@]+)(?:@(.+)|/(.+))", model_uri)
-    if m is None:
+    if (m := re.fullmatch(r"models:/([^/@]+)(?:@(.+)|/(.+))", model_uri)) is None:
         return  # runs:/, a folder, ...: MLflow's own message (one line below) names it
     name, alias, version = m.groups()
     versions = tracking.list_versions(uri, name)

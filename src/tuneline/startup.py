@@ -31,12 +31,10 @@ def start_temporary_prefect_server():
     default_db = Path(settings.home) / "prefect.db"
     db = default_db if url is not None and url.get_secret_value() == f"sqlite+aiosqlite:///{default_db}" else None
     template = prefect_db_template()
-    fresh = db is not None and not db.exists()
-    if fresh and template.exists():
+    if (fresh := db is not None and not db.exists()) and template.exists():
         _sqlite_copy(template, db)
         fresh = False
-    server = _watched_server_class()()
-    thread = threading.Thread(target=_quiet_start, args=(server, db if fresh else None, template),
+    thread = threading.Thread(target=_quiet_start, args=(_watched_server_class()(), db if fresh else None, template),
                               name="prefect-temporary-server", daemon=True)
     thread.start()
     return thread

@@ -24,16 +24,12 @@ MANIFEST_DIR = ".cache/stages"
 
 
 def _package_dirs() -> list[Path]:
+    import importlib.util
+
     import tuneline
 
-    dirs = [Path(tuneline.__file__).parent]
-    for name in ("tuneline.tasks", "tuneline.flows"):
-        try:
-            mod = __import__(name, fromlist=["__file__"])
-            dirs.append(Path(mod.__file__).parent)
-        except ImportError:  # the engine alone (GPU image without Prefect)
-            pass
-    return dirs
+    specs = [importlib.util.find_spec(name) for name in ("tuneline.tasks", "tuneline.flows")]  # None: the engine alone
+    return [Path(tuneline.__file__).parent, *(Path(spec.origin).parent for spec in specs if spec is not None)]
 
 
 def _plugin_dir(task: str) -> Path:
@@ -44,12 +40,8 @@ def _plugin_dir(task: str) -> Path:
 
 @functools.lru_cache(maxsize=8)
 def code_digest(task: str = "classification") -> str:
-    """Hash of the Python sources a `task` run executes: the library, tasks and flows, less the
-    other tasks' plugin packages (an edit to the LLM plugin keeps a classifier's cache valid).
-
-    The same set as dvc.yaml's code deps (tuneline.pipeline.dvcfile), and as coarse on purpose: any
-    change to shared code re-runs every step, so a cached result never comes from code that is gone.
-    """
+    """Hash of the Python sources a `task` run executes: the library, tasks and flows, less the other
+    tasks' plugin packages; dvc.yaml's code deps, and as coarse: a shared-code edit re-runs every step."""
     mine = _plugin_dir(task)
     others = {_plugin_dir(t) for t in plugins.names()} - {mine}
     h = hashlib.sha256()

@@ -76,10 +76,7 @@ class Store:
             if isinstance(obj, Tree):
                 ids |= {hi for _, (_, hi) in obj.iteritems()}
             keys[rel] = obj.hash_info.value
-        result = self.repo.cloud.push(ids, remote=self.name)
-        if result.failed:
-            raise HandoffError(f"pushing to {self.url()} failed for {len(result.failed)} object(s): "
-                               f"{sorted(h.value for h in result.failed)[:3]}")
+        self._transfer(ids, push=True)
         return keys
 
     def pull(self, keys: dict[str, str]) -> None:
@@ -90,9 +87,9 @@ class Store:
         from dvc_data.hashfile.hash_info import HashInfo
 
         infos = {rel: HashInfo("md5", key) for rel, key in keys.items()}
-        self._fetch(set(infos.values()))
+        self._transfer(set(infos.values()))
         # a folder's listing first, then the files it names
-        self._fetch({hi for info in infos.values() if info.isdir for _, (_, hi) in load(self.cache, info).iteritems()})
+        self._transfer({hi for info in infos.values() if info.isdir for _, (_, hi) in load(self.cache, info).iteritems()})
         for rel, info in infos.items():
             if (self.root / rel).exists() and self.digest(self.root / rel) == info.value:
                 continue  # already here, byte for byte (a Dask worker's second fold job)
@@ -101,11 +98,12 @@ class Store:
                 if (found := self.digest(tmp)) != info.value:
                     raise HandoffError(f"{rel}: pulled content hashes to {found}, not the job's {info.value}")
 
-    def _fetch(self, ids: set) -> None:
-        result = self.repo.cloud.pull(ids, remote=self.name)
+    def _transfer(self, ids: set, push: bool = False) -> None:
+        result = (self.repo.cloud.push if push else self.repo.cloud.pull)(ids, remote=self.name)
         if result.failed:
-            raise HandoffError(f"{self.url()} lacks {len(result.failed)} object(s) the job names: "
-                               f"{sorted(h.value for h in result.failed)[:3]} (pushed to another remote, or removed)")
+            n, some = len(result.failed), sorted(h.value for h in result.failed)[:3]
+            raise HandoffError(f"pushing to {self.url()} failed for {n} object(s): {some}" if push else
+                               f"{self.url()} lacks {n} object(s) the job names: {some} (pushed to another remote, or removed)")
 
     def digest(self, path: Path) -> str:
         """The DVC md5 of a file or folder, recomputed from its bytes."""
@@ -148,16 +146,14 @@ class Store:
         if not self.fs.exists(base):
             return []
         found = [p[len(base):].lstrip("/") for p in self.fs.find(base) if ".tmp-" not in p]
-        results = {str(Path(r).parent) for r in found if Path(r).name == "result.json"}
-        newest: dict[str, str] = {}
+        results = [r for r in found if Path(r).name == "result.json"]
+        finished, newest = {str(Path(r).parent) for r in results}, {}
         for rel in found:
-            area = Path(rel).parent.parent
-            if Path(rel).match(CHECKPOINT_GLOB) and str(area) not in results:
-                newest[str(area)] = max(newest.get(str(area), ""), rel)
-        fetched = []
-        for rel in sorted({r for r in found if Path(r).name == "result.json"} | set(newest.values())):
-            if not (self.root / rel).exists() and self.get(self.root / rel, "work", *Path(rel).parts):
-                fetched.append(rel)
+            area = str(Path(rel).parent.parent)
+            if Path(rel).match(CHECKPOINT_GLOB) and area not in finished:
+                newest[area] = max(newest.get(area, ""), rel)
+        fetched = [rel for rel in sorted({*results, *newest.values()})
+                   if not (self.root / rel).exists() and self.get(self.root / rel, "work", *Path(rel).parts)]
         if fetched:
             log.info("fetched from %s: %s", self.url(), ", ".join(fetched))
         return fetched

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import traceback
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -39,7 +40,7 @@ def _crossval(p, c, f: Files, map_jobs=sequential, map_trials=None) -> dict:
     if c.tune.enabled:
         from tuneline.pipeline import tune
 
-        tuned = tune.search(p, c, f, plan, map_jobs, map_trials or tune.sequential_trials)
+        tuned = tune.search(p, c, f, plan, map_jobs, map_trials)
     fixed = {i: r for o in tuned.values() for i, r in zip(o["jobs"], o["results"])}
     todo = [i for i in range(len(plan["jobs"])) if i not in fixed]
     fixed |= dict(zip(todo, map_jobs(FoldRun(p, c, f, plan), [plan["jobs"][i] for i in todo])))
@@ -175,22 +176,16 @@ def run_stage(name: str, config, root: Path | str = ".", **options) -> dict:
 
 def _raised_by_tuneline(exc: BaseException) -> bool:
     """A plain ValueError that tuneline's own code raised already says what is wrong and what to do."""
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    package = Path(__file__).resolve().parents[1]
-    return tb is not None and package in Path(tb.tb_frame.f_code.co_filename).resolve().parents
+    frames = traceback.extract_tb(exc.__traceback__)
+    return bool(frames) and Path(__file__).resolve().parents[1] in Path(frames[-1].filename).resolve().parents
 
 
 def _working_on(name: str, config, plugin) -> str:
     """'data/raw/dataset.parquet (column 'body' (data.text_column))': a step's input files and columns."""
     files = [str(p) for p in plugin.source_files(config)] if name == "ingest" else inputs(name, config.paths)
     values = config.to_dict()
-    columns = []
-    for key in plugin.columns.get(name, ()):
-        section, _, field = key.partition(".")
-        if values.get(section, {}).get(field) is not None:
-            columns.append(f"{values[section][field]!r} ({key})")
+    columns = [f"{value!r} ({key})" for key in plugin.columns.get(name, ())
+               if (value := values.get(key.partition(".")[0], {}).get(key.partition(".")[2])) is not None]
     where = ", ".join(files) or "no input files"
     return where + (f" (column{'s' if len(columns) > 1 else ''} {', '.join(columns)})" if columns else "")
 

@@ -66,20 +66,14 @@ def trial_seed(seed: int, number: int) -> int:
 def with_configured(space: dict, values: dict) -> dict:
     """The space with each configured categorical value among the choices, so that trial 0 can be
     the configured values exactly (a range keeps its bounds: Optuna accepts an enqueued value outside)."""
-    out = {}
-    for name, spec in space.items():
-        if spec["type"] == "categorical" and values.get(name) not in spec["choices"]:
-            spec = {**spec, "choices": [*spec["choices"], values[name]]}
-        out[name] = spec
-    return out
+    return {name: {**spec, "choices": [*spec["choices"], values[name]]}
+            if spec["type"] == "categorical" and values.get(name) not in spec["choices"] else spec for name, spec in space.items()}
 
 
 def suggest(trial, name: str, spec: dict):
     if spec["type"] == "categorical":
         return trial.suggest_categorical(name, spec["choices"])
-    if spec["type"] == "int":
-        return trial.suggest_int(name, spec["low"], spec["high"], log=spec["log"])
-    return trial.suggest_float(name, spec["low"], spec["high"], log=spec["log"])
+    return (trial.suggest_int if spec["type"] == "int" else trial.suggest_float)(name, spec["low"], spec["high"], log=spec["log"])
 
 
 def study_name(target: dict, space: dict, metric: str, higher: bool) -> str:
@@ -92,11 +86,9 @@ def study_name(target: dict, space: dict, metric: str, higher: bool) -> str:
 def make_pruner(tune_cfg):
     import optuna
 
-    if tune_cfg.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=tune_cfg.startup_trials, n_warmup_steps=0)
-    if tune_cfg.pruner == "successive_halving":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
-    return optuna.pruners.NopPruner()
+    return {"median": lambda: optuna.pruners.MedianPruner(n_startup_trials=tune_cfg.startup_trials, n_warmup_steps=0),
+            "successive_halving": lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3),
+            }.get(tune_cfg.pruner, optuna.pruners.NopPruner)()
 
 
 def open_study(url: str, name: str, higher: bool, tune_cfg):
@@ -172,19 +164,12 @@ def run_trial(run_fold: Callable[[dict], dict], map_jobs, score: Callable[[dict]
     return {"state": "complete", "value": statistics.fmean(score(r) for r in results), "results": results}
 
 
-def sequential_trials(run: Callable[[TrialRun], dict], handles: list[TrialRun]) -> list[dict]:
-    return [run(h) for h in handles]
-
-
 def trial_workers(config) -> int:
     """Trials at once. The rule: tune.parallel x cv.parallel fold jobs run at once, and on threads that
     product must not pass this machine's cores; above it tune.parallel is lowered (a Dask cluster's
     workers are its own to size)."""
-    wanted = config.tune.parallel
-    if config.tune.task_runner == "dask":
-        return wanted
-    cores = os.cpu_count() or 1
-    allowed = max(1, cores // config.cv.parallel)
+    wanted, cores = config.tune.parallel, os.cpu_count() or 1
+    allowed = wanted if config.tune.task_runner == "dask" else max(1, cores // config.cv.parallel)
     if wanted > allowed:
         log.warning("tune.parallel=%d x cv.parallel=%d > %d cores: running %d trial(s) at once", wanted, config.cv.parallel,
                     cores, allowed)
@@ -197,12 +182,13 @@ class Search:
     def __init__(self, plugin, config, files, plan: dict, target: dict, map_jobs):
         self.plugin, self.config, self.files, self.plan, self.target = plugin, config, files, plan, target
         self.map_jobs, self.cfg = map_jobs, config.tune
+        self.fold_run, self.score = FoldRun(plugin, config, files, plan), partial(plugin.fold_score, config)
         self.metric, self.higher = plugin.metric(config)
         self.space = with_configured(target["space"], target["values"])
         self.url = storage_url(config, files.root)
         self.name = study_name(target, self.space, self.metric, self.higher)
 
-    def run(self, map_trials) -> dict:
+    def run(self, map_trials=None) -> dict:
         from optuna.trial import TrialState
 
         study = open_study(self.url, self.name, self.higher, self.cfg)
@@ -215,14 +201,13 @@ class Search:
         log.info("tuning %s: study %s (%s), %d of %d trials finished", self.target["name"], self.name, redact(self.url),
                  done(), self.cfg.n_trials)
         workers, deadline = trial_workers(self.config), time.monotonic() + (self.cfg.timeout_s or float("inf"))
-        fold_run = FoldRun(self.plugin, self.config, self.files, self.plan)
-        if self.cfg.task_runner == "dask":  # in a hand-off job a Dask worker pulls the trial's inputs from the remote
-            fold_run = handoff.on_dask(fold_run)
-        run = partial(run_trial, fold_run, self.map_jobs, partial(self.plugin.fold_score, self.config))
+        # in a hand-off job a Dask worker pulls the trial's inputs from the remote
+        fold_run = handoff.on_dask(self.fold_run) if self.cfg.task_runner == "dask" else self.fold_run
+        run = partial(run_trial, fold_run, self.map_jobs, self.score)
         while time.monotonic() < deadline and (left := self.cfg.n_trials - done()) > 0:
             handles = [self._ask(study) for _ in range(min(workers, left))]
             try:
-                outcomes = map_trials(run, handles)
+                outcomes = list((map_trials or map)(run, handles))  # one after another without a task runner
             except BaseException:
                 for h in handles:
                     _retry(study, h.number, h.params, h.configured)
@@ -236,18 +221,15 @@ class Search:
 
     def seed_spread(self, best: dict) -> Optional[dict]:
         """The best trial re-run on the same folds with tune.seed_repeats other training seeds (job seed +
-        SEED_STEP x r): trials differ by configuration at one seed, so how much a seed moves the winner's
-        CV mean says how much of its lead the search may owe to luck. None when off, or when the task's
-        jobs carry no training seed."""
+        SEED_STEP x r): how much of its lead the search may owe to luck. None when off, or seedless jobs."""
         jobs = self.plugin.trial_jobs(self.config, self.plan, self.target, best["params"])
         if not self.cfg.seed_repeats or not all("seed" in j for j in jobs):
             return None
-        run, score = FoldRun(self.plugin, self.config, self.files, self.plan), partial(self.plugin.fold_score, self.config)
         offsets, means = [0], [best["best_value"]]
         for r in range(1, self.cfg.seed_repeats + 1):
-            results = self.map_jobs(run, [{**j, "seed": j["seed"] + SEED_STEP * r} for j in jobs])
+            results = self.map_jobs(self.fold_run, [{**j, "seed": j["seed"] + SEED_STEP * r} for j in jobs])
             offsets.append(SEED_STEP * r)
-            means.append(statistics.fmean(score(x) for x in results))
+            means.append(statistics.fmean(self.score(x) for x in results))
         spread = {"seed_offsets": offsets, "cv_means": means, "mean": statistics.fmean(means), "std": statistics.stdev(means)}
         log.info("%s, best trial %d over %d training seeds: %s %.4f ± %.4f (%s)", self.target["name"], best["best_trial"],
                  len(means), self.metric, spread["mean"], spread["std"], ", ".join(f"{m:.4f}" for m in means))
@@ -273,8 +255,7 @@ class Search:
                    "seed": t.user_attrs.get("seed"), "configured": bool(t.user_attrs.get(CONFIGURED)),
                    "retry_of": t.user_attrs.get("retry_of"), "folds": t.user_attrs.get("folds", [])}
                   for t in study.get_trials(deepcopy=False)]
-        complete = [t for t in trials if t["state"] == "complete"]
-        if not complete:
+        if not (complete := [t for t in trials if t["state"] == "complete"]):
             raise RuntimeError(f"study {self.name}: no complete trial (tune.n_trials={self.cfg.n_trials})")
         best = (max if self.higher else min)(complete, key=lambda t: t["value"])
         configured = next((t for t in complete if t["configured"]), None)
@@ -302,8 +283,7 @@ def plots(study) -> dict[str, bytes]:
     out = {}
     for file, name in PLOTS.items():
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
+            with warnings.catch_warnings(action="ignore"):
                 ax = getattr(views, name)(study)
             fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
             fig.set_size_inches(9, 5)
@@ -316,10 +296,9 @@ def plots(study) -> dict[str, bytes]:
     return out
 
 
-def search(plugin, config, files, plan: dict, map_jobs, map_trials=sequential_trials) -> dict[str, dict]:
+def search(plugin, config, files, plan: dict, map_jobs, map_trials=None) -> dict[str, dict]:
     """{candidate: outcome} for every target the task offers in this plan."""
-    targets = plugin.tune_targets(config, files, plan)
-    if not targets:
+    if not (targets := plugin.tune_targets(config, files, plan)):
         log.warning("tune.enabled, but task %r offers nothing to tune in this plan (tune.candidates=%s): no search",
                     config.task, config.tune.candidates)
     return {t["name"]: Search(plugin, config, files, plan, t, map_jobs).run(map_trials) for t in targets}

@@ -149,11 +149,9 @@ def gc(uri: str, experiment: str, apply: bool = False) -> list[str]:
     """What `tuneline gc` prints: each leftover registration of `experiment` (its run, versions and
     folders with their sizes), then a total; with `apply`, they are also completed or removed."""
     shown = tracking.redact(uri)
-    db = tracking.store.sqlite_path(uri)
-    if db is not None and not db.is_file():
+    if (db := tracking.store.sqlite_path(uri)) is not None and not db.is_file():
         return [f"no tracking store at {db}: nothing to clean"]
-    exp = tracking.client(uri).get_experiment_by_name(experiment)
-    if exp is None:
+    if (exp := tracking.client(uri).get_experiment_by_name(experiment)) is None:
         return [f"no experiment {experiment!r} in {shown}: nothing to clean"]
     found = find(uri, exp.experiment_id)
     lines = []

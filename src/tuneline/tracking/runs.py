@@ -84,8 +84,7 @@ def ensure_experiment(uri: str, name: str, root: Path) -> str:
     import json
 
     c = client(uri)
-    exp = c.get_experiment_by_name(name)
-    if exp is not None:
+    if (exp := c.get_experiment_by_name(name)) is not None:
         store.warn_if_outside(uri, name, exp.artifact_location, root)
         return exp.experiment_id
     from mlflow.exceptions import MlflowException
@@ -186,8 +185,7 @@ def log_registered_model(uri: str, experiment: str, registered_model_name: str, 
         if reg.log_children is not None:
             reg.log_children(mlflow, exp_id, lineage)
         fold_runs(mlflow, exp_id, reg.run_name, reg.fold_metrics, lineage)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with warnings.catch_warnings(action="ignore"):
             info = mlflow.pyfunc.log_model(
                 name="model", python_model=str(reg.python_model), artifacts=reg.model_artifacts, signature=reg.signature,
                 pip_requirements=reg.requirements, registered_model_name=registered_model_name,
@@ -203,8 +201,7 @@ def download_folder(uri: str, name: str, version: str, dst: Path, marker: str) -
     """The folder holding `marker` among a registered version's artifacts, downloaded into `dst`."""
     with scoped(uri) as mlflow:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(dst)))
-    found = sorted(local.rglob(marker))
-    if not found:
+    if not (found := sorted(local.rglob(marker))):
         raise FileNotFoundError(f"models:/{name}/{version} has no {marker} in its artifacts")
     return found[0].parent
 
@@ -216,14 +213,11 @@ def registry_version(uri: str, model_uri: str, key: str = "model"):
     """`models:/NAME@ALIAS` or `models:/NAME/VERSION` -> its ModelVersion; LookupError naming `key` and what is missing."""
     from mlflow.exceptions import MlflowException
 
-    m = _MODEL_URI.match(model_uri)
-    if m is None:
+    if (m := _MODEL_URI.match(model_uri)) is None:
         raise LookupError(f"{key} {model_uri!r}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
     name, alias, version = m["name"], m["alias"], m["version"]
     try:
-        if alias is not None:
-            return client(uri).get_model_version_by_alias(name, alias)
-        return client(uri).get_model_version(name, version)
+        return client(uri).get_model_version_by_alias(name, alias) if alias else client(uri).get_model_version(name, version)
     except MlflowException:
         versions = ", ".join(str(v.version) for v, _ in list_versions(uri, name)) or "none"
         raise LookupError(f"{key} {model_uri!r}: no such {'alias' if alias else 'version'} of {name!r} in {redact(uri)} "
@@ -245,8 +239,7 @@ def check_version(uri: str, name: str, version: str, task: Optional[str] = None)
     if str(version) not in versions:
         raise LookupError(f"{name}: no version {version!r} in {redact(uri)}; versions: {', '.join(versions) or 'none'}")
     v = versions[str(version)]
-    missing = [t for t in (REGISTRATION_KEY, "task") if t not in v.tags]
-    if missing:
+    if missing := [t for t in (REGISTRATION_KEY, "task") if t not in v.tags]:
         raise LookupError(f"{name} version {version} is not a complete tuneline registration (no {', '.join(missing)} tag); "
                           "re-run the register stage")
     status = client(uri).get_run(v.run_id).info.status if v.run_id else "missing"
@@ -289,8 +282,7 @@ def mirror_stage(uri: str, name: str, version: str, stage: str) -> None:
     """Set a classic stage; stages are deprecated in MLflow, so their warning is kept from users and
     a later MLflow without them is tolerated (aliases remain the source of truth)."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with warnings.catch_warnings(action="ignore"):
             client(uri).transition_model_version_stage(name, version, stage, archive_existing_versions=False)
     except (AttributeError, NotImplementedError) as exc:
         log.info("model stages unavailable in this MLflow (%s); aliases only", exc)
@@ -441,15 +433,13 @@ def find_registration(uri: str, experiment: str, name: str, key: str) -> Optiona
     from mlflow.entities import ViewType
 
     c = client(uri)
-    exp = c.get_experiment_by_name(experiment)
-    if exp is None:
+    if (exp := c.get_experiment_by_name(experiment)) is None:
         return None
     runs = c.search_runs([exp.experiment_id], filter_string=f"tags.`{REGISTRATION_KEY}` = '{key}' and attributes.status = 'FINISHED'",
                          run_view_type=ViewType.ACTIVE_ONLY, order_by=["attributes.start_time ASC"])
     for run in runs:  # a later one is a duplicate from a race: left alone, the first is reused
         versions = c.search_model_versions(f"run_id = '{run.info.run_id}'")
-        version = next((v for v in versions if v.name == name and v.tags.get(REGISTRATION_KEY) == key), None)
-        if version is not None:
+        if (version := next((v for v in versions if v.name == name and v.tags.get(REGISTRATION_KEY) == key), None)) is not None:
             log.info("inputs unchanged since %s version %s (run %s): reusing that registration", name, version.version,
                      run.info.run_id)
             return _registration(uri, run.info.run_id, exp.experiment_id, name, str(version.version),
