@@ -36,9 +36,8 @@ def check_model_uri(uri: str, model_uri: str) -> None:
     if (m := re.fullmatch(r"models:/([^/@]+)(?:@(.+)|/(.+))", model_uri)) is None:
         return  # runs:/, a folder, ...: MLflow's own message (one line below) names it
     name, alias, version = m.groups()
-    versions = tracking.list_versions(uri, name)
     store = tracking.redact(uri)
-    if not versions:
+    if not (versions := tracking.list_versions(uri, name)):
         names = sorted(r.name for r in tracking.client(uri).search_registered_models())
         raise UserError(f"{model_uri}: no registered model {name!r} in {store}; registered models: "
                         f"{', '.join(names) or 'none'} (pass one with --model or --name)")

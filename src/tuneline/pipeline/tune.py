@@ -244,10 +244,8 @@ class Search:
         params = {name: suggest(trial, name, spec) for name, spec in self.space.items()}
         trial.set_user_attr("owner", f"{socket.gethostname()}:{os.getpid()}")
         trial.set_user_attr("seed", seed)
-        configured = bool(trial.user_attrs.get(CONFIGURED))
-        jobs = self.plugin.trial_jobs(self.config, self.plan, self.target, params)
-        return TrialRun(self.url, self.name, trial._trial_id, trial.number, params, configured, self.cfg, jobs,
-                        self.config.cv.parallel)
+        return TrialRun(self.url, self.name, trial._trial_id, trial.number, params, bool(trial.user_attrs.get(CONFIGURED)),
+                        self.cfg, self.plugin.trial_jobs(self.config, self.plan, self.target, params), self.config.cv.parallel)
 
     def outcome(self, study) -> dict:
         trials = [{"number": t.number, "state": t.state.name.lower(), "value": t.value, "params": t.params,

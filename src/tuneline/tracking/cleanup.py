@@ -153,7 +153,8 @@ def gc(uri: str, experiment: str, apply: bool = False) -> list[str]:
         return [f"no tracking store at {db}: nothing to clean"]
     if (exp := tracking.client(uri).get_experiment_by_name(experiment)) is None:
         return [f"no experiment {experiment!r} in {shown}: nothing to clean"]
-    found = find(uri, exp.experiment_id)
+    if not (found := find(uri, exp.experiment_id)):
+        return [f"nothing to clean in experiment {experiment!r} of {shown}"]
     lines = []
     for lo in found:
         r = lo.run.info
@@ -165,8 +166,6 @@ def gc(uri: str, experiment: str, apply: bool = False) -> list[str]:
         if lo.completable:
             lines.append("  only the run's end is missing: it will be marked FINISHED, its version kept")
     total = _size(sum(size or 0 for lo in found for _, size in lo.folders))
-    if not found:
-        return lines + [f"nothing to clean in experiment {experiment!r} of {shown}"]
     if not apply:
         return lines + [f"{len(found)} leftover registration(s), {total}: `tuneline gc --apply` removes them"]
     for lo in found:
