@@ -6,6 +6,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 log = logging.getLogger("tuneline")
@@ -15,15 +16,11 @@ DEFAULT_PARAMS = "params.yaml"
 
 def _setup_environment(root: Path) -> None:
     # Before prefect/mlflow/dvc/GX are imported: project-local state, no telemetry, no hub access.
-    os.environ.setdefault("PREFECT_HOME", str((root / ".prefect").resolve()))
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    os.environ.setdefault("DVC_NO_ANALYTICS", "1")
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+    for key, value in {"PREFECT_HOME": str((root / ".prefect").resolve()), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                       "PREFECT_LOGGING_LEVEL": "WARNING", "DVC_NO_ANALYTICS": "1", "GX_ANALYTICS_ENABLED": "false",
+                       "TOKENIZERS_PARALLELISM": "false", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+                       "HF_HUB_DISABLE_TELEMETRY": "1", "MLFLOW_ENABLE_ASYNC_LOGGING": "false"}.items():
+        os.environ.setdefault(key, value)
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -37,15 +34,11 @@ def _setup_logging(verbose: bool) -> None:
     logging.getLogger("great_expectations").setLevel(logging.WARNING)
     if not verbose:  # its ERROR repeats, with a traceback, the exception the command reports in one line
         logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
-    import warnings
-
     warnings.filterwarnings("ignore", category=FutureWarning)
 
 
 def _params_path(arg: str | None) -> str | None:
-    if arg is not None:
-        return arg
-    return DEFAULT_PARAMS if Path(DEFAULT_PARAMS).is_file() else None
+    return arg if arg is not None else DEFAULT_PARAMS if Path(DEFAULT_PARAMS).is_file() else None
 
 
 def _load(args):
@@ -65,31 +58,26 @@ def _locked(args):
 def cmd_run(args) -> int:
     config = _load(args)  # fail on bad params before any work
     with _locked(args):
-        return _run(args, config)
+        start = time.perf_counter()
+        from tuneline.startup import crash_orphaned_flow_runs, start_temporary_prefect_server, warm_up
 
+        server = start_temporary_prefect_server()  # boots while the flow's modules load
+        from rich.console import Console
 
-def _run(args, config) -> int:
-    start = time.perf_counter()
-    from tuneline.startup import crash_orphaned_flow_runs, start_temporary_prefect_server, warm_up
+        from tuneline.flows.pipeline import pipeline
+        from tuneline.pipeline.shell import run_summary
 
-    server = start_temporary_prefect_server()  # boots while the flow's modules load
-    from rich.console import Console
-
-    from tuneline.flows.pipeline import pipeline
-
-    if not args.verbose:
-        # A failed step raises a tuneline error that main() prints in one clear message;
-        # Prefect's own traceback of it is noise (-v keeps it).
-        for name in ("prefect.task_runs", "prefect.flow_runs"):
-            logging.getLogger(name).setLevel(logging.CRITICAL)
-    if server is not None:
-        warm_up(Path("."), server)
-        server.join()
-        crash_orphaned_flow_runs(Path("."))
-    results = pipeline(params=_params_path(args.params), overrides=args.set, root=".")
-    from tuneline.pipeline.shell import run_summary
-
-    Console().print("\n".join(run_summary(config, results, time.perf_counter() - start)))
+        if not args.verbose:
+            # A failed step raises a tuneline error that main() prints in one clear message;
+            # Prefect's own traceback of it is noise (-v keeps it).
+            for name in ("prefect.task_runs", "prefect.flow_runs"):
+                logging.getLogger(name).setLevel(logging.CRITICAL)
+        if server is not None:
+            warm_up(Path("."), server)
+            server.join()
+            crash_orphaned_flow_runs(Path("."))
+        results = pipeline(params=_params_path(args.params), overrides=args.set, root=".")
+        Console().print("\n".join(run_summary(config, results, time.perf_counter() - start)))
     return 0
 
 
@@ -152,26 +140,23 @@ def _registry(args, need_store: bool = True):
 
 
 def cmd_models(args) -> int:
+    from datetime import datetime
+
     from rich.console import Console
     from rich.table import Table
 
+    from tuneline import plugins
+    from tuneline.clierrors import UserError
     from tuneline.tracking import runs as tracking
 
-    from tuneline import plugins
-
     config, uri, name = _registry(args)
-    versions = tracking.list_versions(uri, name)
-    if not versions:
-        from tuneline.clierrors import UserError
-
+    if not (versions := tracking.list_versions(uri, name)):
         raise UserError(f"no registered versions of {name!r} in {tracking.redact(uri)}; pass another --name, or register one "
                         "with `tuneline run`")
     columns = plugins.get(config.task).version_columns(config)
     table = Table(title=f"{name} @ {tracking.redact(uri)}")
     for col in ("ver", "aliases", "stage", *columns, "created"):
         table.add_column(col)
-    from datetime import datetime
-
     for v, aliases in versions:
         table.add_row(str(v.version), ", ".join(aliases), v.current_stage or "", *(v.tags.get(tag, "")[:24] for tag in columns.values()),
                       datetime.fromtimestamp(v.creation_timestamp / 1000).strftime("%m-%d %H:%M"))
@@ -259,12 +244,10 @@ def cmd_tune(args) -> int:
                          "\"Hyperparameter search\") first")
     outcomes, winner = read_json(path), read_json(f.cv_summary)["name"]
     for name, o in outcomes.items():
-        mark = " (winner)" if name == winner else ""
-        print(f"{name}{mark}: best trial {o['best_trial']} {o['metric']} {o['best_value']:.4f} (trial 0: "
+        print(f"{name}{' (winner)' if name == winner else ''}: best trial {o['best_trial']} {o['metric']} {o['best_value']:.4f} (trial 0: "
               f"{o['configured_value'] if o['configured_value'] is None else round(o['configured_value'], 4)}), "
               f"{o['n_complete']} complete, {o['n_pruned']} pruned; study {o['study']}")
-        if o.get("seed_spread"):
-            sp = o["seed_spread"]
+        if sp := o.get("seed_spread"):
             print(f"  over {len(sp['cv_means'])} training seeds: {sp['mean']:.4f} ± {sp['std']:.4f}")
         for key, value in o["overrides"].items():
             print(f"  {key} = {value!r}")
@@ -279,58 +262,48 @@ def cmd_tune(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from tuneline.pipeline.stages import ORDER
+
     parser = argparse.ArgumentParser(prog="tuneline", description="Fine-tune pre-trained transformers and ship the winner through MLflow.")
     parser.add_argument("-v", "--verbose", action="store_true")
     parser.add_argument("--debug", action="store_true", help="print the traceback of a failure")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def with_params(p):
+    def command(func, help: str) -> argparse.ArgumentParser:
+        """The subcommand cmd_<name> runs, with --params and --set."""
+        p = sub.add_parser(func.__name__[len("cmd_"):].replace("_", "-"), help=help)
         p.add_argument("--params", default=None, help=f"params file (default: ./{DEFAULT_PARAMS} if present, else embedded defaults)")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a param, e.g. --set cv.k=3")
+        p.set_defaults(func=func)
         return p
 
-    no_wait = "refuse (exit 2) instead of waiting when another tuneline run or stage holds this project"
-    p = with_params(sub.add_parser("run", help="run the whole pipeline as a Prefect flow"))
-    p.add_argument("--no-wait", action="store_true", help=no_wait)
-    p.set_defaults(func=cmd_run)
-    from tuneline.pipeline.stages import ORDER
-
-    p = with_params(sub.add_parser("stage", help="run one pipeline step (what dvc.yaml calls)"))
-    p.add_argument("name", choices=ORDER)
-    p.add_argument("--no-wait", action="store_true", help=no_wait)
-    p.set_defaults(func=cmd_stage)
-    p = with_params(sub.add_parser("models", help="registered versions with aliases, stages and key metrics"))
-    p.add_argument("--name", default=None, help="registered model (default: tracking.registered_model_name)")
-    p.set_defaults(func=cmd_models)
-    p = with_params(sub.add_parser("promote", help="gate a version against the champion on the current test split"))
-    p.add_argument("version")
-    p.add_argument("--name", default=None)
-    p.add_argument("--force", action="store_true", help="promote even if the gate says no (needs --reason)")
-    p.add_argument("--reason", default=None)
-    p.set_defaults(func=cmd_promote)
-    p = with_params(sub.add_parser("rollback", help="make the previous champion the champion again"))
-    p.add_argument("--name", default=None)
-    p.set_defaults(func=cmd_rollback)
-    p = with_params(sub.add_parser("predict", help="batch predictions from a registered model"))
-    p.add_argument("input", help="CSV/TSV/JSONL/Parquet with a text column")
-    p.add_argument("-o", "--output", required=True, help="output file; format from its extension (.csv/.jsonl/.parquet)")
-    p.add_argument("--model", default=None, help="model URI (default: models:/<registered name>@champion)")
-    p.add_argument("--text-column", default=None, help="default: data.text_column")
-    p.add_argument("--name", default=None)
-    p.set_defaults(func=cmd_predict)
-    p = with_params(sub.add_parser("dvc-yaml", help="write dvc.yaml for the project's task (its stages' params and code)"))
-    p.set_defaults(func=cmd_dvc_yaml)
-    p = with_params(sub.add_parser("llm-base", help="prepare the LLM base model (llm.base_model) once and print its folder"))
-    p.set_defaults(func=cmd_llm_base)
-    p = with_params(sub.add_parser("gc", help="list the runs, versions and files that killed registrations left (--apply removes)"))
-    p.add_argument("--apply", action="store_true", help="complete or remove them (default: only list them)")
-    p.set_defaults(func=cmd_gc)
-    p = with_params(sub.add_parser("tune", help="the last hyperparameter search's best values (--apply pins them in params.yaml)"))
-    p.add_argument("--apply", action="store_true", help="write the winner's tuned values into params.yaml, tune.enabled: false")
-    p.add_argument("--candidate", default=None, help="apply this tuned candidate's values instead of the winner's")
-    p.set_defaults(func=cmd_tune)
-    p = with_params(sub.add_parser("pin-labels", help="write the data's label set into params.yaml (validate.labels)"))
-    p.set_defaults(func=cmd_pin_labels)
+    run = command(cmd_run, "run the whole pipeline as a Prefect flow")
+    stage = command(cmd_stage, "run one pipeline step (what dvc.yaml calls)")
+    stage.add_argument("name", choices=ORDER)
+    for p in (run, stage):
+        p.add_argument("--no-wait", action="store_true",
+                       help="refuse (exit 2) instead of waiting when another tuneline run or stage holds this project")
+    models = command(cmd_models, "registered versions with aliases, stages and key metrics")
+    promote = command(cmd_promote, "gate a version against the champion on the current test split")
+    promote.add_argument("version")
+    promote.add_argument("--force", action="store_true", help="promote even if the gate says no (needs --reason)")
+    promote.add_argument("--reason", default=None)
+    rollback = command(cmd_rollback, "make the previous champion the champion again")
+    predict = command(cmd_predict, "batch predictions from a registered model")
+    predict.add_argument("input", help="CSV/TSV/JSONL/Parquet with a text column")
+    predict.add_argument("-o", "--output", required=True, help="output file; format from its extension (.csv/.jsonl/.parquet)")
+    predict.add_argument("--model", default=None, help="model URI (default: models:/<registered name>@champion)")
+    predict.add_argument("--text-column", default=None, help="default: data.text_column")
+    for p in (models, promote, rollback, predict):
+        p.add_argument("--name", default=None, help="registered model (default: the project's task names it)")
+    command(cmd_dvc_yaml, "write dvc.yaml for the project's task (its stages' params and code)")
+    command(cmd_llm_base, "prepare the LLM base model (llm.base_model) once and print its folder")
+    command(cmd_gc, "list the runs, versions and files that killed registrations left (--apply removes)").add_argument(
+        "--apply", action="store_true", help="complete or remove them (default: only list them)")
+    tune = command(cmd_tune, "the last hyperparameter search's best values (--apply pins them in params.yaml)")
+    tune.add_argument("--apply", action="store_true", help="write the winner's tuned values into params.yaml, tune.enabled: false")
+    tune.add_argument("--candidate", default=None, help="apply this tuned candidate's values instead of the winner's")
+    command(cmd_pin_labels, "write the data's label set into params.yaml (validate.labels)")
     return parser
 
 

@@ -1,9 +1,6 @@
-"""What the CLI says when a command fails: one line that names the thing and what to do.
-
-A failure the user can cause (a missing model, a read-only project, a locked store) exits 2; only an
-internal error exits 1. Both print one line; `--debug` adds the traceback. The checks below run
-before a read-only command touches the store, so they create nothing (MLflow would create an empty
-`mlflow.db` on first contact).
+"""What the CLI says when a command fails: one line that names the thing and what to do; exit 2 for
+a failure the user can cause, 1 for an internal error. The checks run before a read-only command
+touches the store, so they create nothing (MLflow would create an empty `mlflow.db`).
 """
 from __future__ import annotations
 
@@ -36,13 +33,11 @@ def check_model_uri(uri: str, model_uri: str) -> None:
     something in the registry at `uri`; say what is there instead of MLflow's traceback."""
     from tuneline.tracking import runs as tracking
 
-    m = re.fullmatch(r"models:/([^/@]+)(?:@(.+)|/(.+))", model_uri)
-    if m is None:
+    if (m := re.fullmatch(r"models:/([^/@]+)(?:@(.+)|/(.+))", model_uri)) is None:
         return  # runs:/, a folder, ...: MLflow's own message (one line below) names it
     name, alias, version = m.groups()
-    versions = tracking.list_versions(uri, name)
     store = tracking.redact(uri)
-    if not versions:
+    if not (versions := tracking.list_versions(uri, name)):
         names = sorted(r.name for r in tracking.client(uri).search_registered_models())
         raise UserError(f"{model_uri}: no registered model {name!r} in {store}; registered models: "
                         f"{', '.join(names) or 'none'} (pass one with --model or --name)")

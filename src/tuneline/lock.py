@@ -25,15 +25,8 @@ _READ_ONLY = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
 class ProjectLockError(RuntimeError):
-    """The project lock cannot be had; the message names the lock file and what to do."""
-
-
-class ProjectBusy(ProjectLockError):
-    """Another tuneline process holds the project lock and the caller asked not to wait."""
-
-
-class ProjectReadOnly(ProjectLockError):
-    """The project cannot be written: the lock is the first write of a run, so it fails first."""
+    """The project lock cannot be had (busy, and not to be waited for; or the project is read-only: the
+    lock is a run's first write, so it fails first). The message names the lock file and what to do."""
 
 
 def _holder(fh) -> str:
@@ -51,7 +44,7 @@ def _holder(fh) -> str:
 @contextlib.contextmanager
 def project_lock(root: Path | str, command: str, wait: bool = True) -> Iterator[Path]:
     """Hold the project's lock for the duration. A busy lock is waited for (said once, with whom it
-    waits for), or with `wait=False` raises ProjectBusy naming the holder and the lock file."""
+    waits for), or with `wait=False` raises ProjectLockError naming the holder and the lock file."""
     path = (Path(root) / LOCK_PATH).resolve()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -59,7 +52,7 @@ def project_lock(root: Path | str, command: str, wait: bool = True) -> Iterator[
     except OSError as exc:
         if exc.errno not in _READ_ONLY:
             raise
-        raise ProjectReadOnly(f"project {path.parents[1]} is not writable by this user ({path}: {exc.strerror}); "
+        raise ProjectLockError(f"project {path.parents[1]} is not writable by this user ({path}: {exc.strerror}); "
                               f"`{command}` writes its outputs there: make it writable or work in a writable copy") from None
     with fh:
         try:
@@ -67,7 +60,7 @@ def project_lock(root: Path | str, command: str, wait: bool = True) -> Iterator[
         except BlockingIOError:
             holder = _holder(fh)
             if not wait:
-                raise ProjectBusy(f"project busy: {holder} holds {path}; wait for it to finish, "
+                raise ProjectLockError(f"project busy: {holder} holds {path}; wait for it to finish, "
                                   "or rerun without --no-wait to queue behind it") from None
             log.warning("waiting for %s holding %s", holder, path)
             fcntl.flock(fh, fcntl.LOCK_EX)

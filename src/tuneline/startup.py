@@ -1,17 +1,14 @@
-"""What makes `tuneline run` start and end quickly; none of it changes what a run computes.
-
-- Prefect's temporary server boots in a thread while the main thread loads the step libraries.
-- A new project copies an empty, already migrated Prefect database instead of migrating one.
-- The console script skips the interpreter's teardown once the work is written.
-
-The temporary server runs in its own session, so a Ctrl-C reaches only tuneline (which then records
-the flow run as Crashed through the still-running server), and it watches its parent, so it exits
-when tuneline dies, even by SIGKILL.
+"""What makes `tuneline run` start and end quickly (none of it changes what a run computes): Prefect's
+temporary server boots in a thread while the steps' libraries load, from a copied, already migrated
+database, and the console script skips the interpreter's teardown. The server runs in its own session
+(a Ctrl-C reaches only tuneline, which then records the flow run as Crashed) and exits when its parent
+dies, even by SIGKILL.
 """
 from __future__ import annotations
 
 import logging
 import os
+import pydoc
 import sys
 from pathlib import Path
 
@@ -20,14 +17,9 @@ log = logging.getLogger(__name__)
 
 def start_temporary_prefect_server():
     """Start Prefect's temporary server now, in a thread, and return the thread (None with a server URL).
-
-    Without PREFECT_API_URL, a flow's first API call starts a temporary server and waits for it:
-    a subprocess that imports the server and creates/migrates its SQLite database, 4-12 s during
-    which this process only polls. Started here instead, the main thread loads what the steps need
-    meanwhile (`warm_up`); the flow then finds the same server running (Prefect keeps one
-    temporary server per process). Should the start fail, the flow's own start raises the error.
-    A project's first run copies an empty, already migrated database (see `prefect_db_template`).
-    """
+    The flow's first API call would start it and wait 4-12 s; started here, the main thread loads the
+    steps' libraries meanwhile (`warm_up`) and the flow finds it running (Prefect keeps one temporary
+    server per process). A start that fails is the flow's own start to report."""
     import threading
 
     from prefect.settings import get_current_settings
@@ -39,24 +31,18 @@ def start_temporary_prefect_server():
     default_db = Path(settings.home) / "prefect.db"
     db = default_db if url is not None and url.get_secret_value() == f"sqlite+aiosqlite:///{default_db}" else None
     template = prefect_db_template()
-    fresh = db is not None and not db.exists()
-    if fresh and template.exists():
+    if (fresh := db is not None and not db.exists()) and template.exists():
         _sqlite_copy(template, db)
         fresh = False
-    server = _watched_server_class()()
-    thread = threading.Thread(target=_quiet_start, args=(server, db if fresh else None, template),
+    thread = threading.Thread(target=_quiet_start, args=(_watched_server_class()(), db if fresh else None, template),
                               name="prefect-temporary-server", daemon=True)
     thread.start()
     return thread
 
 
 def _watched_server_class():
-    """Prefect's SubprocessASGIServer, started in its own session and watching this process.
-
-    Prefect keeps one temporary server per process (`SubprocessASGIServer()` returns the instance
-    made first), so the flow's own API calls find this one. PR_SET_PDEATHSIG would not do: it fires
-    when the parent *thread* ends, and the server is started from a short-lived thread.
-    """
+    """Prefect's SubprocessASGIServer (one per process: the flow's API calls find this one), started in
+    its own session and watching this process (PR_SET_PDEATHSIG would fire when the starting thread ends)."""
     import subprocess
 
     import prefect
@@ -136,16 +122,12 @@ def prefect_db_template() -> Path:
 def _sqlite_copy(src: Path, dst: Path) -> None:
     """A consistent copy of a live SQLite database (the backup API), written atomically."""
     import sqlite3
+    from contextlib import closing
 
     from tuneline.storage import atomic_path
 
-    with atomic_path(dst) as tmp:
-        source, target = sqlite3.connect(src), sqlite3.connect(tmp)
-        try:
-            source.backup(target)
-        finally:
-            target.close()
-            source.close()
+    with atomic_path(dst) as tmp, closing(sqlite3.connect(src)) as source, closing(sqlite3.connect(tmp)) as target:
+        source.backup(target)
 
 
 def _quiet_start(server, new_db: Path | None, template: Path) -> None:
@@ -170,6 +152,11 @@ def _quiet_start(server, new_db: Path | None, template: Path) -> None:
             log.debug("could not keep a Prefect database template: %s", exc)
 
 
+def imports(*names: str):
+    """A warm-up step: import these modules (or resolve a lazy module's classes, `transformers.AutoModel`)."""
+    return lambda: [pydoc.locate(name) for name in names]
+
+
 def warm_up(root: Path, server) -> None:
     """While Prefect's server boots: the MLflow store's tables and the imports the steps need, in
     the order they are needed, stopping as soon as the server is up (what is left loads when, and
@@ -181,32 +168,19 @@ def warm_up(root: Path, server) -> None:
         if uri.startswith("sqlite:///") and Path(uri[len("sqlite:///"):]).parent.is_dir():
             tracking.client(uri).search_experiments(max_results=1)  # creates the tables on a first run
 
-    def validation():
-        import great_expectations  # noqa: F401
-
-    def training():
-        import sklearn.feature_extraction.text  # noqa: F401  (the TF-IDF baseline)
-        import sklearn.linear_model  # noqa: F401
-        import torch  # noqa: F401
-
-    def encoders():
-        from transformers import AutoModel, AutoTokenizer  # noqa: F401  (a lazy module: resolve the classes now)
-
-    for step in (mlflow_store, validation, training, encoders):
+    for step in (mlflow_store, imports("great_expectations"),  # validation, then training (the TF-IDF baseline too)
+                 imports("sklearn.feature_extraction.text", "sklearn.linear_model", "torch"),
+                 imports("transformers.AutoModel", "transformers.AutoTokenizer")):
         if not server.is_alive():
             return
         step()
 
 
 def exit_quickly(code: int) -> None:
-    """End the process with `code` after the exit handlers, without the interpreter's teardown.
-
-    Once torch, transformers, Prefect and MLflow are loaded, freeing every module takes ~3 s after
-    the work is done and written. The exit handlers still run (logging is flushed, Prefect's
-    temporary server is stopped). With a Prefect API server (PREFECT_API_URL) the normal shutdown
-    stays, so its event and log workers drain first.
-    """
-    if os.environ.get("PREFECT_API_URL") or ("prefect" in sys.modules and _prefect_api_configured()):
+    """End the process with `code` after the exit handlers (logging flushed, the temporary server stopped)
+    but without the interpreter's teardown (~3 s once torch, transformers, Prefect and MLflow are loaded).
+    With a Prefect API server the normal shutdown stays, so its event and log workers drain first."""
+    if os.environ.get("PREFECT_API_URL") or ("prefect" in sys.modules and pydoc.locate("prefect.settings.get_current_settings")().api.url):
         sys.exit(code)
     import atexit
 
@@ -214,9 +188,3 @@ def exit_quickly(code: int) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
-
-
-def _prefect_api_configured() -> bool:
-    from prefect.settings import get_current_settings
-
-    return bool(get_current_settings().api.url)

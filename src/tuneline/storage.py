@@ -68,13 +68,10 @@ def remove_outputs(*paths: str | os.PathLike) -> None:
             p.unlink()
 
 
-def file_md5(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+def file_md5(path: str | os.PathLike) -> str:
     """MD5 of a file's bytes: the hash DVC 3 records for a file output."""
-    h = hashlib.md5()
     with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(fh, "md5").hexdigest()
 
 
 def slug(name: str) -> str:

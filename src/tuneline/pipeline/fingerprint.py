@@ -1,20 +1,13 @@
-"""Content fingerprints of a step: what decides whether its previous result can be reused.
-
-A step's key hashes the files it reads (stages.inputs; ingest also reads the task's source files),
-the params it reads for the project's task (TaskPlugin.reads) and the project's code. A step's *manifest* records, after it
-ran, its key and the hashes of the outputs it wrote: a previous result may be reused only while
-the manifest's key equals today's key AND the outputs on disk are still the ones it wrote (a
-`dvc repro` or a hand edit in between makes the step run again).
-
-No Prefect here: the Prefect cache policy (tuneline.tasks.caching) and the idempotent MLflow
-registration (stages.register) both build on these keys.
+"""Content fingerprints of a step: its key hashes the files it reads, the params it reads for the
+project's task and the code; its manifest records, after it ran, that key and its outputs' hashes. A
+result is reused only while both still match (a `dvc repro` or a hand edit in between re-runs it).
+The Prefect cache (tuneline.tasks.caching) and the idempotent registration build on these keys.
 """
 from __future__ import annotations
 
 import functools
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Optional
 
@@ -31,16 +24,12 @@ MANIFEST_DIR = ".cache/stages"
 
 
 def _package_dirs() -> list[Path]:
+    import importlib.util
+
     import tuneline
 
-    dirs = [Path(tuneline.__file__).parent]
-    for name in ("tuneline.tasks", "tuneline.flows"):
-        try:
-            mod = __import__(name, fromlist=["__file__"])
-            dirs.append(Path(mod.__file__).parent)
-        except ImportError:  # the engine alone (GPU image without Prefect)
-            pass
-    return dirs
+    specs = [importlib.util.find_spec(name) for name in ("tuneline.tasks", "tuneline.flows")]  # None: the engine alone
+    return [Path(tuneline.__file__).parent, *(Path(spec.origin).parent for spec in specs if spec is not None)]
 
 
 def _plugin_dir(task: str) -> Path:
@@ -51,12 +40,8 @@ def _plugin_dir(task: str) -> Path:
 
 @functools.lru_cache(maxsize=8)
 def code_digest(task: str = "classification") -> str:
-    """Hash of the Python sources a `task` run executes: the library, tasks and flows, less the
-    other tasks' plugin packages (an edit to the LLM plugin keeps a classifier's cache valid).
-
-    The same set as dvc.yaml's code deps (tuneline.pipeline.dvcfile), and as coarse on purpose: any
-    change to shared code re-runs every step, so a cached result never comes from code that is gone.
-    """
+    """Hash of the Python sources a `task` run executes: the library, tasks and flows, less the other
+    tasks' plugin packages; dvc.yaml's code deps, and as coarse: a shared-code edit re-runs every step."""
     mine = _plugin_dir(task)
     others = {_plugin_dir(t) for t in plugins.names()} - {mine}
     h = hashlib.sha256()
@@ -107,11 +92,6 @@ def resolved_training(train) -> dict:
     return {"strategy": resolve_strategy(train.strategy), "precision": resolve_precision(train.precision)}
 
 
-def source_files(config, name: str) -> list[Path]:
-    """Files a step reads from outside the project: the user's data file(s) for ingest."""
-    return plugins.get(config.task).source_files(config) if name == "ingest" else []
-
-
 def external_digest(spec: str, root: Path) -> str:
     """A registered model URI -> 'NAME/VERSION/RUN' as the registry resolves it now (an alias that moved
     changes the key); a folder or file -> its content hash. A URI that does not resolve keys as such, so
@@ -131,7 +111,8 @@ def input_digests(config, name: str, root: Path) -> dict[str, str]:
     from tuneline.pipeline.stages import inputs
 
     digests = {rel: path_digest(Path(root) / rel) for rel in inputs(name, config.paths)}
-    digests |= {f"source:{p.name}": path_digest(p) for p in source_files(config, name)}
+    sources = plugins.get(config.task).source_files(config) if name == "ingest" else []  # the user's data file(s)
+    digests |= {f"source:{p.name}": path_digest(p) for p in sources}
     digests |= {f"external:{spec}": external_digest(spec, root) for spec in plugins.get(config.task).external_inputs(config, name)}
     return digests
 
@@ -191,10 +172,3 @@ def outputs_current(name: str, config, root: Path, key: Optional[str] = None) ->
         return False
     current = output_digests(config, name, root)
     return ABSENT not in current.values() and manifest.get("outputs") == current
-
-
-def forget(name: str, root: Path) -> None:
-    try:
-        os.remove(manifest_path(name, root))
-    except FileNotFoundError:
-        pass

@@ -1,25 +1,12 @@
-"""The hand-off to a work pool that shares no disk with the pipeline: both sides meet on a DVC remote.
-
-The pipeline publishes what crossval + refit read from outside the pair (fingerprint.group_inputs)
-and the resolved params as DVC objects (content-addressed, md5 as `dvc push` stores them) on the
-remote named by train.handoff, and sends only their keys and its code digest in the deployment
-parameters (`job`). The worker refuses a job from other code, pulls the objects into its own
-project directory, runs both steps there and pushes their outputs, then writes a job record with
-their keys. The pipeline pulls those outputs, checks every hash, and only then registers.
-
-Checkpoints change while a fine-tune runs, so they do not go through DVC's cache: each one is copied,
-as it lands, to `<remote>/tuneline/work/<work area>/checkpoints/step-N.pt`, an immutable file named
-by its step (a fold's result.json likewise). A worker that takes over a killed job fetches the
-newest of each and continues from it (engine.resume names work areas by what decides their result,
-so the same fine-tune finds the same folder on any machine).
-
-Credentials never travel: the remote's URL lives in .dvc/config; the worker's and the pipeline's own
-environment authenticate (ssh-agent via SSH_AUTH_SOCK or ~/.ssh keys for an ssh remote, the cloud
-SDK's variables for S3/GCS/Azure), or `dvc remote modify --local` on that machine.
+"""The hand-off to a work pool that shares no disk with the pipeline: both sides meet on a DVC remote
+(README, "Two machines that share no disk"). Inputs, outputs and the resolved params travel as DVC
+objects (content-addressed); checkpoints and job records as immutable named files under
+`<remote>/tuneline/`. Credentials never travel: each machine's environment authenticates.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import uuid
@@ -89,10 +76,7 @@ class Store:
             if isinstance(obj, Tree):
                 ids |= {hi for _, (_, hi) in obj.iteritems()}
             keys[rel] = obj.hash_info.value
-        result = self.repo.cloud.push(ids, remote=self.name)
-        if result.failed:
-            raise HandoffError(f"pushing to {self.url()} failed for {len(result.failed)} object(s): "
-                               f"{sorted(h.value for h in result.failed)[:3]}")
+        self._transfer(ids, push=True)
         return keys
 
     def pull(self, keys: dict[str, str]) -> None:
@@ -103,9 +87,9 @@ class Store:
         from dvc_data.hashfile.hash_info import HashInfo
 
         infos = {rel: HashInfo("md5", key) for rel, key in keys.items()}
-        self._fetch(set(infos.values()))
+        self._transfer(set(infos.values()))
         # a folder's listing first, then the files it names
-        self._fetch({hi for info in infos.values() if info.isdir for _, (_, hi) in load(self.cache, info).iteritems()})
+        self._transfer({hi for info in infos.values() if info.isdir for _, (_, hi) in load(self.cache, info).iteritems()})
         for rel, info in infos.items():
             if (self.root / rel).exists() and self.digest(self.root / rel) == info.value:
                 continue  # already here, byte for byte (a Dask worker's second fold job)
@@ -114,11 +98,12 @@ class Store:
                 if (found := self.digest(tmp)) != info.value:
                     raise HandoffError(f"{rel}: pulled content hashes to {found}, not the job's {info.value}")
 
-    def _fetch(self, ids: set) -> None:
-        result = self.repo.cloud.pull(ids, remote=self.name)
+    def _transfer(self, ids: set, push: bool = False) -> None:
+        result = (self.repo.cloud.push if push else self.repo.cloud.pull)(ids, remote=self.name)
         if result.failed:
-            raise HandoffError(f"{self.url()} lacks {len(result.failed)} object(s) the job names: "
-                               f"{sorted(h.value for h in result.failed)[:3]} (pushed to another remote, or removed)")
+            n, some = len(result.failed), sorted(h.value for h in result.failed)[:3]
+            raise HandoffError(f"pushing to {self.url()} failed for {n} object(s): {some}" if push else
+                               f"{self.url()} lacks {n} object(s) the job names: {some} (pushed to another remote, or removed)")
 
     def digest(self, path: Path) -> str:
         """The DVC md5 of a file or folder, recomputed from its bytes."""
@@ -161,16 +146,14 @@ class Store:
         if not self.fs.exists(base):
             return []
         found = [p[len(base):].lstrip("/") for p in self.fs.find(base) if ".tmp-" not in p]
-        results = {str(Path(r).parent) for r in found if Path(r).name == "result.json"}
-        newest: dict[str, str] = {}
+        results = [r for r in found if Path(r).name == "result.json"]
+        finished, newest = {str(Path(r).parent) for r in results}, {}
         for rel in found:
-            area = Path(rel).parent.parent
-            if Path(rel).match(CHECKPOINT_GLOB) and str(area) not in results:
-                newest[str(area)] = max(newest.get(str(area), ""), rel)
-        fetched = []
-        for rel in sorted({r for r in found if Path(r).name == "result.json"} | set(newest.values())):
-            if not (self.root / rel).exists() and self.get(self.root / rel, "work", *Path(rel).parts):
-                fetched.append(rel)
+            area = str(Path(rel).parent.parent)
+            if Path(rel).match(CHECKPOINT_GLOB) and area not in finished:
+                newest[area] = max(newest.get(area, ""), rel)
+        fetched = [rel for rel in sorted({*results, *newest.values()})
+                   if not (self.root / rel).exists() and self.get(self.root / rel, "work", *Path(rel).parts)]
         if fetched:
             log.info("fetched from %s: %s", self.url(), ", ".join(fetched))
         return fetched
@@ -215,16 +198,11 @@ def collect(config: Config, root: Path, job: dict) -> dict:
 
 
 # -- the worker's side ------------------------------------------------------------------------------
-def check_code(job: dict) -> None:
-    mine = fingerprint.code_digest(job["task"])
-    if mine != job["code"]:
-        raise HandoffError(f"refusing job {job['id']}: this worker's tuneline code (digest {mine[:12]}) differs from the "
-                           f"pipeline's ({job['code'][:12]}); install the pipeline's commit on the worker and retry")
-
-
 def take(job: dict, root: Path) -> tuple[Store, Config]:
     """Check the code, pull the job's inputs into this worker's project, fetch pushed checkpoints."""
-    check_code(job)
+    if (mine := fingerprint.code_digest(job["task"])) != job["code"]:
+        raise HandoffError(f"refusing job {job['id']}: this worker's tuneline code (digest {mine[:12]}) differs from the "
+                           f"pipeline's ({job['code'][:12]}); install the pipeline's commit on the worker and retry")
     store = Store(root, job["remote"])
     store.pull({PARAMS: job["params"], **job["inputs"]})
     config = load_config(store.root / PARAMS)
@@ -250,29 +228,23 @@ def running(job: dict, store: Store) -> Iterator[None]:
 def on_dask(run):
     """`run` (a FoldRun) as a Dask worker of the running job should call it; unchanged outside a job."""
     job = _job.get()
-    return DaskFold(run, job) if job is not None and hasattr(run, "at") else run
+    return functools.partial(_dask_fold, run, job) if job is not None and hasattr(run, "at") else run
 
 
-class DaskFold:
+def _dask_fold(run, job: dict, item: dict) -> dict:
     """A fold job on a Dask worker: in that worker's own folder (its local_directory), on inputs pulled
     from the remote exactly as the GPU worker pulled them, pushing its checkpoints to the remote."""
+    from distributed import get_worker
 
-    def __init__(self, run, job: dict):
-        self.run, self.job = run, job
-
-    def __call__(self, item: dict) -> dict:
-        from distributed import get_worker
-
-        checkout = os.environ.get(PROJECT_DIR)
-        if not checkout:
-            raise HandoffError(f"a Dask worker of a hand-off job needs {PROJECT_DIR}: its machine's checkout of the "
-                               f"project, whose .dvc/config names the remote {self.job['remote']!r}")
-        root = Path(get_worker().local_directory) / "tuneline" / self.job["id"]
-        if not (root / ".dvc" / "config").is_file():
-            _copy_remote_config(Path(checkout), root, self.job["remote"])
-        store, _ = take(self.job, root)
-        with checkpoints.publishing(store.publish_work):
-            return self.run.at(store.root)(item)
+    if not (checkout := os.environ.get(PROJECT_DIR)):
+        raise HandoffError(f"a Dask worker of a hand-off job needs {PROJECT_DIR}: its machine's checkout of the "
+                           f"project, whose .dvc/config names the remote {job['remote']!r}")
+    root = Path(get_worker().local_directory) / "tuneline" / job["id"]
+    if not (root / ".dvc" / "config").is_file():
+        _copy_remote_config(Path(checkout), root, job["remote"])
+    store, _ = take(job, root)
+    with checkpoints.publishing(store.publish_work):
+        return run.at(store.root)(item)
 
 
 def _copy_remote_config(src_root: Path, root: Path, remote: str) -> None:

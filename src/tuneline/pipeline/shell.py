@@ -1,16 +1,13 @@
-"""The pipeline shell: the eight steps every task runs, as plain functions of (Config, project root),
-shared by DVC (`tuneline stage`) and Prefect (tasks/).
-
-What is common lives here, once: clearing a stage's outputs before it runs (as `dvc repro` does),
-the validation guard, the cv folder and metrics files, the resolved config beside the model,
-lineage, the registration key, the registry lock, aliases and the run summary. What is the task's
-own comes from its plugin (tuneline.plugins.TaskPlugin), found by `config.task`.
+"""The pipeline shell: the eight steps every task runs, as plain functions of (Config, project root)
+shared by DVC (`tuneline stage`) and Prefect (tasks/). What every task shares is done here, once; what
+is the task's own comes from its plugin (tuneline.plugins.TaskPlugin), found by `config.task`.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+import traceback
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -21,10 +18,6 @@ from tuneline.pipeline.stages import ORDER, Files, FoldRun, StageError, inputs, 
 from tuneline.storage import atomic_path, read_json, remove_outputs, write_json
 
 log = logging.getLogger(__name__)
-
-
-def plugin_for(config) -> plugins.TaskPlugin:
-    return plugins.get(config.task)
 
 
 def sequential(run: Callable[[dict], dict], jobs: list[dict]) -> list[dict]:
@@ -47,19 +40,14 @@ def _crossval(p, c, f: Files, map_jobs=sequential, map_trials=None) -> dict:
     if c.tune.enabled:
         from tuneline.pipeline import tune
 
-        tuned = tune.search(p, c, f, plan, map_jobs, map_trials or tune.sequential_trials)
+        tuned = tune.search(p, c, f, plan, map_jobs, map_trials)
     fixed = {i: r for o in tuned.values() for i, r in zip(o["jobs"], o["results"])}
     todo = [i for i in range(len(plan["jobs"])) if i not in fixed]
     fixed |= dict(zip(todo, map_jobs(FoldRun(p, c, f, plan), [plan["jobs"][i] for i in todo])))
     results = [fixed[i] for i in range(len(plan["jobs"]))]
-    extra_tune: dict[str, Any] = {}
-    if tuned:
-        from tuneline.pipeline.tune import cv_files
-
-        extra_tune = cv_files(tuned)
-        for name, o in tuned.items():
-            target = {"name": name, "jobs": o["jobs"]}
-            plan = p.adopt(c, plan, target, o["params"], extra_tune["tune.json"][name])
+    extra_tune = tune.cv_files(tuned) if tuned else {}
+    for name, o in tuned.items():
+        plan = p.adopt(c, plan, {"name": name, "jobs": o["jobs"]}, o["params"], extra_tune["tune.json"][name])
     summary, extra = p.cv_summary(c, f, plan, results)
     extra |= extra_tune
     with atomic_path(f.cv_dir) as tmp:
@@ -68,10 +56,8 @@ def _crossval(p, c, f: Files, map_jobs=sequential, map_trials=None) -> dict:
         write_json(tmp / f.fold_metrics.name, summary.pop("fold_metrics"))
         for rel, value in extra.items():
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-            if isinstance(value, bytes):
-                (tmp / rel).write_bytes(value)
-            elif isinstance(value, str):
-                (tmp / rel).write_text(value, encoding="utf-8")
+            if isinstance(value, (bytes, str)):
+                (tmp / rel).write_bytes(value.encode() if isinstance(value, str) else value)
             else:
                 write_json(tmp / rel, value)
         write_json(tmp / f.cv_summary.name, summary)
@@ -98,21 +84,10 @@ def _register(p, c, f: Files) -> dict:
 
     reg = p.registration(c, f)
     uri, name, (metric, higher) = tracking.tracking_uri(f.root), p.registered_name(c), p.metric(c)
-    artifacts = [f.model_params, f.validation_report, f.validation_page, f.preprocess_report, f.folds, f.fold_metrics,
-                 f.cv_summary, *reg.artifacts]
-    tags = lineage_tags(f.root, f.data()) | reg.tags | {"tuneline.task": c.task}
-
-    def children(mlflow, exp_id: str, lineage: dict[str, str]) -> None:
-        if reg.log_children is not None:
-            reg.log_children(mlflow, exp_id, lineage)
-        tracking.fold_runs(mlflow, exp_id, reg.run_name, reg.fold_metrics, lineage)
-
-    def log_run(key: str) -> dict:
-        return tracking.log_registered_model(
-            uri, c.tracking.experiment, name, f.root, reg.run_name, read_values(c, "register") | reg.params, tags,
-            read_json(f.cv_summary), read_json(f.eval_metrics), artifacts, reg.python_model, reg.model_artifacts,
-            reg.signature, reg.requirements, reg.description, {"task": c.task, "metric": metric} | reg.version_tags, key, children)
-
+    reg.artifacts = [f.model_params, f.validation_report, f.validation_page, f.preprocess_report, f.folds, f.fold_metrics,
+                     f.cv_summary, *reg.artifacts]
+    reg.tags = lineage_tags(f.root, f.data()) | reg.tags | {"tuneline.task": c.task}
+    reg.version_tags = {"task": c.task, "metric": metric} | reg.version_tags
     tuned = read_json(f.cv_dir / "tune.json").get(read_json(f.cv_summary)["name"]) if (f.cv_dir / "tune.json").is_file() else None
     if tuned:  # the winner was refit with its best trial's values: the version says which, and from which study
         reg.version_tags |= {f"tune.{k}": json.dumps(v) for k, v in tuned["overrides"].items()}
@@ -124,10 +99,12 @@ def _register(p, c, f: Files) -> dict:
                                  "tune.seed_cv_std": f"{tuned['seed_spread']['std']:.6f}",
                                  "tune.seed_repeats": str(len(tuned["seed_spread"]["cv_means"]) - 1)}
         reg.params |= {"tuned": tuned["overrides"]}
-        artifacts.append(f.cv_dir / "tune.json")
+        reg.artifacts.append(f.cv_dir / "tune.json")
+    reg.params = read_values(c, "register") | reg.params
     key = stage_key("register", c, f.root)
     retire_leftovers(uri, c.tracking.experiment)  # what killed registrations left, whatever their inputs
-    registration = tracking.find_registration(uri, c.tracking.experiment, name, key) or log_run(key)
+    registration = tracking.find_registration(uri, c.tracking.experiment, name, key) or tracking.log_registered_model(
+        uri, c.tracking.experiment, name, f.root, reg, read_json(f.cv_summary), read_json(f.eval_metrics), key)
     registration |= {"task": c.task, "metric": metric, "higher_is_better": higher} | reg.extra
     write_json(f.registration, registration)
     log.info("registered %s (run %s)", registration["model_uri"], registration["run_id"])
@@ -141,7 +118,7 @@ def promote_version(c, root: Path | str, version: str, candidate: Any = None, fo
     from tuneline.tracking import runs as tracking
     from tuneline.tracking.promotion import PromotionError, promote_with
 
-    p, f = plugin_for(c), Files(c.paths, root)
+    p, f = plugins.get(c.task), Files(c.paths, root)
     uri, name, (metric, higher) = tracking.tracking_uri(f.root), name or p.registered_name(c), p.metric(c)
     tracking.check_version(uri, name, version, c.task)
 
@@ -184,7 +161,7 @@ def run_stage(name: str, config, root: Path | str = ".", **options) -> dict:
     """Run one step; `options` reach the step function (the crossval task passes its job mapper)."""
     if name not in STEPS:
         raise StageError(f"unknown stage {name!r}; stages: {', '.join(ORDER)}")
-    f, plugin = Files(config.paths, root), plugin_for(config)
+    f, plugin = Files(config.paths, root), plugins.get(config.task)
     # Every stage starts clean; validate still writes its report when the data fails.
     remove_outputs(*(f.root / o for o in outputs(name, config.paths)))
     try:
@@ -199,22 +176,16 @@ def run_stage(name: str, config, root: Path | str = ".", **options) -> dict:
 
 def _raised_by_tuneline(exc: BaseException) -> bool:
     """A plain ValueError that tuneline's own code raised already says what is wrong and what to do."""
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    package = Path(__file__).resolve().parents[1]
-    return tb is not None and package in Path(tb.tb_frame.f_code.co_filename).resolve().parents
+    frames = traceback.extract_tb(exc.__traceback__)
+    return bool(frames) and Path(__file__).resolve().parents[1] in Path(frames[-1].filename).resolve().parents
 
 
 def _working_on(name: str, config, plugin) -> str:
     """'data/raw/dataset.parquet (column 'body' (data.text_column))': a step's input files and columns."""
     files = [str(p) for p in plugin.source_files(config)] if name == "ingest" else inputs(name, config.paths)
     values = config.to_dict()
-    columns = []
-    for key in plugin.columns.get(name, ()):
-        section, _, field = key.partition(".")
-        if values.get(section, {}).get(field) is not None:
-            columns.append(f"{values[section][field]!r} ({key})")
+    columns = [f"{value!r} ({key})" for key in plugin.columns.get(name, ())
+               if (value := values.get(key.partition(".")[0], {}).get(key.partition(".")[2])) is not None]
     where = ", ".join(files) or "no input files"
     return where + (f" (column{'s' if len(columns) > 1 else ''} {', '.join(columns)})" if columns else "")
 
@@ -223,7 +194,7 @@ def run_summary(config, results: dict, elapsed: float) -> list[str]:
     """What `tuneline run` prints at the end (rich markup): the task's lines between the common ones."""
     from tuneline.tracking.runs import ui_hint
 
-    p = plugin_for(config)
+    p = plugins.get(config.task)
     reg, decision, cv = results["register"], results["promote"], results["crossval"]
     metric, _ = p.metric(config)
     stats = cv["metrics"][metric]

@@ -1,24 +1,14 @@
-"""Hyperparameter search inside the cross-validation: one Optuna study per tuned candidate.
-
-Every trial is scored on the plan's folds with the plan's training seeds, so trials differ only by
-their configuration. The configured values are trial 0 (never pruned), so the best trial can't be
-worse than not tuning. After each fold (a chunk of cv.parallel folds) a trial reports its running
-CV mean and the pruner may stop it. The study lives in an RDB (SQLite in the project by default, a
-team's PostgreSQL through TUNELINE_OPTUNA_STORAGE or tune.storage) under a name that hashes the
-search space, the data, the candidate and the metric, so other data never appends to a stale study.
-A rerun after a kill keeps every finished trial (their fold results are stored on the trial) and
-re-enqueues the killed one with its parameters. Trial n samples with a seed derived from
-(tune.seed, n), not from the sampler's history of draws, so a resumed study draws as an
-uninterrupted one would from the same finished trials.
-
-The task's side (which candidates, how parameters become training config, the fold score) comes
-from its plugin (TaskPlugin.tune_targets & co); the metric and its direction from TaskPlugin.metric.
-No Prefect here: `map_trials(run, handles)` is the Prefect task runner in tasks/crossval.py.
+"""Hyperparameter search inside the cross-validation, one Optuna study per tuned candidate: what it does
+and why is README's "Hyperparameter search inside k-fold (Optuna)". The study's name hashes the space, the
+data, the candidate and the metric (a stale study is never appended to); a rerun after a kill keeps the
+finished trials (their folds are stored on the trial) and re-enqueues the killed one. The task's side comes
+from its plugin (TaskPlugin.tune_targets & co). `map_trials(run, handles)` is tasks/crossval.py's task runner.
 """
 from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 import logging
 import os
@@ -76,20 +66,14 @@ def trial_seed(seed: int, number: int) -> int:
 def with_configured(space: dict, values: dict) -> dict:
     """The space with each configured categorical value among the choices, so that trial 0 can be
     the configured values exactly (a range keeps its bounds: Optuna accepts an enqueued value outside)."""
-    out = {}
-    for name, spec in space.items():
-        if spec["type"] == "categorical" and values.get(name) not in spec["choices"]:
-            spec = {**spec, "choices": [*spec["choices"], values[name]]}
-        out[name] = spec
-    return out
+    return {name: {**spec, "choices": [*spec["choices"], values[name]]}
+            if spec["type"] == "categorical" and values.get(name) not in spec["choices"] else spec for name, spec in space.items()}
 
 
 def suggest(trial, name: str, spec: dict):
     if spec["type"] == "categorical":
         return trial.suggest_categorical(name, spec["choices"])
-    if spec["type"] == "int":
-        return trial.suggest_int(name, spec["low"], spec["high"], log=spec["log"])
-    return trial.suggest_float(name, spec["low"], spec["high"], log=spec["log"])
+    return (trial.suggest_int if spec["type"] == "int" else trial.suggest_float)(name, spec["low"], spec["high"], log=spec["log"])
 
 
 def study_name(target: dict, space: dict, metric: str, higher: bool) -> str:
@@ -102,11 +86,9 @@ def study_name(target: dict, space: dict, metric: str, higher: bool) -> str:
 def make_pruner(tune_cfg):
     import optuna
 
-    if tune_cfg.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=tune_cfg.startup_trials, n_warmup_steps=0)
-    if tune_cfg.pruner == "successive_halving":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
-    return optuna.pruners.NopPruner()
+    return {"median": lambda: optuna.pruners.MedianPruner(n_startup_trials=tune_cfg.startup_trials, n_warmup_steps=0),
+            "successive_halving": lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3),
+            }.get(tune_cfg.pruner, optuna.pruners.NopPruner)()
 
 
 def open_study(url: str, name: str, higher: bool, tune_cfg):
@@ -118,38 +100,33 @@ def open_study(url: str, name: str, higher: bool, tune_cfg):
                                sampler=optuna.samplers.TPESampler(seed=tune_cfg.seed, n_startup_trials=tune_cfg.startup_trials))
 
 
-def _owner() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
 def _dead(owner: Optional[str]) -> bool:
     """A trial started by a process of this host that is gone (a killed run)."""
+    import psutil
+
     host, _, pid = (owner or "").rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # alive, someone else's
-        return False
-    return False
+    return host == socket.gethostname() and pid.isdigit() and not psutil.pid_exists(int(pid))
+
+
+def _retry(study, number: int, params: dict, configured: bool) -> None:
+    """Fail trial `number` and enqueue its parameters again: the next run retries it."""
+    from optuna.trial import TrialState
+
+    study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
+    study.enqueue_trial(params, user_attrs={"retry_of": number} | ({CONFIGURED: True} if configured else {}))
 
 
 def requeue_killed(study) -> list[int]:
     """Fail the trials a killed run left RUNNING and enqueue each again with its parameters."""
     from optuna.trial import TrialState
 
-    requeued = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if _dead(t.user_attrs.get("owner")):
-            study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
-            attrs = {"retry_of": t.number} | ({CONFIGURED: True} if t.user_attrs.get(CONFIGURED) else {})
-            study.enqueue_trial(t.params, user_attrs=attrs)
-            requeued.append(t.number)
-    if requeued:
-        log.warning("study %s: trial(s) %s were killed mid-run; enqueued again with their parameters", study.study_name, requeued)
-    return requeued
+    killed = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if _dead(t.user_attrs.get("owner"))]
+    for t in killed:
+        _retry(study, t.number, t.params, bool(t.user_attrs.get(CONFIGURED)))
+    if killed:
+        log.warning("study %s: trial(s) %s were killed mid-run; enqueued again with their parameters", study.study_name,
+                    [t.number for t in killed])
+    return [t.number for t in killed]
 
 
 @dataclass
@@ -187,19 +164,12 @@ def run_trial(run_fold: Callable[[dict], dict], map_jobs, score: Callable[[dict]
     return {"state": "complete", "value": statistics.fmean(score(r) for r in results), "results": results}
 
 
-def sequential_trials(run: Callable[[TrialRun], dict], handles: list[TrialRun]) -> list[dict]:
-    return [run(h) for h in handles]
-
-
 def trial_workers(config) -> int:
     """Trials at once. The rule: tune.parallel x cv.parallel fold jobs run at once, and on threads that
     product must not pass this machine's cores; above it tune.parallel is lowered (a Dask cluster's
     workers are its own to size)."""
-    wanted = config.tune.parallel
-    if config.tune.task_runner == "dask":
-        return wanted
-    cores = os.cpu_count() or 1
-    allowed = max(1, cores // config.cv.parallel)
+    wanted, cores = config.tune.parallel, os.cpu_count() or 1
+    allowed = wanted if config.tune.task_runner == "dask" else max(1, cores // config.cv.parallel)
     if wanted > allowed:
         log.warning("tune.parallel=%d x cv.parallel=%d > %d cores: running %d trial(s) at once", wanted, config.cv.parallel,
                     cores, allowed)
@@ -212,12 +182,13 @@ class Search:
     def __init__(self, plugin, config, files, plan: dict, target: dict, map_jobs):
         self.plugin, self.config, self.files, self.plan, self.target = plugin, config, files, plan, target
         self.map_jobs, self.cfg = map_jobs, config.tune
+        self.fold_run, self.score = FoldRun(plugin, config, files, plan), partial(plugin.fold_score, config)
         self.metric, self.higher = plugin.metric(config)
         self.space = with_configured(target["space"], target["values"])
         self.url = storage_url(config, files.root)
         self.name = study_name(target, self.space, self.metric, self.higher)
 
-    def run(self, map_trials) -> dict:
+    def run(self, map_trials=None) -> dict:
         from optuna.trial import TrialState
 
         study = open_study(self.url, self.name, self.higher, self.cfg)
@@ -226,46 +197,39 @@ class Search:
             for params in self.cfg.enqueue:
                 study.enqueue_trial({k: v for k, v in params.items() if k in self.space})
         requeue_killed(study)
-        finished = (TrialState.COMPLETE, TrialState.PRUNED)
-        done = len(study.get_trials(deepcopy=False, states=finished))
+        done = lambda: len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))  # noqa: E731
         log.info("tuning %s: study %s (%s), %d of %d trials finished", self.target["name"], self.name, redact(self.url),
-                 done, self.cfg.n_trials)
-        start, workers = time.monotonic(), trial_workers(self.config)
-        fold_run = FoldRun(self.plugin, self.config, self.files, self.plan)
-        if self.cfg.task_runner == "dask":  # in a hand-off job a Dask worker pulls the trial's inputs from the remote
-            fold_run = handoff.on_dask(fold_run)
-        run = partial(run_trial, fold_run, self.map_jobs, partial(self.plugin.fold_score, self.config))
-        while done < self.cfg.n_trials and (self.cfg.timeout_s is None or time.monotonic() - start < self.cfg.timeout_s):
-            handles = [self._ask(study) for _ in range(min(workers, self.cfg.n_trials - done))]
+                 done(), self.cfg.n_trials)
+        workers, deadline = trial_workers(self.config), time.monotonic() + (self.cfg.timeout_s or float("inf"))
+        # in a hand-off job a Dask worker pulls the trial's inputs from the remote
+        fold_run = handoff.on_dask(self.fold_run) if self.cfg.task_runner == "dask" else self.fold_run
+        run = partial(run_trial, fold_run, self.map_jobs, self.score)
+        while time.monotonic() < deadline and (left := self.cfg.n_trials - done()) > 0:
+            handles = [self._ask(study) for _ in range(min(workers, left))]
             try:
-                outcomes = map_trials(run, handles)
+                outcomes = list((map_trials or map)(run, handles))  # one after another without a task runner
             except BaseException:
-                for h in handles:  # failed, and enqueued again: a rerun retries them with their parameters
-                    study.tell(h.number, state=TrialState.FAIL, skip_if_finished=True)
-                    study.enqueue_trial(h.params, user_attrs={"retry_of": h.number} | ({CONFIGURED: True} if h.configured else {}))
+                for h in handles:
+                    _retry(study, h.number, h.params, h.configured)
                 raise
             for h, outcome in zip(handles, outcomes):
                 state = TrialState.PRUNED if outcome["state"] == "pruned" else TrialState.COMPLETE
                 study.tell(h.number, outcome["value"] if state == TrialState.COMPLETE else None, state=state)
                 log.info("trial %d %s: %s %.4f %s", h.number, outcome["state"], self.metric, outcome["value"], h.params)
-            done = len(study.get_trials(deepcopy=False, states=finished))
         best = self.outcome(study)
         return best | {"seed_spread": self.seed_spread(best)}
 
     def seed_spread(self, best: dict) -> Optional[dict]:
         """The best trial re-run on the same folds with tune.seed_repeats other training seeds (job seed +
-        SEED_STEP x r): trials differ by configuration at one seed, so how much a seed moves the winner's
-        CV mean says how much of its lead the search may owe to luck. None when off, or when the task's
-        jobs carry no training seed."""
+        SEED_STEP x r): how much of its lead the search may owe to luck. None when off, or seedless jobs."""
         jobs = self.plugin.trial_jobs(self.config, self.plan, self.target, best["params"])
         if not self.cfg.seed_repeats or not all("seed" in j for j in jobs):
             return None
-        run, score = FoldRun(self.plugin, self.config, self.files, self.plan), partial(self.plugin.fold_score, self.config)
         offsets, means = [0], [best["best_value"]]
         for r in range(1, self.cfg.seed_repeats + 1):
-            results = self.map_jobs(run, [{**j, "seed": j["seed"] + SEED_STEP * r} for j in jobs])
+            results = self.map_jobs(self.fold_run, [{**j, "seed": j["seed"] + SEED_STEP * r} for j in jobs])
             offsets.append(SEED_STEP * r)
-            means.append(statistics.fmean(score(x) for x in results))
+            means.append(statistics.fmean(self.score(x) for x in results))
         spread = {"seed_offsets": offsets, "cv_means": means, "mean": statistics.fmean(means), "std": statistics.stdev(means)}
         log.info("%s, best trial %d over %d training seeds: %s %.4f ± %.4f (%s)", self.target["name"], best["best_trial"],
                  len(means), self.metric, spread["mean"], spread["std"], ", ".join(f"{m:.4f}" for m in means))
@@ -278,22 +242,18 @@ class Search:
         seed = trial_seed(self.cfg.seed, trial.number)
         study.sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=self.cfg.startup_trials)
         params = {name: suggest(trial, name, spec) for name, spec in self.space.items()}
-        trial.set_user_attr("owner", _owner())
+        trial.set_user_attr("owner", f"{socket.gethostname()}:{os.getpid()}")
         trial.set_user_attr("seed", seed)
-        configured = bool(trial.user_attrs.get(CONFIGURED))
-        jobs = self.plugin.trial_jobs(self.config, self.plan, self.target, params)
-        return TrialRun(self.url, self.name, trial._trial_id, trial.number, params, configured, self.cfg, jobs,
-                        self.config.cv.parallel)
+        return TrialRun(self.url, self.name, trial._trial_id, trial.number, params, bool(trial.user_attrs.get(CONFIGURED)),
+                        self.cfg, self.plugin.trial_jobs(self.config, self.plan, self.target, params), self.config.cv.parallel)
 
     def outcome(self, study) -> dict:
-        trials = []
-        for t in study.get_trials(deepcopy=False):
-            trials.append({"number": t.number, "state": t.state.name.lower(), "value": t.value, "params": t.params,
-                           "intermediate": {str(k): v for k, v in sorted(t.intermediate_values.items())},
-                           "seed": t.user_attrs.get("seed"), "configured": bool(t.user_attrs.get(CONFIGURED)),
-                           "retry_of": t.user_attrs.get("retry_of"), "folds": t.user_attrs.get("folds", [])})
-        complete = [t for t in trials if t["state"] == "complete"]
-        if not complete:
+        trials = [{"number": t.number, "state": t.state.name.lower(), "value": t.value, "params": t.params,
+                   "intermediate": {str(k): v for k, v in sorted(t.intermediate_values.items())},
+                   "seed": t.user_attrs.get("seed"), "configured": bool(t.user_attrs.get(CONFIGURED)),
+                   "retry_of": t.user_attrs.get("retry_of"), "folds": t.user_attrs.get("folds", [])}
+                  for t in study.get_trials(deepcopy=False)]
+        if not (complete := [t for t in trials if t["state"] == "complete"]):
             raise RuntimeError(f"study {self.name}: no complete trial (tune.n_trials={self.cfg.n_trials})")
         best = (max if self.higher else min)(complete, key=lambda t: t["value"])
         configured = next((t for t in complete if t["configured"]), None)
@@ -321,8 +281,7 @@ def plots(study) -> dict[str, bytes]:
     out = {}
     for file, name in PLOTS.items():
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
+            with warnings.catch_warnings(action="ignore"):
                 ax = getattr(views, name)(study)
             fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
             fig.set_size_inches(9, 5)
@@ -335,10 +294,9 @@ def plots(study) -> dict[str, bytes]:
     return out
 
 
-def search(plugin, config, files, plan: dict, map_jobs, map_trials=sequential_trials) -> dict[str, dict]:
+def search(plugin, config, files, plan: dict, map_jobs, map_trials=None) -> dict[str, dict]:
     """{candidate: outcome} for every target the task offers in this plan."""
-    targets = plugin.tune_targets(config, files, plan)
-    if not targets:
+    if not (targets := plugin.tune_targets(config, files, plan)):
         log.warning("tune.enabled, but task %r offers nothing to tune in this plan (tune.candidates=%s): no search",
                     config.task, config.tune.candidates)
     return {t["name"]: Search(plugin, config, files, plan, t, map_jobs).run(map_trials) for t in targets}
@@ -347,14 +305,10 @@ def search(plugin, config, files, plan: dict, map_jobs, map_trials=sequential_tr
 def cv_files(outcomes: dict[str, dict]) -> dict[str, Any]:
     """The cv folder's tune files: tune.json (one entry per candidate) and tune/<candidate>/ (trials, plots)."""
     out: dict[str, Any] = {}
-    summary = {}
     for name, o in outcomes.items():
-        keep = {k: v for k, v in o.items() if k not in ("trials", "results", "plots", "jobs")}
-        summary[name] = keep
-        out[f"tune/{slug(name)}/trials.json"] = o["trials"]
-        out |= {f"tune/{slug(name)}/{file}": data for file, data in o["plots"].items()}
-    out["tune.json"] = summary
-    return out
+        out |= {f"tune/{slug(name)}/{file}": data for file, data in {"trials.json": o["trials"], **o["plots"]}.items()}
+    return out | {"tune.json": {name: {k: v for k, v in o.items() if k not in ("trials", "results", "plots", "jobs")}
+                                for name, o in outcomes.items()}}
 
 
 def apply_to_params(params_path: Path, overrides: dict[str, Any]) -> None:
@@ -365,9 +319,7 @@ def apply_to_params(params_path: Path, overrides: dict[str, Any]) -> None:
     from tuneline.config import load_config
 
     text = params_path.read_text(encoding="utf-8") if params_path.is_file() else ""
-    lines = text.splitlines()
-    leading = next((i for i, line in enumerate(lines) if not line.startswith("#")), len(lines))
-    header = "".join(line + "\n" for line in lines[:leading])
+    header = "".join(line + "\n" for line in itertools.takewhile(lambda line: line.startswith("#"), text.splitlines()))
     raw = yaml.safe_load(text) or {}
     for key, value in {**overrides, "tune.enabled": False}.items():
         node = raw
@@ -375,6 +327,5 @@ def apply_to_params(params_path: Path, overrides: dict[str, Any]) -> None:
         for part in sections:
             node = node.setdefault(part, {})
         node[last] = value
-    body = yaml.safe_dump(raw, sort_keys=False)
-    params_path.write_text(header + body, encoding="utf-8")
+    params_path.write_text(header + yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
     load_config(params_path)  # the result must still be a valid params file

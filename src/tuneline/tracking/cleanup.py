@@ -1,24 +1,15 @@
-"""What registrations that died leave in a store, and finishing or removing it.
-
-A register step killed half-way leaves its run RUNNING for ever, maybe a model version without the
-registration key (tagged last), child runs, and artifact folders (the run's, its logged model's).
-Each registration run records its process in its first write (tuneline.tracking.owner), so a
-run whose process is gone can be told from one that is still registering elsewhere.
-
-- `retire_leftovers` (every register step, whatever its inputs): a dead run whose versions all
-  carry the key is completed (FINISHED); any other dead run has its versions deleted and is marked
-  FAILED with its child runs. Files are left alone.
-- `find` / `remove` (`tuneline gc`, dry-run first): the same runs, plus the folders they left and
-  their sizes; `remove` deletes the folders, the logged models and the runs as well.
+"""What registrations that died (their process is gone: tuneline.tracking.owner) leave in a store: a
+run left RUNNING, maybe a version without the registration key (tagged last), child runs, folders.
+`retire_leftovers` (every register step) completes a dead run whose versions all carry the key and
+fails any other, deleting its versions; `find` / `remove` (`tuneline gc`) also list and delete the
+folders, logged models and runs they left.
 """
 from __future__ import annotations
 
 import logging
 import shutil
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Optional
-from urllib.parse import unquote, urlsplit
 
 from tuneline.tracking import runs as tracking
 from tuneline.tracking.owner import why_dead
@@ -103,10 +94,8 @@ class Leftover:
 
 def _folder(artifact_uri: str, own_name: str) -> Optional[tuple[str, Optional[int]]]:
     """A run's or logged model's folder and its size; None when nothing is there any more."""
-    parts = urlsplit(artifact_uri)
-    if parts.scheme not in ("", "file"):
+    if (path := tracking.store.local_path(artifact_uri)) is None:
         return artifact_uri, None  # a server's store: removed through MLflow, size unknown here
-    path = Path(unquote(parts.path))
     path = path.parent if path.name == "artifacts" and path.parent.name == own_name else path
     if not path.exists():
         return None
@@ -160,13 +149,12 @@ def gc(uri: str, experiment: str, apply: bool = False) -> list[str]:
     """What `tuneline gc` prints: each leftover registration of `experiment` (its run, versions and
     folders with their sizes), then a total; with `apply`, they are also completed or removed."""
     shown = tracking.redact(uri)
-    db = tracking.store.sqlite_path(uri)
-    if db is not None and not db.is_file():
+    if (db := tracking.store.sqlite_path(uri)) is not None and not db.is_file():
         return [f"no tracking store at {db}: nothing to clean"]
-    exp = tracking.client(uri).get_experiment_by_name(experiment)
-    if exp is None:
+    if (exp := tracking.client(uri).get_experiment_by_name(experiment)) is None:
         return [f"no experiment {experiment!r} in {shown}: nothing to clean"]
-    found = find(uri, exp.experiment_id)
+    if not (found := find(uri, exp.experiment_id)):
+        return [f"nothing to clean in experiment {experiment!r} of {shown}"]
     lines = []
     for lo in found:
         r = lo.run.info
@@ -178,8 +166,6 @@ def gc(uri: str, experiment: str, apply: bool = False) -> list[str]:
         if lo.completable:
             lines.append("  only the run's end is missing: it will be marked FINISHED, its version kept")
     total = _size(sum(size or 0 for lo in found for _, size in lo.folders))
-    if not found:
-        return lines + [f"nothing to clean in experiment {experiment!r} of {shown}"]
     if not apply:
         return lines + [f"{len(found)} leftover registration(s), {total}: `tuneline gc --apply` removes them"]
     for lo in found:

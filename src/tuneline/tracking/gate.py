@@ -1,14 +1,7 @@
-"""Promotion gate: a pure function of the challenger's and the champion's predictions on the SAME
-test rows, so every branch is testable without a server.
-
-Challenger → champion only when its metric beats the champion's by at least `min_delta`, a
-paired test says the gain is significant at `alpha` (McNemar's exact test for accuracy, a paired
-bootstrap otherwise), and no class's recall drops by more than `max_class_regression`.
-
-A task whose metric has a level that means "learnt nothing" (0.5 for a pairwise accuracy, the base
-model's reward for a tuned policy) also gives a `Floor`: the candidate must be significantly above
-it by a one-sided test, with or without a champion — so the first model is no longer promoted
-unchallenged whatever its score. The floor's test is recorded on the version (tracking.promotion).
+"""Promotion gate (the rule: README, "Registry: promotion, rollback, batch prediction"): a pure function
+of both models' predictions on the SAME test rows, so every branch is testable without a server. A task
+whose metric has a level that means "learnt nothing" (0.5 for a pairwise accuracy, the base model's
+reward) also gives a `Floor` the candidate must be significantly above, champion or not.
 """
 from __future__ import annotations
 
@@ -159,35 +152,23 @@ def paired_bootstrap_stat(stat: Callable[[dict[str, np.ndarray]], float], candid
     """One-sided paired bootstrap for any statistic of row-aligned per-row arrays (a macro-F1 of labels
     and predictions, a mean win rate, a token-weighted perplexity): the share of row resamples where the
     challenger is not better."""
-    _same_rows(candidate, champion)
-    sign = 1.0 if higher_is_better else -1.0
-    not_better = int(sum(sign * d <= 0 for d in _paired_deltas(stat, candidate, champion, samples, seed)))
-    return (not_better + 1) / (samples + 1)
-
-
-def _same_rows(candidate: dict[str, np.ndarray], champion: dict[str, np.ndarray]) -> None:
-    n = len(next(iter(candidate.values())))
-    if n == 0 or any(len(v) != n for v in (*candidate.values(), *champion.values())):
-        raise ValueError(f"paired test needs the same non-empty rows for both models, got {n} and "
-                         f"{sorted({len(v) for v in champion.values()})}")
-
-
-def _paired_deltas(stat, candidate: dict[str, np.ndarray], champion: dict[str, np.ndarray], samples: int, seed: int):
-    """stat(candidate) - stat(champion) on `samples` row resamples (the same rows for both)."""
-    n = len(next(iter(candidate.values())))
-    rng = np.random.default_rng(seed)
-    for _ in range(samples):
-        idx = rng.integers(0, n, n)
-        yield stat({k: v[idx] for k, v in candidate.items()}) - stat({k: v[idx] for k, v in champion.items()})
+    return paired_bootstrap_gain(stat, candidate, champion, higher_is_better, samples, seed)[0]
 
 
 def paired_bootstrap_gain(stat: Callable[[dict[str, np.ndarray]], float], candidate: dict[str, np.ndarray],
                           champion: dict[str, np.ndarray], higher_is_better: bool, samples: int, seed: int,
                           level: float = 0.95) -> tuple[float, float, float]:
-    """(one-sided p, interval low, interval high) of stat(candidate) - stat(champion), from one set of row
-    resamples: the p-value is paired_bootstrap_stat's, the interval the deltas' percentiles."""
-    _same_rows(candidate, champion)
-    deltas = np.fromiter(_paired_deltas(stat, candidate, champion, samples, seed), float, samples)
+    """(one-sided p, interval low, interval high) of stat(candidate) - stat(champion) on `samples` row
+    resamples (the same rows for both): the p-value is paired_bootstrap_stat's, the interval the deltas' percentiles."""
+    n = len(next(iter(candidate.values())))
+    if n == 0 or any(len(v) != n for v in (*candidate.values(), *champion.values())):
+        raise ValueError(f"paired test needs the same non-empty rows for both models, got {n} and "
+                         f"{sorted({len(v) for v in champion.values()})}")
+    rng = np.random.default_rng(seed)
+    deltas = np.empty(samples)
+    for i in range(samples):
+        idx = rng.integers(0, n, n)
+        deltas[i] = stat({k: v[idx] for k, v in candidate.items()}) - stat({k: v[idx] for k, v in champion.items()})
     not_better = int(np.sum((deltas if higher_is_better else -deltas) <= 0))
     tail = (1 - level) / 2 * 100
     return (not_better + 1) / (samples + 1), float(np.percentile(deltas, tail)), float(np.percentile(deltas, 100 - tail))

@@ -1,8 +1,6 @@
-"""Which process owns a registration run, and whether it still lives.
-
-A registration run records its process in its first write (host, PID and the PID's start time, as
-PIDs are reused), so a run left RUNNING by a killed process can be told from one that another
-process is still writing: on this host by asking the OS, on another host only by its age.
+"""Which process owns a registration run (host, PID and the PID's start time, as PIDs are reused:
+recorded in the run's first write), and whether it still lives: on this host by asking the OS, on
+another host only by the run's age.
 """
 from __future__ import annotations
 

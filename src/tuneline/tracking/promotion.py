@@ -29,10 +29,9 @@ class PromotionError(RuntimeError):
 
 def promote_with(uri: str, name: str, version: str, metric: str, decide: Callable[[Optional[str]], dict],
                  mirror_stages: bool = True, force: bool = False, reason: Optional[str] = None) -> dict:
-    """The promotion every task shares. Under the registry lock: `decide(champion version or None)`
-    gates `version` against the current champion (the task's own scores and gate); a promotion moves
-    `champion` (the old one becomes `previous`, a matching `challenger` is cleared), a refusal makes
-    `version` the `challenger`; aliases are mirrored as stages when asked."""
+    """The promotion every task shares, under the registry lock: `decide(champion version or None)` is the
+    task's gate; a promotion moves `champion` (the old one becomes `previous`, a matching `challenger` is
+    cleared), a refusal makes `version` the `challenger`; aliases are mirrored as stages when asked."""
     with tracking.registry_lock(uri, name):
         repaired = repair(uri, name, mirror_stages)
         current = tracking.alias_version(uri, name, CHAMPION)
@@ -87,12 +86,9 @@ def _crown(uri: str, name: str, version: str, demoted: Optional[str], mirror: bo
 
 
 def repair(uri: str, name: str, mirror: bool = True) -> list[str]:
-    """Make aliases and stages agree with the `champion` alias again, after a promotion or rollback
-    killed between its writes: the champion is Production (with `mirror`) and no other version is,
-    and neither `challenger` nor `previous` names the champion. What was mended, one line each
-    (logged as a warning); call it under the registry lock."""
-    champion = tracking.alias_version(uri, name, CHAMPION)
-    if champion is None:
+    """Under the registry lock, after a promotion or rollback killed between its writes: the champion is
+    Production (with `mirror`) and no other version is, and no other alias names it. Returns (and logs) the fixes."""
+    if (champion := tracking.alias_version(uri, name, CHAMPION)) is None:
         return []
     fixes = []
     for alias in (CHALLENGER, PREVIOUS):
@@ -118,8 +114,7 @@ def rollback(uri: str, name: str, mirror: bool = True) -> dict:
     """champion ← previous; the demoted version is archived and `previous` is cleared."""
     with tracking.registry_lock(uri, name):
         current = tracking.alias_version(uri, name, CHAMPION)
-        previous = tracking.alias_version(uri, name, PREVIOUS)
-        if previous is None:
+        if (previous := tracking.alias_version(uri, name, PREVIOUS)) is None:
             raise ValueError(f"{name}: no 'previous' alias to roll back to (champion is {current})")
         _crown(uri, name, previous, current, mirror)
         tracking.delete_alias(uri, name, PREVIOUS)

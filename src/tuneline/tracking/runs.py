@@ -11,7 +11,7 @@ import platform
 import re
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import yaml
 
@@ -27,15 +27,11 @@ def tracking_uri(root: Path) -> str:
 
 @contextlib.contextmanager
 def scoped(uri: str):
-    """The fluent MLflow API pointed at `uri` for the duration only.
-
-    `mlflow.set_tracking_uri` also exports MLFLOW_TRACKING_URI to the environment, which would
-    leak this run's store into later runs and subprocesses; both are restored on exit.
-    """
+    """The fluent MLflow API pointed at `uri` for the duration only: `mlflow.set_tracking_uri` also
+    exports MLFLOW_TRACKING_URI, which would leak this store into later runs; both are restored."""
     os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    _no_printed_urls(uri)
-    store.prepare(uri)
+    _open(uri)
     import mlflow
 
     saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
@@ -51,17 +47,18 @@ def scoped(uri: str):
             os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
 
 
-def _no_printed_urls(uri: str) -> None:
-    """MLflow prints each ended run's URL, built from the tracking URI with its user:password@ part."""
+def _open(uri: str) -> None:
+    """Before MLflow touches `uri`: a SQLite store's schema exists, and no URL with the URI's
+    user:password@ part is printed (MLflow prints each ended run's URL)."""
     if redact(uri) != uri:
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    store.prepare(uri)
 
 
 def client(uri: str):
     from mlflow import MlflowClient
 
-    _no_printed_urls(uri)
-    store.prepare(uri)
+    _open(uri)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)  # the registry too: never a global URI left by others
 
 
@@ -87,8 +84,7 @@ def ensure_experiment(uri: str, name: str, root: Path) -> str:
     import json
 
     c = client(uri)
-    exp = c.get_experiment_by_name(name)
-    if exp is not None:
+    if (exp := c.get_experiment_by_name(name)) is not None:
         store.warn_if_outside(uri, name, exp.artifact_location, root)
         return exp.experiment_id
     from mlflow.exceptions import MlflowException
@@ -164,47 +160,40 @@ def pinned(*packages: str) -> list[str]:
     return [f"{p}=={version(p)}" for p in packages]
 
 
-def log_registered_model(
-    uri: str, experiment: str, registered_model_name: str, root: Path, run_name: str, params: dict, tags: dict[str, str],
-    cv_summary: dict, test_metrics: dict[str, float], artifacts: list[Path], python_model: Path, model_artifacts: dict[str, str],
-    signature, requirements: list[str], description: str, version_tags: dict[str, str],
-    registration_key: Optional[str] = None, log_children: Optional[Callable[[Any, str, dict[str, str]], None]] = None,
-) -> dict:
-    """The run and registry writes every task shares: a parent run (tags, params, CV and test metrics,
-    artifacts), the task's own child runs and tables (`log_children(mlflow, experiment_id, lineage)`),
-    the pyfunc model registered as a new version, its description and tags.
-
-    `registration_key` tags the run at its start and the version last (see find_registration).
-    The returned value, like everything logged here, names the store without credentials.
-    """
+def log_registered_model(uri: str, experiment: str, registered_model_name: str, root: Path, reg, cv_summary: dict,
+                         test_metrics: dict[str, float], registration_key: Optional[str] = None) -> dict:
+    """The run and registry writes every task shares, for its `reg` (tuneline.plugins.Registration): a
+    parent run (tags, params, CV and test metrics, artifacts), its fold runs and the task's own child
+    runs, the pyfunc registered as a new version with its description and tags. `registration_key`
+    tags the run first and the version last (find_registration). Nothing returned holds credentials."""
     from tuneline.tracking.owner import process_tags
 
     exp_id = ensure_experiment(uri, experiment, root)
-    lineage = {k: v for k, v in tags.items() if k.startswith(("git.", "dvc."))}
+    lineage = {k: v for k, v in reg.tags.items() if k.startswith(("git.", "dvc."))}
     key_tag = {REGISTRATION_KEY: registration_key} if registration_key else {}
     cv = cv_metrics(cv_summary["metrics"])
     # the key and the owning process from the run's first write: a kill at any later point leaves
     # a run that the next register (or `tuneline gc`) can tell from a live one
-    with scoped(uri) as mlflow, mlflow.start_run(experiment_id=exp_id, run_name=run_name,
+    with scoped(uri) as mlflow, mlflow.start_run(experiment_id=exp_id, run_name=reg.run_name,
                                                  tags={**key_tag, **process_tags()}) as parent:
-        mlflow.set_tags({**tags, **environment_tags(), "tuneline.run_kind": "pipeline"})
-        mlflow.log_params(flatten(params))
+        mlflow.set_tags({**reg.tags, **environment_tags(), "tuneline.run_kind": "pipeline"})
+        mlflow.log_params(flatten(reg.params))
         mlflow.log_metrics({**cv, **test_metrics})
-        for path in artifacts:
+        for path in reg.artifacts:
             if Path(path).is_file():
                 mlflow.log_artifact(str(path))
-        if log_children is not None:
-            log_children(mlflow, exp_id, lineage)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        if reg.log_children is not None:
+            reg.log_children(mlflow, exp_id, lineage)
+        fold_runs(mlflow, exp_id, reg.run_name, reg.fold_metrics, lineage)
+        with warnings.catch_warnings(action="ignore"):
             info = mlflow.pyfunc.log_model(
-                name="model", python_model=str(python_model), artifacts=model_artifacts, signature=signature,
-                pip_requirements=requirements, registered_model_name=registered_model_name,
+                name="model", python_model=str(reg.python_model), artifacts=reg.model_artifacts, signature=reg.signature,
+                pip_requirements=reg.requirements, registered_model_name=registered_model_name,
             )
         version = str(info.registered_model_version)
         fault("after-log-model")
-        client(uri).update_model_version(registered_model_name, version, description=description)
-        set_version_tags(uri, registered_model_name, version, {**version_tags, **lineage, **key_tag})  # the key last: complete
+        client(uri).update_model_version(registered_model_name, version, description=reg.description)
+        set_version_tags(uri, registered_model_name, version, {**reg.version_tags, **lineage, **key_tag})  # the key last: complete
     return _registration(uri, parent.info.run_id, exp_id, registered_model_name, version, cv)
 
 
@@ -212,8 +201,7 @@ def download_folder(uri: str, name: str, version: str, dst: Path, marker: str) -
     """The folder holding `marker` among a registered version's artifacts, downloaded into `dst`."""
     with scoped(uri) as mlflow:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(dst)))
-    found = sorted(local.rglob(marker))
-    if not found:
+    if not (found := sorted(local.rglob(marker))):
         raise FileNotFoundError(f"models:/{name}/{version} has no {marker} in its artifacts")
     return found[0].parent
 
@@ -225,14 +213,11 @@ def registry_version(uri: str, model_uri: str, key: str = "model"):
     """`models:/NAME@ALIAS` or `models:/NAME/VERSION` -> its ModelVersion; LookupError naming `key` and what is missing."""
     from mlflow.exceptions import MlflowException
 
-    m = _MODEL_URI.match(model_uri)
-    if m is None:
+    if (m := _MODEL_URI.match(model_uri)) is None:
         raise LookupError(f"{key} {model_uri!r}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
     name, alias, version = m["name"], m["alias"], m["version"]
     try:
-        if alias is not None:
-            return client(uri).get_model_version_by_alias(name, alias)
-        return client(uri).get_model_version(name, version)
+        return client(uri).get_model_version_by_alias(name, alias) if alias else client(uri).get_model_version(name, version)
     except MlflowException:
         versions = ", ".join(str(v.version) for v, _ in list_versions(uri, name)) or "none"
         raise LookupError(f"{key} {model_uri!r}: no such {'alias' if alias else 'version'} of {name!r} in {redact(uri)} "
@@ -254,8 +239,7 @@ def check_version(uri: str, name: str, version: str, task: Optional[str] = None)
     if str(version) not in versions:
         raise LookupError(f"{name}: no version {version!r} in {redact(uri)}; versions: {', '.join(versions) or 'none'}")
     v = versions[str(version)]
-    missing = [t for t in (REGISTRATION_KEY, "task") if t not in v.tags]
-    if missing:
+    if missing := [t for t in (REGISTRATION_KEY, "task") if t not in v.tags]:
         raise LookupError(f"{name} version {version} is not a complete tuneline registration (no {', '.join(missing)} tag); "
                           "re-run the register stage")
     status = client(uri).get_run(v.run_id).info.status if v.run_id else "missing"
@@ -298,8 +282,7 @@ def mirror_stage(uri: str, name: str, version: str, stage: str) -> None:
     """Set a classic stage; stages are deprecated in MLflow, so their warning is kept from users and
     a later MLflow without them is tolerated (aliases remain the source of truth)."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with warnings.catch_warnings(action="ignore"):
             client(uri).transition_model_version_stage(name, version, stage, archive_existing_versions=False)
     except (AttributeError, NotImplementedError) as exc:
         log.info("model stages unavailable in this MLflow (%s); aliases only", exc)
@@ -326,11 +309,8 @@ def set_version_tags(uri: str, name: str, version: str, tags: dict[str, str]) ->
 
 
 def registry_lock(uri: str, name: str, timeout: float = 600.0):
-    """A lock (use it in `with`) that serialises read-decide-write on one registered model across processes.
-
-    SQLite stores lock a file beside the database; other stores lock a file in TUNELINE_LOCK_DIR
-    (default: the system temp dir), which serialises promotions started on the same host.
-    """
+    """A lock (use it in `with`) that serialises read-decide-write on one registered model across processes:
+    a file beside a SQLite store, else in TUNELINE_LOCK_DIR (default: the temp dir; the same host only)."""
     import hashlib
     import tempfile
 
@@ -426,11 +406,8 @@ def _http_check(uri: str, timeout: float) -> None:
 
 
 def check_tracking(uri: str, timeout: float = 10.0) -> None:
-    """Pre-flight, before any training: the tracking store answers and accepts our credentials.
-
-    A short wait (`timeout`) rides out a blip; a server that stays down is a clear error instead of
-    a fine-tune whose registration fails an hour later.
-    """
+    """Pre-flight, before any training: the tracking store answers and accepts our credentials. A short
+    wait (`timeout`) rides out a blip; a server that stays down is a clear error, not a failed register."""
     from urllib.parse import urlsplit
 
     scheme = urlsplit(uri).scheme
@@ -450,25 +427,19 @@ def check_tracking(uri: str, timeout: float = 10.0) -> None:
 
 
 def find_registration(uri: str, experiment: str, name: str, key: str) -> Optional[dict]:
-    """The registration already made for these inputs (`key`), so a retried or repeated register
-    step reuses it instead of adding a version; None when there is none.
-
-    A complete registration is a FINISHED run whose model version carries the key (it is tagged
-    last). Call tuneline.tracking.cleanup.retire_leftovers first: registrations that died, whatever
-    their key, are then completed or retired, so the registry never shows a half-registered model.
-    """
+    """The registration already made for these inputs (`key`: a FINISHED run whose version carries it,
+    tagged last), which a retried or repeated register reuses; None when there is none. Call
+    cleanup.retire_leftovers first, so that the registry never shows a half-registered model."""
     from mlflow.entities import ViewType
 
     c = client(uri)
-    exp = c.get_experiment_by_name(experiment)
-    if exp is None:
+    if (exp := c.get_experiment_by_name(experiment)) is None:
         return None
     runs = c.search_runs([exp.experiment_id], filter_string=f"tags.`{REGISTRATION_KEY}` = '{key}' and attributes.status = 'FINISHED'",
                          run_view_type=ViewType.ACTIVE_ONLY, order_by=["attributes.start_time ASC"])
     for run in runs:  # a later one is a duplicate from a race: left alone, the first is reused
         versions = c.search_model_versions(f"run_id = '{run.info.run_id}'")
-        version = next((v for v in versions if v.name == name and v.tags.get(REGISTRATION_KEY) == key), None)
-        if version is not None:
+        if (version := next((v for v in versions if v.name == name and v.tags.get(REGISTRATION_KEY) == key), None)) is not None:
             log.info("inputs unchanged since %s version %s (run %s): reusing that registration", name, version.version,
                      run.info.run_id)
             return _registration(uri, run.info.run_id, exp.experiment_id, name, str(version.version),

@@ -1,9 +1,6 @@
-"""The local (SQLite) tracking store itself: its first creation, and where its artifacts live.
-
-A SQLite store is a file any number of processes may open at once; MLflow creates its schema on
-first open without a lock of its own (tracking and registry stores alike), so two first runs
-race (an alembic traceback, "duplicate column name"). Artifacts of a new experiment live beside
-the store, so projects sharing one store never depend on each other's folders.
+"""The local (SQLite) tracking store itself: its first creation (MLflow creates a schema without a
+lock, so two first runs would race: "duplicate column name"), and where its artifacts live (beside
+the store, so projects sharing one store never depend on each other's folders).
 """
 from __future__ import annotations
 
@@ -53,12 +50,8 @@ def _init_lock(db: Path) -> Path:
 
 
 def prepare(uri: str) -> None:
-    """Create a SQLite store's schema once, under a lock (_init_lock), so that processes
-    starting together wait for the first one instead of migrating the same file at once.
-
-    A store whose schema is current is opened as it is; other
-    stores (servers, databases) create their schema server-side.
-    """
+    """Create a SQLite store's schema once, under a lock (_init_lock) that processes starting together
+    wait on; a current schema is left as it is, and other stores create theirs server-side."""
     db = sqlite_path(uri)
     if db is None or uri in _prepared:
         return
@@ -84,7 +77,8 @@ def artifact_root(uri: str) -> Optional[str]:
     return None if db is None else (db.parent / ARTIFACTS_DIR).as_uri()
 
 
-def _local(location: str) -> Optional[Path]:
+def local_path(location: str) -> Optional[Path]:
+    """The folder a local artifact location (a file: URI or a path) names; None for a remote one."""
     parts = urlsplit(location)
     if parts.scheme == "file":
         return Path(unquote(parts.path)).resolve()
@@ -94,7 +88,7 @@ def _local(location: str) -> Optional[Path]:
 def warn_if_outside(uri: str, experiment: str, location: str, root: Path) -> Optional[str]:
     """A warning (logged, and returned) when an existing experiment of a SQLite store keeps its
     artifacts outside the store's folder: deleting the project that holds them breaks its versions."""
-    db, folder = sqlite_path(uri), _local(location)
+    db, folder = sqlite_path(uri), local_path(location)
     if db is None or folder is None or folder.is_relative_to(db.parent):
         return None
     project = Path(root).resolve()
