@@ -1,7 +1,9 @@
 """The MLflow server fails: down when a run starts (a clear error, nothing trained) and down for a
-while in the middle of a run (register is retried and the run completes, registering once)."""
+while in the middle of a run (register is retried and the run completes, registering once); and a
+step taken from the Prefect cache only while its outputs are intact."""
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 
@@ -67,3 +69,29 @@ def test_tracking_server_down_mid_run_is_retried_and_the_run_completes(team_pref
     backend = team_mlflow.databases[0]
     assert psql_rows(backend, f"SELECT version || ':' || r.status FROM model_versions v JOIN runs r ON r.run_uuid = v.run_id "
                               f"WHERE v.name = '{name}'") == ["1:FINISHED"]
+
+
+# In-process Prefect (the test harness's server): a step's cache hit needs its outputs intact.
+def test_a_step_is_taken_from_the_cache_only_while_its_outputs_are_intact(prefect_server, tmp_path):
+    from prefect import flow
+
+    from tuneline.config import load_config
+    from tuneline.tasks.caching import result_storage, run_step
+    from tuneline.tasks.select import select_task
+
+    config, root = load_config(None, []), str(tmp_path)
+    selection = tmp_path / config.paths.selection
+    direct_task = select_task.with_options(result_storage=result_storage(root))  # same store, no run_step
+
+    @flow
+    def select_once(direct: bool = False) -> str:
+        call = direct_task if direct else (lambda *a, **k: run_step(select_task, *a, **k))
+        return call(config, root, return_state=True).name
+
+    assert select_once() == "Completed"
+    assert select_once() == "Cached"
+    selection.unlink()
+    assert select_once(direct=True) == "Completed" and selection.is_file()  # no stale hit, even without run_step
+    selection.write_text("{}")  # edited by hand
+    assert select_once() == "Completed" and json.loads(selection.read_text())["candidates"]
+    assert select_once() == "Cached"

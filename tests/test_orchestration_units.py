@@ -278,32 +278,6 @@ def test_prefect_yaml_deploys_each_flow_on_its_pool():
 
 
 
-@pytest.mark.integration
-def test_a_step_is_taken_from_the_cache_only_while_its_outputs_are_intact(prefect_server, tmp_path):
-    from prefect import flow
-
-    from tuneline.config import load_config
-    from tuneline.tasks.caching import result_storage, run_step
-    from tuneline.tasks.select import select_task
-
-    config, root = load_config(None, []), str(tmp_path)
-    selection = tmp_path / config.paths.selection
-    direct_task = select_task.with_options(result_storage=result_storage(root))  # same store, no run_step
-
-    @flow
-    def select_once(direct: bool = False) -> str:
-        call = direct_task if direct else (lambda *a, **k: run_step(select_task, *a, **k))
-        return call(config, root, return_state=True).name
-
-    assert select_once() == "Completed"
-    assert select_once() == "Cached"
-    selection.unlink()
-    assert select_once(direct=True) == "Completed" and selection.is_file()  # no stale hit, even without run_step
-    selection.write_text("{}")  # edited by hand
-    assert select_once() == "Completed" and json.loads(selection.read_text())["candidates"]
-    assert select_once() == "Cached"
-
-
 def test_an_output_rewritten_after_a_crash_leaves_no_temporary_copy_behind(tmp_path):
     from tuneline.storage import atomic_path
 
