@@ -5,7 +5,8 @@ bootstrap interval), KL to the reference, response lengths, and prompts/s.
     nice python -m benchmarks.rlhf_policy [--method grpo] [--reward-pairs 64] [--train-prompts 32] ...
 
 Uses the project's own code (tuneline.engine.lora, tuneline.llm.rl, tuneline.llm.reward) with the
-same scoring as the pipeline (greedy answers of --max-new-tokens, Monte Carlo KL from sampled ones).
+same scoring as the pipeline (llm.score_samples responses of --max-new-tokens sampled at the training
+temperature, Monte Carlo KL from sampled ones).
 The reward model's own gate (held-out pairwise accuracy significantly above 0.5, exact sign test) is
 measured and reported; the pipeline would refuse RL against a reward model that fails it, the
 benchmark runs RL anyway so that the figures exist, and says so. Rewrites the `rlhf` section of
@@ -51,6 +52,10 @@ def hh_pairs(split: str, n: int, tokenizer, max_prompt_tokens: int, max_chars: i
 
 def render(r: dict) -> str:
     a, t, g, rm = r["args"], r["policy_test"], r["policy_train"], r["reward_model"]
+    d = r.get("decoding", {"decoding": "greedy"})  # results written before scoring sampled were greedy
+    how = (f"{d['samples']} responses of ≤{a['max_new_tokens']} tokens per prompt sampled at temperature {d['temperature']} "
+           f"(seeds {d['seed']}+i, the same for base and tuned), their mean reward" if d["decoding"] == "sampled"
+           else f"greedy answers of ≤{a['max_new_tokens']} tokens")
     gate = ("passes" if rm["floor_p_value"] < 0.05 else "does **not** pass") + " the gate"
     refused = "" if rm["floor_p_value"] < 0.05 else (
         " The pipeline (`tuneline run` / `dvc repro` with this reward model) would refuse to start RL against it;"
@@ -66,7 +71,7 @@ def render(r: dict) -> str:
   {r['train']['steps']} steps on {a['train_prompts']} HH train prompts; {r['train']['train_seconds']:.0f} s of training,
   **{r['train']['train_prompts_per_second']:.3f} prompts/s** (each prompt: {a['num_generations']} sampled completions, their rewards,
   policy and reference log-probs, one update).
-- scoring: greedy answers of ≤{a['max_new_tokens']} tokens, scored by the reward model; KL(π‖π_ref) by Monte Carlo: one
+- scoring: {how}, scored by the reward model; KL(π‖π_ref) by Monte Carlo: one
   response sampled from the policy per prompt (temperature 1, seed {a['seed']}), mean of log π − log π_ref over its tokens summed
   (nats per response); intervals: 95% paired bootstrap over prompts ({a['bootstrap']} resamples).
   Held-out scoring ran at {r['scoring_prompts_per_second']:.2f} prompts/s (base + tuned answers, KL sample, rewards).
@@ -146,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         score_seconds = time.perf_counter() - start
         own = rl.score_policy(policy_dir, base.folder, prompts_train, scorer, cfg, kl=False)
         history = rl.history_stats(policy_dir)
-    result = {"method": args.method, "args": vars(args), "trl": version("trl"), "train": train | history,
+    result = {"method": args.method, "args": vars(args), "trl": version("trl"), "train": train | history, "decoding": rl.decoding(cfg),
               "reward_model": {"train_pairs": len(rm_pairs), "test_pairs": len(rm_test), "steps": rm_stats["steps"],
                                "pairwise_accuracy": ev["metrics"]["pairwise_accuracy"], "floor_p_value": floor.p_value},
               "policy_test": rl.policy_metrics(test, args.bootstrap, args.seed),

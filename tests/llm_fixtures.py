@@ -97,11 +97,11 @@ def polite_rude_pairs(n: int, skip: int = 0) -> list[dict]:
     return rows
 
 
-# Tiny RL settings: a handful of prompts, 2 completions of 8 tokens each, two optimizer steps.
+# Tiny RL settings: a handful of prompts, 2 completions of 8 tokens each, two optimizer steps, 2 scoring samples.
 RL_SMOKE_OVERRIDES = [
     "llm.max_length=128", "llm.max_prompt_length=64", "llm.cv_mode=holdout", "llm.holdout_fraction=0.34", "llm.batch_size=4",
     "llm.max_steps=2", "llm.learning_rate=0.002", "llm.rl_num_generations=2", "llm.rl_max_completion_length=8",
-    "llm.score_max_new_tokens=8", "llm.eval_batch_size=8", "promote.bootstrap_samples=500",
+    "llm.score_max_new_tokens=8", "llm.score_samples=2", "llm.eval_batch_size=8", "promote.bootstrap_samples=500",
 ]
 # The reward model those tests share: a few steps on the polite/rude pairs.
 REWARD_SMOKE_OVERRIDES = [

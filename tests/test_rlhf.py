@@ -85,7 +85,7 @@ def test_the_flow_gates_the_reward_model_then_trains_and_registers_a_grpo_policy
     v = client(project).get_model_version("tuneline-grpo", "1")
     assert v.tags["reward_model.version"] == "1" and v.tags["reward_model.sha256"] == ref["sha256"]
     assert v.tags["method"] == "grpo" and v.tags["base.kind"] == "gguf-package"
-    assert v.tags["scoring.decoding"] == "greedy" and v.tags["scoring.max_new_tokens"] == "8"
+    assert v.tags["scoring.decoding"] == "sampled" and v.tags["scoring.samples"] == "2" and v.tags["scoring.max_new_tokens"] == "8"
     run = client(project).get_run(reg["run_id"])
     assert run.data.tags["reward_model.name"] == "tuneline-reward-model" and run.data.params["llm.beta"] == "0.1"
     for key in POLICY_METRICS:

@@ -70,6 +70,24 @@ def test_policy_metrics_pair_the_tuned_and_base_rewards_over_prompts():
 
 
 @pytest.mark.unit
+def test_scoring_averages_each_prompts_sampled_responses_and_records_its_decoding():
+    from tuneline.config import ConfigError, load_config
+    from tuneline.llm.rl import decoding, sample_means
+
+    # sample-major lists of one response per prompt; the measure sees each response with its own prompt
+    means = sample_means(lambda ps, rs: [len(p) + len(r) for p, r in zip(ps, rs)], ["x", "yyyy"], [["a", "bb"], ["ccc", "dddd"]])
+    assert means.tolist() == [3.0, 7.0]
+    llm = load_config(None, ["task=preference", "llm.preference_method=grpo"]).llm
+    assert llm.score_samples == 4 and (decoding(llm)["decoding"], decoding(llm)["samples"]) == ("sampled", 4)
+    d = decoding(load_config(None, ["llm.score_samples=2", "llm.rl_temperature=0.7", "llm.seed=5"]).llm)
+    assert (d["decoding"], d["samples"], d["temperature"], d["seed"]) == ("sampled", 2, 0.7, 5)
+    d = decoding(load_config(None, ["llm.score_samples=0"]).llm)
+    assert (d["decoding"], d["samples"], d["temperature"]) == ("greedy", 1, 0.0)
+    with pytest.raises(ConfigError, match="score_samples"):
+        load_config(None, ["llm.score_samples=-1"])
+
+
+@pytest.mark.unit
 def test_rl_batch_must_hold_whole_groups_of_completions():
     from tuneline.config import ConfigError, load_config
 

@@ -14,8 +14,8 @@ def _chat_text(tokenizer, prompt) -> str:
 
 def generate(model, tokenizer, prompts: list, max_new_tokens: int, batch_size: int = 1, seq2seq: bool = False,
              precision: str = "fp32", max_input_tokens: Optional[int] = None, desc: str = "generating",
-             sample_seed: Optional[int] = None) -> list[str]:
-    """One greedy output per prompt, in order (with `sample_seed`: sampled at temperature 1, no top-k/top-p, from that
+             sample_seed: Optional[int] = None, temperature: float = 1.0) -> list[str]:
+    """One greedy output per prompt, in order (with `sample_seed`: sampled at `temperature`, no top-k/top-p, from that
     seed). A causal model's prompt is a string (one user turn) or a list of messages, rendered with the chat template
     and left-padded; a seq2seq model's is the encoder's text (cut to `max_input_tokens`)."""
     import torch
@@ -28,7 +28,7 @@ def generate(model, tokenizer, prompts: list, max_new_tokens: int, batch_size: i
     order = sorted(range(len(texts)), key=lambda i: lengths[i])
     out: list[str] = [""] * len(texts)
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    sampling = {"do_sample": False} if sample_seed is None else {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0}
+    sampling = {"do_sample": False} if sample_seed is None else {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
     if sample_seed is not None:
         torch.manual_seed(sample_seed)
     for batch in tqdm(batches, desc=desc, unit="batch", leave=False):

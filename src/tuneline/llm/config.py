@@ -46,7 +46,9 @@ class LLMConfig(LoRATrainingConfig):
     rl_num_generations: int = Field(4, ge=2, description="completions sampled per prompt (the group baseline)")
     rl_max_completion_length: int = Field(32, ge=1, description="tokens per sampled completion while training")
     rl_temperature: float = Field(1.0, gt=0, description="sampling temperature while training")
-    score_max_new_tokens: int = Field(32, ge=1, description="held-out scoring: greedy answers of at most this many tokens")
+    score_max_new_tokens: int = Field(32, ge=1, description="scoring: responses of at most this many tokens")
+    score_samples: int = Field(4, ge=0, description="scoring: a prompt's reward is the mean over this many responses sampled at "
+                               "llm.rl_temperature (seeds llm.seed+i, the same for policy and base); 0 = one greedy answer")
     kl_samples: int = Field(1, ge=1, description="held-out KL: responses sampled (temperature 1, llm.seed) per prompt")
     # answers to a fixed prompt set, logged for people to read
     generation_prompts: list[str] = Field(default_factory=lambda: list(DEFAULT_PROMPTS))

@@ -6,8 +6,10 @@ clipped surrogate objective and replaces the value model by the mean reward of a
 of the same prompt. RLOO is the REINFORCE form with a leave-one-out baseline. Both keep a KL penalty
 to the reference (llm.beta > 0), the base with the adapter disabled.
 
-Scoring (held-out prompts, training prompts, a champion's re-score): greedy answers of at most
-llm.score_max_new_tokens tokens, from the policy and from the base, scored by the reward model.
+Scoring (held-out prompts, training prompts, a champion's re-score): llm.score_samples responses of at
+most llm.score_max_new_tokens tokens per prompt, sampled at llm.rl_temperature (the distribution the
+policy was trained on) from seeds llm.seed+i, the same seeds for the policy and the base (paired); a
+prompt's reward and length are the means over its responses. llm.score_samples 0: one greedy answer.
 KL(policy || reference) is estimated by Monte Carlo: llm.kl_samples responses sampled from the policy
 (temperature 1, no top-k/top-p, seed llm.seed) per prompt, and the mean over them of
 log pi(y|x) - log pi_ref(y|x) summed over the response's tokens (nats per response, the k1 estimator,
@@ -25,7 +27,10 @@ log = logging.getLogger(__name__)
 
 def decoding(cfg) -> dict:
     """The decoding that scores a policy, as recorded on the run and the version."""
-    return {"decoding": "greedy", "max_new_tokens": cfg.score_max_new_tokens, "kl_samples": cfg.kl_samples,
+    sampled = cfg.score_samples > 0
+    return {"decoding": "sampled" if sampled else "greedy", "samples": cfg.score_samples if sampled else 1,
+            "temperature": cfg.rl_temperature if sampled else 0.0, "seed": cfg.seed,
+            "max_new_tokens": cfg.score_max_new_tokens, "kl_samples": cfg.kl_samples,
             "kl_sampling": "temperature 1, no top-k/top-p", "kl_seed": cfg.seed}
 
 
@@ -57,20 +62,34 @@ def _tokens(tokenizer, responses: list[str]) -> np.ndarray:
     return np.array([len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in responses], float)
 
 
+def responses(model, tokenizer, prompts: list, cfg, desc: str) -> list[list[str]]:
+    """The scoring decoding's responses: llm.score_samples lists (sample i from seed llm.seed+i at
+    llm.rl_temperature), or one list of greedy answers when it is 0."""
+    from tuneline.engine.generation import generate
+
+    size, n = cfg.eval_batch_size, cfg.score_max_new_tokens
+    if not cfg.score_samples:
+        return [generate(model, tokenizer, prompts, n, batch_size=size, desc=desc)]
+    return [generate(model, tokenizer, prompts, n, batch_size=size, desc=f"{desc} {i + 1}/{cfg.score_samples}",
+                     sample_seed=cfg.seed + i, temperature=cfg.rl_temperature) for i in range(cfg.score_samples)]
+
+
 def score_policy(adapter_dir: Path, base_folder: str, prompts: list, scorer, cfg, with_base: bool = True,
                  kl: bool = True) -> dict:
-    """Per prompt: the policy's greedy response, its reward and length; the same for the base (adapter
-    disabled) with `with_base`; the Monte Carlo KL to the base with `kl` (module docstring)."""
+    """Per prompt: the policy's first response, its reward and length averaged over the scoring decoding's
+    responses (`responses`); the same for the base (adapter disabled) with `with_base`; the Monte Carlo
+    KL to the base with `kl` (module docstring)."""
     from tuneline.engine.adapters import load_adapter
     from tuneline.engine.generation import generate
     from tuneline.llm.metrics import response_logps
 
     model, tokenizer, _ = load_adapter(adapter_dir, base_folder)
     size, n = cfg.eval_batch_size, cfg.score_max_new_tokens
-    out: dict = {"response": generate(model, tokenizer, prompts, n, batch_size=size, desc="policy answers")}
+    answers = {"": responses(model, tokenizer, prompts, cfg, "policy answers")}
     if with_base:
         with model.disable_adapter():
-            out["base_response"] = generate(model, tokenizer, prompts, n, batch_size=size, desc="base answers")
+            answers["base_"] = responses(model, tokenizer, prompts, cfg, "base answers")
+    out: dict = {}
     if kl:
         per_seq, per_tok = np.zeros(len(prompts)), np.zeros(len(prompts))
         for i in range(cfg.kl_samples):
@@ -81,11 +100,18 @@ def score_policy(adapter_dir: Path, base_folder: str, prompts: list, scorer, cfg
             per_seq += (policy - reference) / cfg.kl_samples
             per_tok += (policy - reference) / np.maximum(_tokens(tokenizer, sampled), 1) / cfg.kl_samples
         out |= {"kl": per_seq, "kl_per_token": per_tok}
-    for prefix in ("", "base_") if with_base else ("",):
-        responses = out[f"{prefix}response"]
-        out[f"{prefix}reward"] = scorer.score(prompts, responses)
-        out[f"{prefix}tokens"] = _tokens(tokenizer, responses)
+    for prefix, samples in answers.items():
+        out[f"{prefix}response"] = samples[0]
+        out[f"{prefix}reward"] = sample_means(scorer.score, prompts, samples)
+        out[f"{prefix}tokens"] = sample_means(lambda _, texts: _tokens(tokenizer, texts), prompts, samples)
     return out
+
+
+def sample_means(measure, prompts: list, samples: list[list[str]]) -> np.ndarray:
+    """Per prompt, the mean over the samples (lists of one response per prompt) of measure(prompts, responses),
+    measured in one call."""
+    flat = [r for s in samples for r in s]
+    return np.asarray(measure(prompts * len(samples), flat), float).reshape(len(samples), len(prompts)).mean(0)
 
 
 def _mean(rows: dict) -> float:
@@ -122,7 +148,8 @@ def base_floor(scores: dict, samples: int, seed: int):
 
 
 def generations_table(prompts: list, scores: dict) -> list[dict]:
-    """Base vs tuned answers to the held-out prompts, with their rewards, for people to read."""
+    """Base vs tuned answers to the held-out prompts (the first of each prompt's scoring responses), with
+    the prompt's rewards (the means over its responses), for people to read."""
     def text(p):
         return p if isinstance(p, str) else "\n".join(f"{m['role']}: {m['content']}" for m in p)
 
