@@ -225,7 +225,7 @@ class LLMTask(AdapterTask):
         with self.champion(uri, name, version, method, f"this project trains {method!r} ones; use a separate "
                            "llm.registered_model_name") as (adapter, base):
             rows, keys = _rows(c, f.test)
-            if method in RL_METHODS:  # its greedy answers, with this project's decoding, scored by this project's reward model
+            if method in RL_METHODS:  # its answers, with this project's decoding, scored by this project's reward model
                 from tuneline.llm import rl
 
                 scores = rl.score_policy(adapter, base, rl.prompts_of(rows), _scorer(c, read_json(f.selection)), c.llm, kl=False)
