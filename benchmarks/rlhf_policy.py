@@ -73,7 +73,8 @@ def render(r: dict) -> str:
   policy and reference log-probs, one update).
 - scoring: {how}, scored by the reward model; KL(π‖π_ref) by Monte Carlo: one
   response sampled from the policy per prompt (temperature 1, seed {a['seed']}), mean of log π − log π_ref over its tokens summed
-  (nats per response); intervals: 95% paired bootstrap over prompts ({a['bootstrap']} resamples).
+  (nats per response; one sample per prompt is unbiased but noisy, and can come out below 0 where the
+  true KL cannot); intervals: 95% paired bootstrap over prompts ({a['bootstrap']} resamples).
   Held-out scoring ran at {r['scoring_prompts_per_second']:.2f} prompts/s (base + tuned answers, KL sample, rewards).
 
 | prompts | n | base mean reward | tuned mean reward | gain (95% CI) | one-sided p | KL to ref (nats/response, /token) | mean tokens base → tuned | reward/token base → tuned |
