@@ -34,7 +34,7 @@ def hh_pairs(split: str, n: int, tokenizer, max_prompt_tokens: int, max_chars: i
     from tuneline.engine.chat import cut_prompt
     from tuneline.llm.data import to_messages
 
-    rows = []
+    rows, skipped = [], skip
     with open(HH / f"{split}.jsonl", encoding="utf-8") as fh:
         for line in fh:
             r = json.loads(line)
@@ -47,6 +47,11 @@ def hh_pairs(split: str, n: int, tokenizer, max_prompt_tokens: int, max_chars: i
                          "chosen": r["chosen"].strip(), "rejected": r["rejected"].strip()})
             if len(rows) == n:
                 break
+    if len(rows) < n:  # the HH slice holds few short rows (validation: 39 under 300 characters)
+        where = f"{HH / split}.jsonl has {len(rows)} rows under --max-chars {max_chars} after skipping the first {skipped} (the reward model's)"
+        if not rows:
+            raise SystemExit(f"{where}; ask for fewer pairs or prompts, or raise --max-chars")
+        log.warning("%s: using those %d of the %d asked for", where, len(rows), n)
     return rows
 
 
