@@ -48,7 +48,8 @@ def hh_pairs(split: str, n: int, tokenizer, max_prompt_tokens: int, max_chars: i
             if len(rows) == n:
                 break
     if len(rows) < n:  # the HH slice holds few short rows (validation: 39 under 300 characters)
-        where = f"{HH / split}.jsonl has {len(rows)} rows under --max-chars {max_chars} after skipping the first {skipped} (the reward model's)"
+        where = (f"{HH / split}.jsonl has {len(rows)} rows under --max-chars {max_chars}"
+                 + (f" after skipping the first {skipped} (the reward model's)" if skipped else ""))
         if not rows:
             raise SystemExit(f"{where}; ask for fewer pairs or prompts, or raise --max-chars")
         log.warning("%s: using those %d of the %d asked for", where, len(rows), n)
