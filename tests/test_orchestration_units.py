@@ -290,3 +290,14 @@ def test_an_output_rewritten_after_a_crash_leaves_no_temporary_copy_behind(tmp_p
         (tmp / "weights").write_bytes(b"new")
     assert sorted(p.name for p in tmp_path.iterdir()) == [".modelx.keep", "model"]
     assert (tmp_path / "model" / "weights").read_bytes() == b"new"
+
+
+def test_the_pipeline_flow_loads_without_torch_or_transformers():
+    """A run that bad data stops at ingest or validate never pays for torch (a second or more of every
+    `tuneline run`/`tuneline stage` process): the flow and its tasks import the engine only where they train."""
+    import sys
+
+    code = ("import sys, tuneline.flows.pipeline, tuneline.flows.finetune, tuneline.pipeline.shell\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'transformers', 'peft', 'trl', 'mlflow'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

@@ -380,9 +380,8 @@ def _format_errors(err: ValidationError, origin: str) -> str:
             allowed = _allowed_keys(key.rsplit(".", 1)[0] if "." in key else None)
             lines.append(f"  {key}: unknown key; allowed: {', '.join(allowed)}")
         else:
-            got = e.get("input")
-            got_txt = "" if isinstance(got, dict) else f" (got {got!r})"
-            lines.append(f"  {key}: {e['msg']}{got_txt}")
+            got = "" if isinstance(e.get("input"), dict) else f" (got {e.get('input')!r})"
+            lines.append(f"  {key}: {e['msg']}{got}")
     return f"invalid configuration in {origin}:\n" + "\n".join(lines)
 
 

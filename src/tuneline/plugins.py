@@ -224,6 +224,14 @@ class AdapterTask(TaskPlugin):
         s = getattr(c, self.section)
         return group_folds(keys, s.cv_mode, c.cv.k, s.holdout_fraction, c.cv.seed, self.groups)
 
+    def read_sources(self, c, read: Callable[[Path, str], Any]) -> tuple[Any, dict]:
+        """(`read(path, split)` of data.source as "train" and of data.test_source, if set, as "test", concatenated; its info)."""
+        import pandas as pd
+
+        splits = {"train": c.data.source, "test": c.data.test_source}
+        raw = pd.concat([read(Path(s), split) for split, s in splits.items() if s is not None], ignore_index=True)
+        return raw, {} if c.data.test_source is None else {"test_source": c.data.test_source}
+
     def cv_plan(self, c, f) -> dict:
         folds = self.folds(c, self.fold_keys(c, f))
         return {"folds": folds, "jobs": [{"fold": i} for i in range(len(folds))],
@@ -331,7 +339,4 @@ def get(task: str) -> TaskPlugin:
 
 def sections() -> dict[str, type]:
     """Config sections added by the installed plugins ({"llm": LLMConfig})."""
-    out: dict[str, type] = {}
-    for task in names():
-        out |= get(task).sections
-    return out
+    return {name: model for task in names() for name, model in get(task).sections.items()}

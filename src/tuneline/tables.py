@@ -144,9 +144,7 @@ def read_table(cfg: DataConfig, path: Path) -> tuple[pd.DataFrame, dict]:
 
 def write_raw(df: pd.DataFrame, info: dict, raw_path: Path) -> None:
     table = pa.Table.from_pandas(df, preserve_index=False)
-    meta = dict(table.schema.metadata or {})
-    meta[_META_KEY] = json.dumps(info).encode()
-    table = table.replace_schema_metadata(meta)
+    table = table.replace_schema_metadata(dict(table.schema.metadata or {}) | {_META_KEY: json.dumps(info).encode()})
     with atomic_path(raw_path) as tmp:
         pq.write_table(table, tmp)
 

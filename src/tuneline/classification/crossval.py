@@ -203,8 +203,7 @@ def run_fold_job(job: dict, folds: list[dict], cfg: TrainConfig, processed_dir: 
                               precision=cfg.precision, states=None if states is None else states.take(va),
                               freeze=cfg.freeze_layers)
         predict_s = time.perf_counter() - start
-    m = classification_metrics(y[va], proba)
-    m["majority_rate"] = majority_rate(y[va])
+    m = classification_metrics(y[va], proba) | {"majority_rate": majority_rate(y[va])}
     log.info("%s fold %d/%d: %s", candidate["name"], i + 1, len(folds), {k: round(v, 4) for k, v in m.items()})
     result = {"name": candidate["name"], "fold": i, "metrics": m, "predict_s": predict_s, "rows": len(va), "train_rows": len(tr)}
     if work is not None:

@@ -87,11 +87,9 @@ class FitResult:
 
 
 def _optimizer(model, cfg: TrainConfig, dev: torch.device) -> torch.optim.Optimizer:
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim < 2 else decay).append(p)  # no decay on biases and norms
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in trainable if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0}]  # no decay on biases and norms
     return torch.optim.AdamW(groups, lr=cfg.learning_rate, fused=dev.type in ("cuda", "cpu"))  # fused: one kernel, not a loop per tensor
 
 

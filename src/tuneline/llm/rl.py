@@ -121,14 +121,14 @@ def _mean(rows: dict) -> float:
 def policy_metrics(scores: dict, samples: int, seed: int) -> dict[str, float]:
     """Mean reward of the policy and of the base on the same prompts, the paired gain with its bootstrap
     interval and one-sided p, KL, response lengths and length-normalised rewards (reward / tokens)."""
-    from tuneline.tracking.gate import paired_bootstrap_gain
+    from tuneline.tracking.gate import paired_bootstrap
 
     tuned, out = {"reward": np.asarray(scores["reward"], float)}, {}
     out |= {"mean_reward": _mean(tuned), "mean_response_tokens": float(np.mean(scores["tokens"])),
             "reward_per_token": float(np.mean(tuned["reward"] / np.maximum(scores["tokens"], 1))), "prompts": float(len(tuned["reward"]))}
     if "base_reward" in scores:
         base = {"reward": np.asarray(scores["base_reward"], float)}
-        p_value, low, high = paired_bootstrap_gain(_mean, tuned, base, True, samples, seed)
+        p_value, low, high = paired_bootstrap(_mean, tuned, base, True, samples, seed)
         out |= {"base_mean_reward": _mean(base), "reward_gain": _mean(tuned) - _mean(base), "reward_gain_ci95_low": low,
                 "reward_gain_ci95_high": high, "reward_gain_p_value": p_value,
                 "base_mean_response_tokens": float(np.mean(scores["base_tokens"])),
@@ -141,10 +141,10 @@ def policy_metrics(scores: dict, samples: int, seed: int) -> dict[str, float]:
 def base_floor(scores: dict, samples: int, seed: int):
     """The floor a policy must clear to be promoted: the base model's mean reward on the same prompts,
     by the one-sided paired bootstrap (tracking.gate.Floor)."""
-    from tuneline.tracking.gate import Floor, paired_bootstrap_stat
+    from tuneline.tracking.gate import Floor, paired_bootstrap
 
     tuned, base = {"reward": np.asarray(scores["reward"], float)}, {"reward": np.asarray(scores["base_reward"], float)}
-    return Floor(_mean(base), paired_bootstrap_stat(_mean, tuned, base, True, samples, seed), "paired_bootstrap", "the base model")
+    return Floor(_mean(base), paired_bootstrap(_mean, tuned, base, True, samples, seed)[0], "paired_bootstrap", "the base model")
 
 
 def generations_table(prompts: list, scores: dict) -> list[dict]:

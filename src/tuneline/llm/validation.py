@@ -53,8 +53,7 @@ def derived_frame(raw: pd.DataFrame, task: str, tokenizer) -> pd.DataFrame:
                 not (isinstance(c, str) and isinstance(r, str) and c.strip() == r.strip())
                 for c, r in zip(out["chosen"], out["rejected"])
             ]
-        none = [None] * len(records)
-        pairs = zip(out["chosen"] if "chosen" in out else none, out["rejected"] if "rejected" in out else none)
+        pairs = zip(*(out.get(f, [None] * len(records)) for f in ("chosen", "rejected")))
         responses = [[v for v in pair if isinstance(v, str) and v.strip()] for pair in pairs]
         if "chosen" not in decoded and "rejected" not in decoded:  # a prompts file (grpo/rloo): the prompt alone
             tokens = [chat.n_tokens(tokenizer, last_user_turn(p)) if p else None for p in prompts]

@@ -135,12 +135,9 @@ def group_inputs(names: tuple[str, ...], config) -> list[str]:
 def group_key(names: tuple[str, ...], config, root: Path) -> str:
     """The key of consecutive steps run as one unit (crossval + refit on a work pool): the files they
     read from outside the group, the config sections any of them reads, and the code."""
-    files = group_inputs(names, config)
-    values: dict = {}
-    for n in names:
-        values |= read_values(config, n)
+    values = {k: v for n in names for k, v in read_values(config, n).items()}
     payload = {"stages": list(names), "code": code_digest(config.task), "config": values,
-               "inputs": {rel: path_digest(Path(root) / rel) for rel in files}}
+               "inputs": {rel: path_digest(Path(root) / rel) for rel in group_inputs(names, config)}}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -161,12 +158,9 @@ def record(name: str, config, root: Path, key: str) -> None:
 
 def outputs_current(name: str, config, root: Path, key: Optional[str] = None) -> bool:
     """True when the step's outputs on disk are exactly those its last run for `key` wrote."""
-    path = manifest_path(name, root)
-    if not path.is_file():
-        return False
     try:
-        manifest = read_json(path)
-    except (OSError, ValueError):
+        manifest = read_json(manifest_path(name, root))
+    except (OSError, ValueError):  # none yet (or unreadable)
         return False
     if key is not None and manifest.get("key") != key:
         return False

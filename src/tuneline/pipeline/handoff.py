@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from tuneline.config import Config, load_config, save_config
-from tuneline.engine import checkpoints
 from tuneline.pipeline import fingerprint
 from tuneline.pipeline.stages import StageError, outputs
 from tuneline.storage import atomic_path, read_json, write_json
@@ -217,6 +216,8 @@ _job: ContextVar[Optional[dict]] = ContextVar("tuneline_handoff_job", default=No
 def running(job: dict, store: Store) -> Iterator[None]:
     """While a worker runs `job`: push each checkpoint as it lands, and let fold jobs sent to a
     Dask cluster (cv.task_runner=dask) take their inputs from the remote too (`on_dask`)."""
+    from tuneline.engine import checkpoints  # torch: not for a run that stops before training
+
     token = _job.set(job)
     try:
         with checkpoints.publishing(store.publish_work):
@@ -242,6 +243,8 @@ def _dask_fold(run, job: dict, item: dict) -> dict:
     root = Path(get_worker().local_directory) / "tuneline" / job["id"]
     if not (root / ".dvc" / "config").is_file():
         _copy_remote_config(Path(checkout), root, job["remote"])
+    from tuneline.engine import checkpoints
+
     store, _ = take(job, root)
     with checkpoints.publishing(store.publish_work):
         return run.at(store.root)(item)

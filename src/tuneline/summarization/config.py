@@ -14,7 +14,6 @@ from tuneline.engine.base_model import PACKAGED_BASE
 from tuneline.engine.lora_config import LoRATrainingConfig
 
 ASPECTS = ("challenge", "approach", "outcome")
-SECTIONS = ("abstract", "introduction", "conclusion")
 # LoRA targets per model family where summarization.lora_target_modules is null.
 DEFAULT_TARGETS = {"causal": ["q_proj", "v_proj"], "seq2seq": ["q", "v"]}
 TEMPLATE_TOKENS = 48  # the chat template's and the instruction's share of a training example

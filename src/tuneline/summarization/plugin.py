@@ -69,8 +69,6 @@ class Summarization(AdapterTask):
         return super().source_files(c)
 
     def ingest(self, c, f) -> dict:
-        import pandas as pd
-
         from tuneline.summarization.data import ACLSUM, ACLSUM_VERSION, PACKAGED_SOURCE, read_aclsum, read_source
         from tuneline.tables import write_raw
 
@@ -80,12 +78,8 @@ class Summarization(AdapterTask):
             info = {"source": f"{ACLSUM}=={ACLSUM_VERSION}", "test_source": f"{ACLSUM}=={ACLSUM_VERSION} (test split)",
                     "aspects": list(s.aclsum_aspects), "sections": list(s.aclsum_sections)}
         else:
-            frames = [read_source(c.data, s, Path(c.data.source), "train")]
-            info = {"source": c.data.source}
-            if c.data.test_source is not None:
-                frames.append(read_source(c.data, s, Path(c.data.test_source), "test"))
-                info["test_source"] = c.data.test_source
-            raw = pd.concat(frames, ignore_index=True)
+            raw, test = self.read_sources(c, lambda path, split: read_source(c.data, s, path, split))
+            info = {"source": c.data.source} | test
         raw = raw.astype({s.document_column: object, s.summary_column: object})
         info |= {"task": "summarization", "format": "jsonl" if c.data.source == PACKAGED_SOURCE else c.data.format}
         write_raw(raw, info, f.raw)

@@ -133,8 +133,8 @@ def gate(
         test, p = "mcnemar_exact", mcnemar_p(y, candidate_pred, champion_pred)
     else:
         stat = lambda rows: metric_value(cfg.metric, rows["y"], rows["pred"], n)  # noqa: E731
-        test, p = "paired_bootstrap", paired_bootstrap_stat(
-            stat, {"y": y, "pred": candidate_pred}, {"y": y, "pred": champion_pred}, True, cfg.bootstrap_samples, cfg.seed)
+        test, p = "paired_bootstrap", paired_bootstrap(
+            stat, {"y": y, "pred": candidate_pred}, {"y": y, "pred": champion_pred}, True, cfg.bootstrap_samples, cfg.seed)[0]
     change = _per_class(y, candidate_pred, n)[1] - _per_class(y, champion_pred, n)[1]
     recall_change = {labels[i]: round(float(c), 6) for i, c in enumerate(change)}
     d = replace(decide(cfg.metric, cand, metric_value(cfg.metric, y, champion_pred, n), cfg.min_delta, p_value=p,
@@ -147,19 +147,13 @@ def gate(
     return d
 
 
-def paired_bootstrap_stat(stat: Callable[[dict[str, np.ndarray]], float], candidate: dict[str, np.ndarray],
-                          champion: dict[str, np.ndarray], higher_is_better: bool, samples: int, seed: int) -> float:
-    """One-sided paired bootstrap for any statistic of row-aligned per-row arrays (a macro-F1 of labels
-    and predictions, a mean win rate, a token-weighted perplexity): the share of row resamples where the
-    challenger is not better."""
-    return paired_bootstrap_gain(stat, candidate, champion, higher_is_better, samples, seed)[0]
-
-
-def paired_bootstrap_gain(stat: Callable[[dict[str, np.ndarray]], float], candidate: dict[str, np.ndarray],
+def paired_bootstrap(stat: Callable[[dict[str, np.ndarray]], float], candidate: dict[str, np.ndarray],
                           champion: dict[str, np.ndarray], higher_is_better: bool, samples: int, seed: int,
                           level: float = 0.95) -> tuple[float, float, float]:
-    """(one-sided p, interval low, interval high) of stat(candidate) - stat(champion) on `samples` row
-    resamples (the same rows for both): the p-value is paired_bootstrap_stat's, the interval the deltas' percentiles."""
+    """One-sided paired bootstrap for any statistic of row-aligned per-row arrays (a macro-F1 of labels and
+    predictions, a mean win rate, a token-weighted perplexity): (p, interval low, interval high) of
+    stat(candidate) - stat(champion) on `samples` row resamples, the same rows for both. p is the share of
+    resamples where the challenger is not better; the interval, the deltas' percentiles."""
     n = len(next(iter(candidate.values())))
     if n == 0 or any(len(v) != n for v in (*candidate.values(), *champion.values())):
         raise ValueError(f"paired test needs the same non-empty rows for both models, got {n} and "
@@ -207,7 +201,7 @@ def paired_rows_gate(metric: str, statistic: Callable[[dict[str, np.ndarray]], f
         if champion_error is not None:
             d |= {"promote": False, "reason": f"the champion cannot be re-scored ({champion_error}); not promoted"}
         return apply_floor(d, floor, alpha)
-    p_value = paired_bootstrap_stat(statistic, candidate, champion, higher_is_better, samples, seed)
+    p_value = paired_bootstrap(statistic, candidate, champion, higher_is_better, samples, seed)[0]
     d = decide(metric, statistic(candidate), statistic(champion), min_delta, higher_is_better=higher_is_better,
                p_value=p_value, alpha=alpha, test="paired_bootstrap").to_dict()
     n = len(next(iter(candidate.values())))

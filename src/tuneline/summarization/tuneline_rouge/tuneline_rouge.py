@@ -15,7 +15,8 @@ import evaluate
 import numpy as np
 from rouge_score import rouge_scorer
 
-ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+from tuneline.summarization.scoring import ROUGE_TYPES
+
 # A sentence ends at . ! ? (or a closing quote/bracket after one) followed by space and an upper-case
 # letter, a digit or an opening quote/bracket; a newline always ends one. Common abbreviations are kept whole.
 _BOUNDARY = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])")
