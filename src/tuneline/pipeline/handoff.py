@@ -237,14 +237,14 @@ def _dask_fold(run, job: dict, item: dict) -> dict:
     from the remote exactly as the GPU worker pulled them, pushing its checkpoints to the remote."""
     from distributed import get_worker
 
+    from tuneline.engine import checkpoints
+
     if not (checkout := os.environ.get(PROJECT_DIR)):
         raise HandoffError(f"a Dask worker of a hand-off job needs {PROJECT_DIR}: its machine's checkout of the "
                            f"project, whose .dvc/config names the remote {job['remote']!r}")
     root = Path(get_worker().local_directory) / "tuneline" / job["id"]
     if not (root / ".dvc" / "config").is_file():
         _copy_remote_config(Path(checkout), root, job["remote"])
-    from tuneline.engine import checkpoints
-
     store, _ = take(job, root)
     with checkpoints.publishing(store.publish_work):
         return run.at(store.root)(item)

@@ -225,9 +225,10 @@ class Search:
         jobs = self.plugin.trial_jobs(self.config, self.plan, self.target, best["params"])
         if not self.cfg.seed_repeats or not all("seed" in j for j in jobs):
             return None
-        offsets = [SEED_STEP * r for r in range(self.cfg.seed_repeats + 1)]
-        means = [best["best_value"]] + [statistics.fmean(map(self.score, self.map_jobs(
-            self.fold_run, [{**j, "seed": j["seed"] + offset} for j in jobs]))) for offset in offsets[1:]]
+        offsets, means = [SEED_STEP * r for r in range(self.cfg.seed_repeats + 1)], [best["best_value"]]
+        for offset in offsets[1:]:
+            results = self.map_jobs(self.fold_run, [{**j, "seed": j["seed"] + offset} for j in jobs])
+            means.append(statistics.fmean(self.score(x) for x in results))
         spread = {"seed_offsets": offsets, "cv_means": means, "mean": statistics.fmean(means), "std": statistics.stdev(means)}
         log.info("%s, best trial %d over %d training seeds: %s %.4f ± %.4f (%s)", self.target["name"], best["best_trial"],
                  len(means), self.metric, spread["mean"], spread["std"], ", ".join(f"{m:.4f}" for m in means))

@@ -148,8 +148,8 @@ def gate(
 
 
 def paired_bootstrap(stat: Callable[[dict[str, np.ndarray]], float], candidate: dict[str, np.ndarray],
-                          champion: dict[str, np.ndarray], higher_is_better: bool, samples: int, seed: int,
-                          level: float = 0.95) -> tuple[float, float, float]:
+                     champion: dict[str, np.ndarray], higher_is_better: bool, samples: int, seed: int,
+                     level: float = 0.95) -> tuple[float, float, float]:
     """One-sided paired bootstrap for any statistic of row-aligned per-row arrays (a macro-F1 of labels and
     predictions, a mean win rate, a token-weighted perplexity): (p, interval low, interval high) of
     stat(candidate) - stat(champion) on `samples` row resamples, the same rows for both. p is the share of
